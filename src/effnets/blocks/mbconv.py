@@ -1,0 +1,109 @@
+"""Mobile blocks: conv, depthwise-separable, MBConv (inverted residual) and Fused-MBConv."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import ConvNormAct
+from .common import BlockArgs
+
+
+class ResidualBlock(nn.Module):
+    """Base: ``forward`` = shortcut + drop_path(branch) when the block has a skip."""
+
+    has_skip: bool = False
+    drop_path = None
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.branch(x)
+        if self.has_skip:
+            y = self.drop_path(y) + x
+        return y
+
+    def set_drop_path(self, p: float) -> None:
+        if self.drop_path is not None:
+            self.drop_path.p = p
+
+
+class ConvBlock(ResidualBlock):
+    """A single conv-norm-act (MobileNetV3's final 1x1 conv); skip when shapes allow."""
+
+    def __init__(self, a: BlockArgs):
+        super().__init__()
+        self.has_skip = a.has_skip and a.row.kernel > 1
+        self.conv = ConvNormAct(a.in_chs, a.out_chs, a.row.kernel, a.stride, **a.norm_act())
+        self.drop_path = a.make_drop_path() if self.has_skip else None
+
+    def branch(self, x):
+        return self.conv(x)
+
+
+class DepthwiseSeparable(ResidualBlock):
+    """dw kxk -> (SE) -> pw 1x1 (linear unless ``pw_act``): MobileNetV1 and MBConv1."""
+
+    def __init__(self, a: BlockArgs):
+        super().__init__()
+        self.has_skip = a.has_skip
+        self.conv_dw = ConvNormAct(a.in_chs, a.in_chs, a.row.kernel, a.stride, groups=a.in_chs, **a.norm_act())
+        self.se = a.make_se(a.in_chs)
+        self.conv_pw = ConvNormAct(a.in_chs, a.out_chs, 1, **a.norm_act("block" if a.row.pw_act else None))
+        self.drop_path = a.make_drop_path()
+
+    def branch(self, x):
+        x = self.conv_dw(x)
+        if self.se is not None:
+            x = self.se(x)
+        return self.conv_pw(x)
+
+
+class MBConv(ResidualBlock):
+    """Inverted residual (MobileNetV2): pw expand -> dw kxk -> (SE) -> linear pw project.
+    With expansion 1 there is no expand conv (the block is depthwise-separable)."""
+
+    def __init__(self, a: BlockArgs):
+        super().__init__()
+        mid = a.mid_chs
+        self.has_skip = a.has_skip
+        self.conv_pw = ConvNormAct(a.in_chs, mid, 1, **a.norm_act()) if mid != a.in_chs else None
+        self.conv_dw = ConvNormAct(mid, mid, a.row.kernel, a.stride, groups=mid, **a.norm_act())
+        self.se = a.make_se(mid)
+        self.conv_pwl = ConvNormAct(mid, a.out_chs, 1, **a.norm_act(None))
+        self.drop_path = a.make_drop_path()
+
+    def branch(self, x):
+        if self.conv_pw is not None:
+            x = self.conv_pw(x)
+        x = self.conv_dw(x)
+        if self.se is not None:
+            x = self.se(x)
+        return self.conv_pwl(x)
+
+
+class FusedMBConv(ResidualBlock):
+    """Fused-MBConv (EfficientNetV2): kxk expand conv -> (SE) -> linear 1x1 project.
+    With expansion 1 it is a single kxk conv-norm-act (with skip when shapes allow)."""
+
+    def __init__(self, a: BlockArgs):
+        super().__init__()
+        self.has_skip = a.has_skip
+        if a.row.expand == 1:
+            self.conv_exp = ConvNormAct(a.in_chs, a.out_chs, a.row.kernel, a.stride, **a.norm_act())
+            self.se = a.make_se(a.out_chs)
+            self.conv_pwl = None
+        else:
+            mid = a.mid_chs
+            self.conv_exp = ConvNormAct(a.in_chs, mid, a.row.kernel, a.stride, **a.norm_act())
+            self.se = a.make_se(mid)
+            self.conv_pwl = ConvNormAct(mid, a.out_chs, 1, **a.norm_act(None))
+        self.drop_path = a.make_drop_path()
+
+    def branch(self, x):
+        x = self.conv_exp(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.conv_pwl is not None:
+            x = self.conv_pwl(x)
+        return x

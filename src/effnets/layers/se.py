@@ -1,0 +1,24 @@
+"""Squeeze-and-excitation (Hu et al. 2018) as used by MBConv and ResNet-RS."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .act import make_act
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pool -> 1x1 reduce -> act -> 1x1 expand -> gate, times the input.
+    Children ``conv_reduce`` and ``conv_expand`` carry biases, as in every reference."""
+
+    def __init__(self, chs: int, rd_chs: int, act: str = "silu", gate: str = "sigmoid"):
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(chs, rd_chs, 1, bias=True)
+        self.act = make_act(act)
+        self.conv_expand = nn.Conv2d(rd_chs, chs, 1, bias=True)
+        self.gate = make_act(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.conv_expand(self.act(self.conv_reduce(s)))
+        return x * self.gate(s)

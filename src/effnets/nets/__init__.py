@@ -1,0 +1,1 @@
+"""Network builders: the convnet builder, and (separately) ViT and CoAtNet."""
