@@ -14,6 +14,8 @@ from .errors import EffnetsError
 # Command-group modules (each has add_commands(subparsers)).
 COMMAND_MODULES = [
     "effnets.commands.models",
+    "effnets.commands.train",
+    "effnets.commands.demo",
 ]
 
 

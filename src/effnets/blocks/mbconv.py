@@ -9,10 +9,9 @@ from .common import BlockArgs
 
 
 class ResidualBlock(nn.Module):
-    """Base: ``forward`` = shortcut + drop_path(branch) when the block has a skip."""
-
-    has_skip: bool = False
-    drop_path = None
+    """Base: ``forward`` = shortcut + drop_path(branch) when the block has a skip.
+    Subclasses set ``has_skip`` and ``drop_path`` (a DropPath when there is a skip, else None);
+    no class-level defaults, since a class attribute would hide the registered submodule."""
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,0 +1,29 @@
+"""`effnets demo`: build every registered model, profile efficientnet_b0, print the table."""
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="build every model, profile efficientnet_b0, print the model table")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from .. import create_model, list_models, model_card, profile
+    print(f"{'model':<22} {'params':>13} {'paper':>7} {'GMACs@test':>11} {'test':>5} {'build s':>8}")
+    for name in list_models():
+        t = time.perf_counter()
+        with torch.device("meta"):  # shapes only: even L2 builds in seconds
+            create_model(name)
+        built = time.perf_counter() - t
+        p = profile(name)
+        card = model_card(name)
+        paper = f"{card.figures.params_m:g}M" if card.figures.params_m else "-"
+        print(f"{name:<22} {p.params:>13,} {paper:>7} {p.macs / 1e9:>11.3f} {card.test_size:>5} {built:>8.2f}")
+    print()
+    print(profile("efficientnet_b0"))
+    return 0
