@@ -53,11 +53,12 @@ class ModelCard:
 
     def __str__(self) -> str:
         f = self.figures
+        figs = [f"params {f.params_m:g}M" if f.params_m else "", f"MACs {f.macs_g:g}G" if f.macs_g else "",
+                f"top-1 {f.top1:g}" if f.top1 else "", f"top-5 {f.top5:g}" if f.top5 else ""]
         lines = [f"{self.name} ({self.family}) - {self.paper}, arXiv {self.arxiv}",
                  f"  input: train {self.train_size}, test {self.test_size}, crop {self.crop_pct:g}, "
                  f"{self.interpolation}, mean {self.mean}, std {self.std}",
-                 f"  paper: params {f.params_m}M, MACs {f.macs_g}G, top-1 {f.top1}"
-                 + (f", top-5 {f.top5}" if f.top5 else "") + f"  [{f.source}]",
+                 f"  paper: {', '.join(x for x in figs if x) or '-'}  [{f.source}]",
                  f"  recipe: {self.recipe}, dropout {self.dropout:g}, drop_path {self.drop_path:g}"]
         for k, v in self.extra:
             lines.append(f"  {k}: {v}")
