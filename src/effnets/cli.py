@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "effnets.commands.models",
     "effnets.commands.train",
     "effnets.commands.demo",
+    "effnets.commands.scaling",
 ]
 
 

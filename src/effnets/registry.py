@@ -131,6 +131,8 @@ def get_entry(name: str) -> ModelEntry:
     _ensure_loaded()
     if not isinstance(name, str):
         raise ConfigError(f"model name must be a string, got {type(name).__name__}")
+    if "@" in name:
+        return scaled_entry(name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -163,3 +165,23 @@ def check_overrides(entry: ModelEntry, overrides: dict) -> None:
     if bad:
         raise ConfigError(f"{entry.name} does not take override(s) {', '.join(bad)}; "
                           f"allowed: {', '.join(entry.overrides)}")
+
+
+def scaled_entry(name: str) -> ModelEntry:
+    """Entry for ``base@phi=X[,rule=...,alpha=...,beta=...,gamma=...,res=...]``: the base scaled by
+    ``effnets.scaling.rules`` with a card whose input size is the scaled resolution."""
+    from .nets.convnet import ConvNet
+    from .scaling.rules import parse_scaled_name, scale_model
+    base_name, params = parse_scaled_name(name)
+    base = get_entry(base_name)
+    scaled = scale_model(base_name, **params)
+    card = replace(base.card, name=scaled.name, train_size=scaled.resolution, test_size=scaled.resolution,
+                   notes=f"{base_name} scaled by the {scaled.rule} rule: phi={scaled.phi:g}, width x{scaled.width:.3f}, "
+                         f"depth x{scaled.depth:.3f}, resolution {scaled.resolution}",
+                   figures=PaperFigures(source="none: a scaled model has no paper figures"))
+
+    def build(num_classes: int = 1000, in_chans: int = 3, **overrides) -> nn.Module:
+        return ConvNet(resolve_spec(scaled.spec, overrides), num_classes=num_classes, in_chans=in_chans)
+
+    allowed = tuple(k for k in CONVNET_OVERRIDES if k not in ("width", "depth", "resolution"))
+    return ModelEntry(name=scaled.name, build=build, card=card, overrides=allowed, spec=scaled.spec)

@@ -154,6 +154,7 @@ class NetSpec:
     resolution: int = 224
     dropout: float = 0.0
     drop_path: float = 0.0
+    stage_depth: tuple[float, ...] = ()  # extra per-stage depth factors (EfficientNetV2-style scaling)
     concrete: bool = False
 
     def replace(self, **changes) -> "NetSpec":

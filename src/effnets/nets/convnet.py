@@ -102,7 +102,10 @@ class ConvNet(nn.Module):
     def init_weights(self) -> None:
         """TF EfficientNet initialisation: convs N(0, sqrt(2 / fan_out)) (fan_out counts
         the output channels per group), dense U(+-1/sqrt(out)), BN gamma 1 / beta 0; ResNet-RS
-        keeps its zeroed last BN gamma."""
+        keeps its zeroed last BN gamma.  Skipped on the meta device (shapes only; random init
+        there is slow and meaningless)."""
+        if any(p.is_meta for p in self.parameters()):
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .spec import BlockSpec, HeadSpec, NetSpec, StageSpec, StemSpec
+from ..spec import BlockSpec, HeadSpec, NetSpec, StageSpec, StemSpec
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
@@ -57,17 +57,20 @@ def scale(spec: NetSpec, width: float | None = None, depth: float | None = None)
     stem = spec.stem
     if stem.scale:
         stem = replace(stem, out_chs=chs(stem.out_chs), widths=tuple(chs(x) for x in stem.widths))
+    if spec.stage_depth and len(spec.stage_depth) != len(spec.stages):
+        raise ValueError(f"stage_depth has {len(spec.stage_depth)} factors for {len(spec.stages)} stages")
+    factors = spec.stage_depth or (1.0,) * len(spec.stages)
     stages = tuple(
-        StageSpec(tuple(replace(r, out_chs=chs(r.out_chs), repeats=round_repeats(r.repeats, d, c.depth_round))
+        StageSpec(tuple(replace(r, out_chs=chs(r.out_chs), repeats=round_repeats(r.repeats, d * f, c.depth_round))
                         for r in s.rows))
-        for s in spec.stages)
+        for s, f in zip(spec.stages, factors))
     head = spec.head
     if head.kind != "none":
         if head.rule == "scale":
             head = replace(head, chs=chs(head.chs))
         elif head.rule == "max":
             head = replace(head, chs=max(head.chs, chs(head.chs)))
-    return replace(spec, stem=stem, stages=stages, head=head, width=1.0, depth=1.0, concrete=True)
+    return replace(spec, stem=stem, stages=stages, head=head, width=1.0, depth=1.0, stage_depth=(), concrete=True)
 
 
 @dataclass(frozen=True)
