@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The main job: train a small EfficientNet on the built-in digits with the `demo` recipe.
 demo: $(STAMP)
-	$(BIN)/python -m effnets demo
+	$(BIN)/python -m effnets train --recipe demo --data digits --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

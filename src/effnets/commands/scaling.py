@@ -40,6 +40,69 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phis", default="-2,-1,0,1,2,3,4", help="comma-separated phi values")
     _add_rule_args(p)
     p.set_defaults(func=cmd_law)
+    add_search_commands(sub)
+
+
+def _floats(text: str | None, what: str):
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{what} takes comma-separated numbers, got {text!r}") from None
+
+
+def _add_search_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("base", nargs="?", default="efficientnet_b0")
+    p.add_argument("--data", default="digits", help="digits, synthetic, or a folder with train/ and val/")
+    p.add_argument("--budget-epochs", type=float, default=4, help="proxy training epochs per candidate")
+    p.add_argument("--recipe", default="demo", help="proxy recipe (its model_args set the proxy base size)")
+    p.add_argument("--workers", type=int, default=None, help="parallel trainings (default: cores // 2)")
+    p.add_argument("--out", default=default_out)
+
+
+def add_search_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scale-search", help="grid-search alpha, beta, gamma at phi=1 (paper step 1)")
+    _add_search_args(p, "runs/scale_search")
+    p.add_argument("--grid", default="reduced", help="reduced (11 triples) or full (every 0.05 step in [1, 2])")
+    p.add_argument("--alphas", help="comma-separated depth values (overrides --grid)")
+    p.add_argument("--betas", help="comma-separated width values")
+    p.add_argument("--gammas", help="comma-separated resolution values")
+    p.add_argument("--tol", type=float, default=None, help="relative tolerance on alpha*beta^2*gamma^2 = 2")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("scale-compare", help="compound vs width/depth/resolution-only scaling at equal FLOPs")
+    _add_search_args(p, "runs/scale_compare")
+    p.add_argument("--phis", default="1,2", help="FLOPs budgets 2^phi, comma-separated")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_search(args) -> int:
+    from ..scaling.search import REDUCED_GRID, REDUCED_TOL, full_grid_values, search
+    if args.grid not in ("reduced", "full"):
+        raise ConfigError(f"--grid must be 'reduced' or 'full', got {args.grid!r}")
+    values = REDUCED_GRID if args.grid == "reduced" else dict(alphas=full_grid_values(), betas=full_grid_values(),
+                                                                gammas=full_grid_values())
+    tol = args.tol if args.tol is not None else (REDUCED_TOL if args.grid == "reduced" else 0.02)
+    trials, best = search(args.base, args.data, args.budget_epochs, args.recipe,
+                          _floats(args.alphas, "--alphas") or values["alphas"],
+                          _floats(args.betas, "--betas") or values["betas"],
+                          _floats(args.gammas, "--gammas") or values["gammas"], tol, args.out, args.workers)
+    print(f"best: alpha={best.alpha:g} beta={best.beta:g} gamma={best.gamma:g} "
+          f"(alpha*beta^2*gamma^2 = {best.product:.3f}), top-1 {best.top1:.2f}%, {best.macs / 1e6:.2f} MMACs")
+    print(f"trials: {args.out}/trials.csv   plot: {args.out}/search.png")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..scaling.search import compare
+    trials = compare(args.base, args.data, args.budget_epochs, args.recipe, _floats(args.phis, "--phis"),
+                     out_dir=args.out, workers=args.workers)
+    print(f"{'variant':<20} {'MMACs':>8} {'top-1':>7}")
+    for t in trials:
+        print(f"{t.label:<20} {t.macs / 1e6:>8.2f} {t.top1:>7.2f}")
+    print(f"results: {args.out}/compare.csv   plot: {args.out}/compare.png")
+    return 0
 
 
 def cmd_scale(args) -> int:
