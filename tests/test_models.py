@@ -7,7 +7,7 @@ import torch
 
 import effnets
 
-HEAVY = 100_000_000  # params; bigger models run under the slow marker
+HEAVY = 50_000_000  # params; bigger models run under the slow marker (make test-all)
 
 
 def _params(name):
@@ -90,9 +90,12 @@ def test_set_regularization_and_reset_classifier():
     model = effnets.create_model("efficientnet_b0")
     model.set_regularization(dropout=0.4, drop_path=0.3)
     assert model.dropout.p == 0.4
-    rates = [b.drop_path.p for s in model.stages for b in s if getattr(b, "drop_path", None) is not None]
-    assert max(rates) < 0.3 and rates == sorted(rates)
-    assert rates[-1] == pytest.approx(0.3 * 15 / 16)  # linear: rate * i / num_blocks, last block i=15
+    blocks = [b for s in model.stages for b in s]
+    assert len(blocks) == 16
+    for i, b in enumerate(blocks):  # linear: rate * i / num_blocks on every block with a residual
+        if b.drop_path is not None:
+            assert b.drop_path.p == pytest.approx(0.3 * i / 16)
+    assert blocks[0].drop_path is None and blocks[-1].drop_path is None  # 32->16 and 192->320: no skip
     with pytest.raises(ValueError):
         model.set_regularization(dropout=1.5)
     model.reset_classifier(5)
