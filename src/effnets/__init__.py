@@ -1,6 +1,7 @@
 """effnets: efficient image recognition networks and the science of scaling them."""
 from .errors import CheckpointError, ConfigError, EffnetsError
 from .factory import create_model, list_overrides
+from .optimize import optimize  # imported eagerly so the name stays the function, not the submodule
 from .registry import ModelCard, get_spec, list_models, model_card
 from .scaling import compound, make_divisible, scale
 from .spec import BlockSpec, Conventions, HeadSpec, NetSpec, StageSpec, StemSpec
@@ -14,6 +15,6 @@ def profile(model_or_name, input_size=None, batch_size: int = 1, **kwargs):
     return _profile(model_or_name, input_size=input_size, batch_size=batch_size, **kwargs)
 
 
-__all__ = ["create_model", "list_models", "list_overrides", "model_card", "get_spec", "profile", "compound",
+__all__ = ["create_model", "optimize", "list_models", "list_overrides", "model_card", "get_spec", "profile", "compound",
            "scale", "make_divisible", "ModelCard", "NetSpec", "StageSpec", "BlockSpec", "StemSpec", "HeadSpec",
            "Conventions", "EffnetsError", "ConfigError", "CheckpointError", "__version__"]

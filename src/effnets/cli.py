@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "effnets.commands.models",
     "effnets.commands.train",
     "effnets.commands.demo",
+    "effnets.commands.deploy",
     "effnets.commands.scaling",
 ]
 
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (EffnetsError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"effnets {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        msg = " ".join(str(e).split("\n"))  # one line, whatever the message holds
+        print(f"effnets {args.command}: error: {msg}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 2))  # 2: usage; 1: a run that failed (TrainingError)
     except BrokenPipeError:  # e.g. `effnets list | head`
         return 0
 

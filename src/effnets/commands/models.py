@@ -17,6 +17,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     p.add_argument("--size", type=int, default=None, help="input size (default: the card's test size)")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--measure", action="store_true",
+                   help="also measure latency, throughput and peak memory (inference and training)")
+    p.add_argument("--device", default="cpu", help="device for --measure (cpu, cuda, cuda:1)")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations for --measure")
     p.set_defaults(func=cmd_profile)
 
 
@@ -49,4 +53,11 @@ def cmd_info(args) -> int:
 def cmd_profile(args) -> int:
     from .. import profile
     print(profile(args.name, input_size=args.size, batch_size=args.batch))
+    if args.measure:
+        from ..measure import measure
+        for m in measure(args.name, input_size=args.size, batch_size=args.batch, device=args.device,
+                         iters=args.iters):
+            print(f"{'measured ' + m.kind:<20} {m.latency_ms:.2f} ms/batch (p10 {m.latency_p10_ms:.2f}, "
+                  f"p90 {m.latency_p90_ms:.2f}), {m.images_per_s:.1f} images/s, peak "
+                  f"{m.peak_memory_bytes / 2**20:.1f} MiB [{m.device}, {m.threads} threads]")
     return 0

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model with a recipe",
                        description="Train a model with a recipe (shipped: efficientnet, resnet_rs, efficientnetv2, "
-                                   "demo; or a YAML file).  Under torchrun it trains with DDP.")
+                                   "demo; or a YAML file).  Under torchrun it trains with DDP.  Bad image files "
+                                   "are skipped and listed in <out>/bad_files.txt.  SIGTERM writes a checkpoint and "
+                                   "exits 0 (continue with --resume).  Exit codes: 0 done or preempted, 2 usage "
+                                   "error, 1 the run failed (non-finite loss, disk full).")
     p.add_argument("name", nargs="?", default=None, help="model name (default: the recipe's `model`)")
     p.add_argument("--recipe", default="demo", help="recipe name or YAML path (default: demo)")
     p.add_argument("--data", default=None, help="digits, synthetic, or a folder with train/ and val/")
@@ -34,6 +39,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default: the card's)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--max-bad-fraction", type=float, default=0.5,
+                   help="stop when more than this fraction of the image files are bad (default 0.5); bad files "
+                        "are skipped and listed")
     p.set_defaults(func=cmd_eval)
 
 
@@ -61,19 +69,33 @@ def cmd_eval(args) -> int:
     from torch.utils.data import DataLoader
 
     from .. import create_model
-    from ..data.datasets import Transformed, build_eval_set
+    from ..data.datasets import Transformed, build_eval_set, collate_skip_none
     from ..data.transforms import eval_transform
     from ..errors import ConfigError
-    from ..train.checkpoint import model_state, read_checkpoint
+    from ..train.checkpoint import load_model_state, model_state, read_checkpoint
     from ..train.loop import evaluate
 
     if args.size is not None and args.size < 8:
         raise ConfigError(f"--size must be >= 8, got {args.size}")
     if args.batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    if not 0 <= args.max_bad_fraction <= 1:
+        raise ConfigError(f"--max-bad-fraction must be in [0, 1], got {args.max_bad_fraction}")
     tensors, info = read_checkpoint(args.checkpoint)
     meta = info.get("meta", {})
-    ds = build_eval_set(args.data)
+    if not isinstance(meta, dict):
+        meta = {}
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        classes = None
+    ds = build_eval_set(args.data, max_bad_fraction=args.max_bad_fraction, classes=classes)
+    bad_log = None
+    if hasattr(ds, "bad_log"):  # loader workers report files that fail to decode here
+        fd, bad_log = tempfile.mkstemp(prefix="effnets-eval-bad-", suffix=".log")
+        os.close(fd)
+        ds.bad_log = bad_log
     classes = getattr(ds, "classes", None)
     num_classes = meta.get("num_classes") or (len(classes) if classes else None)
     if num_classes is None:
@@ -81,21 +103,25 @@ def cmd_eval(args) -> int:
     if meta.get("model") not in (None, args.name):
         raise ConfigError(f"checkpoint was trained as {meta['model']!r}, not {args.name!r}")
     model = create_model(args.name, num_classes=num_classes, **meta.get("model_args", {}))
-    try:
-        model.load_state_dict(model_state(tensors, args.ema, args.checkpoint))
-    except RuntimeError as e:
-        from ..errors import CheckpointError
-        raise CheckpointError(f"{args.checkpoint} does not fit {args.name}: {str(e).splitlines()[0]}") from None
+    load_model_state(model, model_state(tensors, args.ema, args.checkpoint), args.checkpoint, args.name)
     card = model.card
     resolved = meta.get("resolved", {})
     size = args.size or resolved.get("eval_size") or card.test_size
     crop = args.crop_pct if args.crop_pct is not None else resolved.get("crop_pct", card.crop_pct)
     interp = resolved.get("interpolation", card.interpolation)
     tf = eval_transform(size, crop, interp, card.mean, card.std)
-    loader = DataLoader(Transformed(ds, tf), batch_size=args.batch, num_workers=args.workers)
+    loader = DataLoader(Transformed(ds, tf), batch_size=args.batch, num_workers=args.workers,
+                        collate_fn=collate_skip_none)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     r = evaluate(model.to(device), loader, device, num_classes)
     print(f"{args.name} {'EMA' if args.ema else 'raw'} weights on {args.data} ({r['n']} images) at {size}px, "
           f"crop {crop:g}, {interp}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
+    bad = ds.bad_files() if hasattr(ds, "bad_files") else []
+    if bad_log and os.path.exists(bad_log):
+        os.unlink(bad_log)
+    if bad:
+        print(f"skipped {len(bad)} bad image files (not counted):")
+        for p, reason in bad:
+            print(f"  {p}: {reason}")
     sys.stdout.flush()
     return 0

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .act import make_act
+from .memory import batch_norm_act, use_memory_efficient
 from .padding import pad_same, same_is_static, symmetric_padding
 
 
@@ -15,7 +16,7 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_same(x, self.kernel_size[0], self.stride[0], self.dilation[0])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, (0, 0), self.dilation, self.groups)
 
 
 def conv2d(in_chs: int, out_chs: int, kernel: int, stride: int = 1, *, groups: int = 1,
@@ -44,10 +45,17 @@ class ConvNormAct(nn.Module):
         self.conv = conv2d(in_chs, out_chs, kernel, stride, groups=groups, padding=padding, dilation=dilation)
         self.bn = batch_norm(out_chs, bn_eps, bn_momentum)
         self.act = make_act(act)
+        self.memory_efficient: bool | None = None  # None: the global default (layers.memory)
 
     @property
     def out_chs(self) -> int:
         return self.conv.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_memory_efficient(self):  # training: keep the BN input only, recompute BN + act
+            y = self.conv(x)
+            out = batch_norm_act(y, self.bn, self.act)
+            if out is not None:
+                return out
+            return self.act(self.bn(y))
         return self.act(self.bn(self.conv(x)))

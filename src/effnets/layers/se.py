@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .act import make_act
+from .memory import gate_mul, use_memory_efficient
 
 
 class SqueezeExcite(nn.Module):
@@ -17,8 +18,13 @@ class SqueezeExcite(nn.Module):
         self.act = make_act(act)
         self.conv_expand = nn.Conv2d(rd_chs, chs, 1, bias=True)
         self.gate = make_act(gate)
+        self.memory_efficient: bool | None = None  # None: the global default (layers.memory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)
         s = self.conv_expand(self.act(self.conv_reduce(s)))
+        if use_memory_efficient(self):
+            out = gate_mul(x, s, self.gate)
+            if out is not None:
+                return out
         return x * self.gate(s)

@@ -25,7 +25,9 @@ from torch import nn
 
 from ..layers import ConvNormAct, DropPath, SqueezeExcite, linear_schedule
 from ..layers.attention import Attention
+from ..layers.memory import checkpoint_enabled, checkpoint_module
 from ..layers.rel_pos import RelPosBias, resize_rel_pos_table
+from .inputs import check_input
 
 LN_EPS = 1e-5  # the paper gives no value; PyTorch's default
 
@@ -166,6 +168,7 @@ class CoAtNet(nn.Module):
         self.depths, self.dims = tuple(depths), tuple(dims)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, dims[0])
         size = _down(self.img_size)
@@ -265,7 +268,16 @@ class CoAtNet(nn.Module):
     # -- forward -----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> S4 map (B, D4, H/32, W/32)."""
-        return self.stages(self.stem(x))
+        x = self.stem(x)
+        if checkpoint_enabled(self):
+            for stage in self.stages:
+                x = checkpoint_module(stage, x)
+            return x
+        return self.stages(x)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Per-stage activation checkpointing in training (effnets.layers.memory)."""
+        self.grad_checkpointing = bool(enable)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pre_logits(self.norm(self.pool(x).flatten(1)))
@@ -273,4 +285,5 @@ class CoAtNet(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, allow_empty=False)
         return self.forward_head(self.forward_features(x))

@@ -10,6 +10,8 @@ from torch import nn
 
 from ..blocks import BLOCKS, BlockArgs, Bottleneck
 from ..layers import ConvNormAct, linear_schedule, make_act, stage_schedule
+from ..layers.memory import checkpoint_enabled, checkpoint_module
+from .inputs import check_input
 from ..scaling import scale
 from ..spec import NetSpec
 
@@ -52,6 +54,7 @@ class ConvNet(nn.Module):
         self.spec = spec
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.grad_checkpointing = False
         c = spec.conv
         conv_kw = dict(padding=c.padding, bn_eps=c.bn_eps, bn_momentum=c.bn_momentum)
 
@@ -149,9 +152,20 @@ class ConvNet(nn.Module):
             nn.init.uniform_(self.classifier.weight, -r, r)
             nn.init.zeros_(self.classifier.bias)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Per-stage activation checkpointing in training: only stage inputs are kept, each
+        stage is recomputed in backward (BN running stats updated once, drop-path masks
+        replayed); see ``effnets.layers.memory.checkpoint_module``."""
+        self.grad_checkpointing = bool(enable)
+
     # -- forward -----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
+        x = self.stem(x)
+        if checkpoint_enabled(self):
+            for stage in self.stages:
+                x = checkpoint_module(stage, x)
+        else:
+            x = self.stages(x)
         if self.head_kind == "conv":
             x = self.conv_head(x)
         return x
@@ -164,4 +178,5 @@ class ConvNet(nn.Module):
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x)
         return self.forward_head(self.forward_features(x))

@@ -16,6 +16,8 @@ from torch import nn
 
 from ..layers import DropPath
 from ..layers.attention import Attention
+from ..layers.memory import checkpoint_enabled, checkpoint_module
+from .inputs import check_input
 
 LN_EPS = 1e-6  # original ViT (flax LayerNorm default); PyTorch's default 1e-5 changes logits
 
@@ -126,6 +128,7 @@ class VisionTransformer(nn.Module):
         self.in_chans = in_chans
         self.num_features = dim
         self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
@@ -215,13 +218,22 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, 1 + H/p * W/p, D), class token first."""
         x = self._pos_embed(self.patch_embed(x))
+        if checkpoint_enabled(self):
+            for blk in self.blocks:
+                x = checkpoint_module(blk, x)
+            return self.norm(x)
         return self.norm(self.blocks(x))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Per-block activation checkpointing in training (effnets.layers.memory)."""
+        self.grad_checkpointing = bool(enable)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x[:, 0])
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, multiple=self.patch_embed.patch, min_size=self.patch_embed.patch, allow_empty=False)
         return self.forward_head(self.forward_features(x))
 
 

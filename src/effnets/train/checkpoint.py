@@ -5,13 +5,24 @@ history, recipe) is JSON in the file's metadata.  No pickle anywhere: loading ru
 
 Writes are atomic: the bytes go to a temporary file in the same directory, are fsync'ed, and then
 ``os.replace``-d over the target, so a crash leaves either the old or the new file, never a
-truncated one."""
+truncated one.  A failed write (disk full, ...) removes its temporary file and leaves the
+previous checkpoint untouched.
+
+Testing hook (not for normal use): ``EFFNETS_TEST_CHECKPOINT_PAUSE=<seconds>`` makes every
+checkpoint write stop half-way - half the bytes written to the temporary file and fsync'ed -,
+print ``effnets-test: checkpoint write paused ...`` to stderr and sleep, so a test can SIGKILL
+the process in the middle of a write.
+
+``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` only (plain weights;
+resuming needs a safetensors training checkpoint), so no checkpoint can run code."""
 from __future__ import annotations
 
 import json
 import os
 import random
+import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -29,7 +40,18 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            pause = os.environ.get("EFFNETS_TEST_CHECKPOINT_PAUSE")
+            if pause and path.endswith(".safetensors"):
+                half = len(data) // 2
+                f.write(data[:half])
+                f.flush()
+                os.fsync(f.fileno())
+                sys.stderr.write(f"effnets-test: checkpoint write paused at {half}/{len(data)} bytes: {tmp}\n")
+                sys.stderr.flush()
+                time.sleep(float(pause))
+                f.write(data[half:])
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -112,10 +134,16 @@ def save_checkpoint(path: str, model, *, ema=None, optimizer=None, schedule=None
 
 
 def read_checkpoint(path: str) -> tuple[dict, dict]:
-    """(tensors, info) of a file written by save_checkpoint, or of plain safetensors weights
-    (then info is empty)."""
+    """(tensors, info) of a file written by save_checkpoint, or of plain weights (then info is
+    empty): safetensors, or ``.pt/.pth/.bin/.ckpt`` read with ``weights_only=True``."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
+        what = "is a directory, not a checkpoint file" if os.path.isdir(path) else "does not exist"
+        raise CheckpointError(f"checkpoint {path!r} {what}")
+    if path.lower().endswith((".pt", ".pth", ".bin", ".ckpt")):
+        from pathlib import Path
+
+        from ..weights.io import _read_file, _unwrap
+        return _unwrap(_read_file(Path(path)), False), {}
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -125,7 +153,12 @@ def read_checkpoint(path: str) -> tuple[dict, dict]:
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({e})") from None
     md = header.get("__metadata__") or {}
-    info = json.loads(md[META_KEY]) if META_KEY in md else {}
+    try:
+        info = json.loads(md[META_KEY]) if META_KEY in md else {}
+        if not isinstance(info, dict):
+            raise ValueError(f"the training state is a {type(info).__name__}, not a mapping")
+    except ValueError as e:
+        raise CheckpointError(f"{path} has unreadable training metadata ({e})") from None
     return tensors, info
 
 
@@ -142,20 +175,49 @@ def model_state(tensors: dict, ema: bool = False, path: str = "checkpoint") -> d
     return dict(tensors)
 
 
+def mismatch_report(model, sd: dict, limit: int = 8) -> str:
+    """``missing keys: ... | unexpected keys: ... | mismatched shapes: ...`` between a model and a
+    state dict (one line), or "" when they fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in sd
+             if k in own and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mismatched shapes", wrong)):
+        if items:
+            more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{label} ({len(items)}): {', '.join(items[:limit])}{more}")
+    return " | ".join(parts)
+
+
+def load_model_state(model, sd: dict, path: str, what: str = "this model") -> None:
+    """``load_state_dict`` that fails with one CheckpointError line listing every misfit."""
+    report = mismatch_report(model, sd)
+    if report:
+        raise CheckpointError(f"{path} does not fit {what}: {report}; nothing was loaded")
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit {what}: {str(e).splitlines()[0]}") from None
+
+
 def restore(path: str, model, *, ema=None, optimizer=None, schedule=None, rng: bool = True) -> dict:
     """Load everything save_checkpoint wrote into live objects; returns the ``meta`` dict."""
     tensors, info = read_checkpoint(path)
     if not info:
         raise CheckpointError(f"{path} is a weights file, not a training checkpoint; it cannot be resumed")
+    load_model_state(model, model_state(tensors, False, path), path, "this model/recipe")
     try:
-        model.load_state_dict(model_state(tensors, False, path))
         if ema is not None:
             if "ema" not in info:
                 raise CheckpointError(f"{path} was saved without EMA but the recipe uses EMA")
-            ema.module.load_state_dict(model_state(tensors, True, path))
+            load_model_state(ema.module, model_state(tensors, True, path), path, "this model/recipe (EMA)")
             ema.load_state_dict(info["ema"])
         if optimizer is not None:
             optimizer.load_state_dict(_join_optimizer(tensors, info["optimizer"]))
+    except CheckpointError:
+        raise
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path} does not fit this model/recipe: {str(e).splitlines()[0]}") from None
     if schedule is not None and "schedule" in info:

@@ -1,11 +1,32 @@
 """``fit``: recipe -> data -> model -> optimiser/schedule/EMA/progressive stages -> checkpoints,
-logs, plot, summary.  The same code runs on CPU and CUDA, in one process or under torchrun."""
+logs, plot, summary.  The same code runs on CPU and CUDA, in one process or under torchrun.
+
+Faults (issue 8):
+
+* bad image files are skipped and listed (``<out>/bad_files.txt``, the log, ``FitResult.bad_files``);
+  more than ``max_bad_fraction`` of a split stops the run with a DataError;
+* SIGTERM (preemption) makes the trainer finish the current step, write ``last.safetensors`` and
+  return (``completed=False, preempted=True``; ``effnets train`` exits 0); ``--resume`` continues
+  exactly.  ``resume=True`` with no ``last.safetensors`` yet (killed before the first
+  checkpoint) starts the run from scratch;
+* a NaN/Inf loss stops the run (``nan_policy: stop``; TrainingError naming the step and the last
+  good checkpoint, which is kept) or skips the update (``nan_policy: skip``) up to
+  ``max_skipped_steps``;
+* a failed checkpoint write (disk full) stops the run with a TrainingError; the previous
+  checkpoint is intact (writes are atomic).
+
+Testing hook (not for normal use): ``EFFNETS_TEST_INJECT_NAN="3,7=inf"`` multiplies the loss of
+optimizer steps 3 and 7 (1-based) by NaN / Inf."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -15,10 +36,10 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
-from ..data.datasets import Transformed, build_splits
+from ..data.datasets import Transformed, build_splits, check_bad_fraction, collate_skip_none
 from ..data.mix import MixUpCutMix, soft_target_cross_entropy, soft_targets
 from ..data.transforms import TrainTransform, eval_transform
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from . import checkpoint as ckpt
 from .distributed import (DistInfo, ResumableSampler, all_reduce_sum, average_bn_stats, barrier, convert_sync_bn,
                           init_distributed)
@@ -49,6 +70,9 @@ class FitResult:
     config: str
     history: list = field(default_factory=list)
     model: nn.Module | None = None
+    bad_files: list = field(default_factory=list)   # (split, path, reason) of skipped image files
+    preempted: bool = False                          # stopped by SIGTERM (checkpoint written)
+    skipped_steps: int = 0                           # updates skipped for a non-finite loss
 
     def summary(self) -> str:
         lines = [f"best {self.best_metric} {self.best_top1:.2f}% (epoch {self.best_epoch})"]
@@ -61,6 +85,11 @@ class FitResult:
         lines.append(f"checkpoint  {self.checkpoint}")
         lines.append(f"best        {self.best_checkpoint}")
         lines.append(f"config      {self.config}")
+        if self.bad_files:
+            lines.append(f"bad files   {len(self.bad_files)} skipped, listed in "
+                         f"{os.path.join(self.out_dir, 'bad_files.txt')}")
+        if self.skipped_steps:
+            lines.append(f"skipped     {self.skipped_steps} steps with a non-finite loss")
         lines.append(f"log         {self.log_csv}")
         if self.plot:
             lines.append(f"plot        {self.plot}")
@@ -84,7 +113,10 @@ def evaluate(model: nn.Module, loader, device, num_classes: int, info: DistInfo 
     model.eval()
     loss_sum = c1 = c5 = n = 0.0
     k = min(5, num_classes)
-    for x, y in loader:
+    for batch in loader:
+        if batch is None:  # every image of the batch was a bad file (collate_skip_none)
+            continue
+        x, y = batch
         x, y = x.to(device), y.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -122,8 +154,9 @@ def _build_model(model, recipe: Recipe, num_classes: int):
     return m, name, m.card
 
 
-def _loader(ds, sampler, batch_size, workers, device, drop_last):
+def _loader(ds, sampler, batch_size, workers, device, drop_last, collate_fn=None):
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                      collate_fn=collate_fn,
                       pin_memory=device.type == "cuda", persistent_workers=False,
                       generator=torch.Generator(),  # keep the loader off the global RNG (exact resume)
                       multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None)
@@ -146,22 +179,93 @@ def fit(model: str | nn.Module | None = None, recipe: str | Recipe = "demo", *, 
     device = info.device
     main = info.is_main
     say = echo if main else (lambda *a, **k: None)
+    stop = _StopRequest()
     try:
-        return _fit(model, recipe, info, device, main, say, out_dir, resume, progress, tensorboard)
+        with stop.installed():
+            return _fit(model, recipe, info, device, main, say, out_dir, resume, progress, tensorboard, stop)
     finally:
         barrier(info)
 
 
-def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress, tensorboard) -> FitResult:
+class _StopRequest:
+    """SIGTERM -> a flag the loop checks after each step (the handler itself does nothing else,
+    so a signal during a checkpoint write cannot tear it)."""
+
+    def __init__(self):
+        self.signum = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals can only be handled in the main thread
+            return
+        old = signal.signal(signal.SIGTERM, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+
+    def requested(self, info: DistInfo) -> bool:
+        flag = self.signum is not None
+        if info.enabled:  # every rank stops at the same step
+            flag = all_reduce_sum([float(flag)], info)[0] > 0
+        return flag
+
+
+def _nan_injection() -> dict[int, float]:
+    """Testing hook: ``EFFNETS_TEST_INJECT_NAN="3,7=inf"`` -> {3: nan, 7: inf} (1-based steps)."""
+    spec = os.environ.get("EFFNETS_TEST_INJECT_NAN", "").strip()
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        step, _, value = part.partition("=")
+        out[int(step)] = float(value or "nan")
+    return out
+
+
+def _write_bad_files(path: str, bad: list, empty_classes: list) -> None:
+    lines = [f"# effnets: {len(bad)} bad image files skipped (split, path, reason)"]
+    lines += [f"{split}\t{p}\t{reason}" for split, p, reason in bad]
+    if empty_classes:
+        lines.append(f"# classes without usable training images (kept as classes): {', '.join(empty_classes)}")
+    ckpt.atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress, tensorboard, stop) -> FitResult:
     _seed_everything(recipe.seed)
     splits = build_splits(recipe.data, synthetic_samples=recipe.synthetic_samples,
-                          image_size=recipe.train_size or 32)
+                          image_size=recipe.train_size or 32, verify="full" if recipe.verify_images else "header",
+                          max_pixels=recipe.max_image_pixels, max_bad_fraction=recipe.max_bad_fraction)
     num_classes = splits.num_classes
     net, name, card = _build_model(model, recipe, num_classes)
     if card is None:
         from ..registry import ModelCard
         card = ModelCard(name=name, family="custom", paper="", arxiv="", train_size=224, test_size=224)
     out_dir = out_dir or os.path.join("runs", f"{recipe.name}_{name}")
+    os.makedirs(out_dir, exist_ok=True)
+    bad_log = os.path.join(out_dir, "bad_files.log")  # appended to by loader workers
+    if main:
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), "*.safetensors.*.tmp")):
+            os.unlink(tmp)  # a write cut short by a crash (the checkpoint it was replacing is intact)
+        if not resume and os.path.exists(bad_log):
+            os.unlink(bad_log)
+    split_sets = [(k, ds) for k, ds in (("train", splits.train), ("val", splits.val)) if hasattr(ds, "bad_files")]
+    for _, ds in split_sets:
+        ds.bad_log = bad_log
+
+    def bad_files() -> list:
+        return [(k, p, r) for k, ds in split_sets for p, r in ds.bad_files()]
+
+    def check_bad(final: bool = False) -> list:
+        for k, ds in split_sets:
+            check_bad_fraction(ds, recipe.max_bad_fraction, f"{'training' if k == 'train' else 'validation'} set "
+                                                             f"{ds.root}")
+        bad = bad_files()
+        if main and (bad or final) and split_sets:
+            _write_bad_files(paths["bad"], bad, getattr(splits.train, "empty_classes", []))
+        return bad
 
     # -- resolved settings ------------------------------------------------------------------
     dropout = card.dropout if recipe.dropout is None else recipe.dropout
@@ -220,7 +324,8 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
         raise ConfigError("best_metric ema_top1 needs EMA (set ema_decay > 0)")
 
     paths = {k: os.path.join(out_dir, v) for k, v in dict(last="last.safetensors", best="best.safetensors",
-                                                            config="config.yaml", plot="plot.png").items()}
+                                                            config="config.yaml", plot="plot.png",
+                                                            bad="bad_files.txt").items()}
     resolved = dict(model=name, num_classes=num_classes, classes=list(splits.classes), data=recipe.data,
                     train_images=len(train_ds), pseudo_labelled_images=pseudo_count, val_images=len(val_ds),
                     world_size=info.world_size, device=str(device), global_batch=global_batch, lr=lr,
@@ -233,11 +338,23 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
     # -- resume ---------------------------------------------------------------------------------
     start_epoch, batches_done, global_step, history = 0, 0, 0, []
     best = {"value": -1.0, "epoch": 0}
+    skipped_steps = 0
+    last_good = {"path": None, "step": None}  # the newest complete checkpoint, named when a run must stop
+    if resume is True and not os.path.exists(paths["last"]):
+        say(f"--resume: no checkpoint at {paths['last']} yet (killed before the first one?): starting a new run")
+        resume = False
     if resume:
         path = resume if isinstance(resume, str) else paths["last"]
         meta = ckpt.restore(path, net, ema=ema, optimizer=optimizer, schedule=schedule)
-        start_epoch, batches_done = meta["epoch"], meta["batches_done"]
-        global_step, history, best = meta["global_step"], meta["history"], meta["best"]
+        try:
+            start_epoch, batches_done = int(meta["epoch"]), int(meta["batches_done"])
+            global_step, history, best = int(meta["global_step"]), list(meta["history"]), dict(meta["best"])
+            skipped_steps = int(meta.get("skipped_steps", 0))
+        except (KeyError, TypeError, ValueError) as e:
+            from ..errors import CheckpointError
+            raise CheckpointError(f"{path} has incomplete run metadata ({type(e).__name__}: {e}); "
+                                  "it cannot be resumed") from None
+        last_good = {"path": path, "step": global_step}
         if scaler is not None and meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
         if meta.get("steps_per_epoch") != steps_per_epoch:
@@ -249,18 +366,40 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
         meta = dict(epoch=epoch_state["epoch"], batches_done=epoch_state["batches"], global_step=global_step,
                     steps_per_epoch=steps_per_epoch, history=history, best=best, model=name,
                     model_args=recipe.model_args, num_classes=num_classes, classes=list(splits.classes),
-                    recipe=recipe.to_dict(), resolved=resolved,
+                    recipe=recipe.to_dict(), resolved=resolved, skipped_steps=skipped_steps,
                     scaler=scaler.state_dict() if scaler is not None else None, **(extra_meta or {}))
         if main:
-            ckpt.save_checkpoint(path, net, ema=ema, optimizer=optimizer if full else None,
-                                 schedule=schedule if full else None, meta=meta, rng=full)
+            try:
+                ckpt.save_checkpoint(path, net, ema=ema, optimizer=optimizer if full else None,
+                                     schedule=schedule if full else None, meta=meta, rng=full)
+            except OSError as e:
+                why = os.strerror(e.errno) if e.errno else str(e)
+                kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
+                        else f"no {os.path.basename(path)} had been written before")
+                good = f"; last good checkpoint: {last_good['path']} (step {last_good['step']})" \
+                    if last_good["path"] else ""
+                hint = "free some space, then " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+                raise TrainingError(f"could not write checkpoint {path} at step {global_step}: {why} "
+                                    f"[{errno.errorcode.get(e.errno, e.errno)}]; {kept}{good}; {hint}resume with "
+                                    "--resume") from None
+        if full:
+            last_good.update(path=path, step=global_step)
 
     if main:
         os.makedirs(out_dir, exist_ok=True)
         ckpt.atomic_write_text(paths["config"], "# effnets run config: the recipe as run, then resolved values\n"
                                + dump_recipe(recipe) + "---\n" + yaml.safe_dump(resolved, sort_keys=False))
     runlog = RunLog(out_dir, enabled=main, tensorboard=tensorboard, echo=say)
-    val_loader = _loader(val_ds, val_sampler, recipe.batch_size, recipe.workers, device, drop_last=False)
+    val_loader = _loader(val_ds, val_sampler, recipe.batch_size, recipe.workers, device, drop_last=False,
+                         collate_fn=collate_skip_none)
+    bad = check_bad()
+    if bad:
+        say(f"data: {len(bad)} bad image files skipped (listed in {paths['bad']}), e.g. {bad[0][1]}: {bad[0][2]}")
+    empty = getattr(splits.train, "empty_classes", [])
+    if empty:
+        say(f"data: {len(empty)} classes have no usable training image (kept as classes, they are the folder "
+            f"names): {', '.join(empty)}")
+    inject_nan = _nan_injection()
     n_params = sum(p.numel() for p in net.parameters())
     say(f"effnets train: {name} ({n_params / 1e6:.3f}M params) on {recipe.data} ({len(train_ds)} train / "
         f"{len(val_ds)} val, {num_classes} classes), recipe {recipe.name}, {info.world_size} process(es) on {device}")
@@ -271,6 +410,7 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
     epoch_state = {"epoch": start_epoch, "batches": batches_done}
     train_time, train_images = 0.0, 0
     completed = True
+    preempted = False
     stage_shown = None
     last_eval: dict = {}
     for epoch in range(start_epoch, num_epochs):
@@ -301,6 +441,7 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
         micro = skip
         optimizer.zero_grad(set_to_none=True)
         stopped = False
+        bad_step = False
         for x, y in loader:
             if micro >= steps_this_epoch * recipe.accum_steps:
                 break
@@ -317,18 +458,49 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
                 with _autocast(recipe.precision, device):
                     logits = train_model(x)
                 loss = soft_target_cross_entropy(logits, target)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {global_step}; lower the learning rate")
-                scaled = loss / recipe.accum_steps
-                (scaler.scale(scaled) if scaler else scaled).backward()
+                if global_step + 1 in inject_nan:  # testing hook (EFFNETS_TEST_INJECT_NAN)
+                    loss = loss * inject_nan[global_step + 1]
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    scaled = loss / recipe.accum_steps
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                else:
+                    bad_step = True
+                    if recipe.nan_policy == "stop" and not info.enabled:
+                        raise _nonfinite(loss, global_step, epoch, micro, recipe, last_good, skipped_steps)
+                    if info.enabled:  # DDP: every rank must run a backward; zero gradients, discarded below
+                        sum((p * 0).sum() for p in net.parameters() if p.requires_grad).backward()
             micro += 1
             bs = y.shape[0]
-            loss_sum += loss.item() * bs
+            loss_sum += (loss.item() if finite else 0.0) * bs
             correct += (logits.argmax(-1) == hard).sum().item()
             seen += bs
             if not last_micro:
                 continue
             cur_lr = schedule.step_to(optimizer, global_step)
+            if info.enabled:
+                bad_step = all_reduce_sum([float(bad_step)], info)[0] > 0
+            if bad_step:
+                if recipe.nan_policy == "stop":
+                    raise _nonfinite(loss, global_step, epoch, micro - 1, recipe, last_good, skipped_steps)
+                optimizer.zero_grad(set_to_none=True)
+                skipped_steps += 1
+                global_step += 1
+                epoch_state["batches"] = micro
+                bad_step = False
+                say(f"step {global_step}: non-finite loss, update skipped ({skipped_steps} of at most "
+                    f"{recipe.max_skipped_steps}, nan_policy=skip)")
+                if skipped_steps > recipe.max_skipped_steps:
+                    raise _nonfinite(loss, global_step - 1, epoch, micro - 1, recipe, last_good, skipped_steps)
+                if recipe.checkpoint_every and global_step % recipe.checkpoint_every == 0:
+                    save(paths["last"])
+                if recipe.max_steps and global_step >= recipe.max_steps:
+                    stopped = True
+                    break
+                if stop.requested(info):
+                    stopped = True
+                    break
+                continue
             if recipe.grad_clip > 0:
                 if scaler:
                     scaler.unscale_(optimizer)
@@ -350,6 +522,9 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
             if recipe.max_steps and global_step >= recipe.max_steps:
                 stopped = True
                 break
+            if stop.requested(info):
+                stopped = True
+                break
         bar.close()
         dt = time.perf_counter() - t0
         train_time += dt
@@ -357,7 +532,12 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
         if stopped and micro < steps_this_epoch * recipe.accum_steps:
             save(paths["last"])
             completed = False
-            say(f"stopped at step {global_step} (max_steps {recipe.max_steps}); checkpoint {paths['last']}")
+            if stop.signum is not None:
+                preempted = True
+                say(f"received SIGTERM: stopped at step {global_step}, checkpoint {paths['last']} written; "
+                    "continue with --resume")
+            else:
+                say(f"stopped at step {global_step} (max_steps {recipe.max_steps}); checkpoint {paths['last']}")
             break
         # -- end of epoch: BN stats, evaluation, logs, checkpoints ---------------------------------
         epoch_state.update(epoch=epoch + 1, batches=0)
@@ -392,6 +572,13 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
             history.append(row)
         save(paths["last"])
         runlog.write(history)
+        check_bad()  # files that failed when decoded this epoch; too many stop the run here
+        if global_step < total_steps and stop.requested(info):
+            preempted = True
+            completed = False
+            say(f"received SIGTERM: stopped at step {global_step} (end of epoch {epoch + 1}), checkpoint "
+                f"{paths['last']} written; continue with --resume")
+            break
         if recipe.max_steps and global_step >= recipe.max_steps and global_step < total_steps:
             completed = False
             say(f"stopped at step {global_step} (max_steps {recipe.max_steps}); checkpoint {paths['last']}")
@@ -405,9 +592,30 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
                        train_time_s=train_time, images_per_s=train_images / max(train_time, 1e-9),
                        global_step=global_step, completed=completed, checkpoint=paths["last"],
                        best_checkpoint=paths["best"], log_csv=runlog.csv_path, plot=plot, config=paths["config"],
-                       history=history, model=net)
+                       history=history, model=net, bad_files=check_bad(final=True), preempted=preempted,
+                       skipped_steps=skipped_steps)
+    if result.bad_files:
+        say(f"data: {len(result.bad_files)} bad image files were skipped:")
+        for split, p, reason in result.bad_files[:20]:
+            say(f"  {split}  {p}: {reason}")
+        if len(result.bad_files) > 20:
+            say(f"  ... and {len(result.bad_files) - 20} more in {paths['bad']}")
     say(result.summary())
     return result
+
+
+def _nonfinite(loss, step, epoch, micro, recipe, last_good, skipped) -> TrainingError:
+    value = float(loss.detach().float().item())
+    where = f"step {step + 1} (epoch {epoch + 1}, batch {micro + 1})"
+    kept = (f"last good checkpoint: {last_good['path']} (step {last_good['step']}), kept unchanged"
+            if last_good["path"] else "no checkpoint had been written yet")
+    if recipe.nan_policy == "skip":
+        return TrainingError(f"non-finite loss ({value}) at {where}: {skipped} updates skipped, over "
+                             f"max_skipped_steps={recipe.max_skipped_steps}; the run stopped; {kept}. Lower the "
+                             "learning rate or set grad_clip, then --resume")
+    return TrainingError(f"non-finite loss ({value}) at {where}; the run stopped (nan_policy=stop); {kept}. Lower "
+                         "the learning rate or set grad_clip, then --resume; or set nan_policy=skip to skip such "
+                         "steps")
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -52,6 +53,10 @@ class Recipe:
     label_smoothing: float = 0.0
     workers: int = 2
     synthetic_samples: int = 512
+    # bad image files (see effnets.data.images): skipped and listed in <out>/bad_files.txt
+    max_bad_fraction: float = 0.5       # per split: more bad image files than this stops the run
+    verify_images: bool = False         # decode every image before training (finds truncated files up front)
+    max_image_pixels: int = 89_478_485  # larger images are bad files (decompression-bomb guard)
     # model regularisation (None: the model card's)
     dropout: float | None = None
     drop_path: float | None = None
@@ -92,6 +97,8 @@ class Recipe:
     max_steps: int = 0                  # stop (with a checkpoint) after this many steps; 0 = no limit
     log_every: int = 10                 # steps between progress lines when not on a terminal
     device: str = "auto"                # auto | cpu | cuda
+    nan_policy: str = "stop"            # non-finite loss: stop (keep the last good checkpoint) | skip the step
+    max_skipped_steps: int = 10         # nan_policy skip: stop after this many skipped steps
     # teacher (ResNet-RS 3.3 / Noisy Student)
     teacher: str | None = None
     teacher_checkpoint: str | None = None
@@ -115,6 +122,7 @@ CHOICES = {
     "precision": ("fp32", "bf16", "fp16"),
     "device": ("auto", "cpu", "cuda"),
     "pseudo_labels": ("hard", "soft"),
+    "nan_policy": ("stop", "skip"),
 }
 
 # (low, high, low inclusive, high inclusive)
@@ -132,6 +140,8 @@ RANGES = {
     "eval_every": (1, None, True, None), "checkpoint_every": (0, None, True, None),
     "max_steps": (0, None, True, None), "log_every": (1, None, True, None),
     "synthetic_samples": (2, None, True, None), "pseudo_threshold": (0, 1, True, False),
+    "max_bad_fraction": (0, 1, True, True), "max_image_pixels": (1, None, True, None),
+    "max_skipped_steps": (0, None, True, None), "seed": (0, None, True, None),
 }
 
 
@@ -170,6 +180,8 @@ def _coerce(key: str, value, default, ftype: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"recipe setting {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"recipe setting {key} must be a finite number, got {value!r}")
         if "int" in ftype and "float" not in ftype:
             if float(value) != int(value):
                 raise ConfigError(f"recipe setting {key} must be an integer, got {value!r}")
@@ -188,6 +200,13 @@ def _coerce(key: str, value, default, ftype: str):
     if ftype == "list":
         if not isinstance(value, (list, tuple)) or len(value) != len(default):
             raise ConfigError(f"recipe setting {key} must be a list of {len(default)} values, got {value!r}")
+        nullable = key.startswith("progressive.")  # (first, last) pairs: null = the recipe's own value
+        for v in value:
+            if v is None and nullable:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"recipe setting {key} must be a list of {len(default)} finite numbers"
+                                  + (" or nulls" if nullable else "") + f", got {value!r}")
         return list(value)
     return value
 

@@ -1,0 +1,269 @@
+"""effnets vs timm vs torchvision, side by side, in one process (``make bench``).
+
+Same inputs (seeded), same thread count, same timing procedure (effnets.measure: warm-up,
+then the median of timed calls) for every implementation:
+
+* inference throughput at batch 1 and 8: effnets_b0@224, mobilenet_v3_large@224,
+  efficientnetv2_s@300, resnet_rs_50@160.  Peers run in their best plain configuration (eval,
+  ``torch.inference_mode``, the faster of NCHW and channels_last, measured); effnets runs
+  ``effnets.optimize(model)`` (no compilation).  Separately, everyone under ``torch.compile``
+  (Inductor, same options for all: weight freezing) at the batch sizes in ``--compile-batch``.
+* training: efficientnet_b0, batch 16 at 224, SGD-momentum steps, images/s and peak tensor
+  memory (effnets: memory-efficient blocks on, channels_last; peers: the faster layout).
+* achieved GFLOP/s of every model (2 x MACs counted on the module x images/s) against the
+  machine's measured fp32 peak (a 2048^3 matmul in the same run).
+
+Writes ``benchmarks/results/bench.json`` and ``bench.png`` and prints the table with ratios
+ours / best peer.  ``--quick``: fewer iterations, no compilation, no training."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+import effnets
+from effnets.measure import measure_inference, measure_training, time_calls
+from effnets.profiling import count_macs
+
+MODELS = [  # key, size, effnets name, timm name, torchvision name
+    ("efficientnet_b0", 224, "efficientnet_b0", "efficientnet_b0", "efficientnet_b0"),
+    ("mobilenet_v3_large", 224, "mobilenet_v3_large", "mobilenetv3_large_100", "mobilenet_v3_large"),
+    ("efficientnetv2_s", 300, "efficientnetv2_s", "tf_efficientnetv2_s", "efficientnet_v2_s"),
+    ("resnet_rs_50", 160, "resnet_rs_50", "resnetrs50", None),
+]
+
+
+def build(impl: str, name: str) -> torch.nn.Module:
+    if impl == "effnets":
+        return effnets.create_model(name)
+    if impl == "timm":
+        import timm
+        return timm.create_model(name, pretrained=False)
+    import torchvision
+    return torchvision.models.get_model(name, weights=None)
+
+
+def matmul_peak(n: int = 2048, iters: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    ts = time_calls(lambda: torch.mm(a, b), torch.device("cpu"), 2, iters)
+    return 2 * n ** 3 / statistics.median(ts) / 1e9
+
+
+def macs_of(model, size) -> int:
+    model.eval()
+    return count_macs(model, torch.zeros(1, 3, size, size))
+
+
+def infer(model, size, batch, iters, channels_last) -> float:
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return measure_inference(model, size, batch, iters=iters, warmup=3, channels_last=channels_last,
+                             memory=False).images_per_s
+
+
+def best_plain(model, size, batch, iters):
+    """Peer in its best plain configuration: the faster of NCHW and channels_last."""
+    nchw = infer(model, size, batch, iters, False)
+    cl = infer(model, size, batch, iters, True)
+    return (cl, "channels_last") if cl >= nchw else (nchw, "nchw")
+
+
+def compiled(impl, model, size, batch, iters):
+    model.eval()
+    t0 = time.perf_counter()
+    if impl == "effnets":
+        cm = effnets.optimize(model, compile=True)
+    else:
+        cm = torch.compile(model.to(memory_format=torch.channels_last), options={"freezing": True})
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        cm(x)
+    ctime = time.perf_counter() - t0
+    return infer_fn(cm, x, iters), ctime
+
+
+def infer_fn(fn, x, iters):
+    with torch.inference_mode():
+        ts = time_calls(lambda: fn(x), torch.device("cpu"), 2, iters)
+    return x.shape[0] / statistics.median(ts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--compile-batch", type=int, nargs="*", default=None,
+                    help="batch sizes measured under torch.compile (default 8; none with --quick)")
+    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    iters = args.iters or (5 if args.quick else 15)
+    cbatches = args.compile_batch if args.compile_batch is not None else ([] if args.quick else [8])
+    models = [m for m in MODELS if not args.models or m[0] in args.models]
+    t_start = time.perf_counter()
+    res = dict(machine=dict(platform=platform.platform(), processor=platform.processor(), python=sys.version.split()[0],
+                            torch=torch.__version__, threads=torch.get_num_threads(),
+                            cpu=_cpu_name(), loadavg_start=_loadavg()),
+               config=dict(quick=args.quick, iters=iters, compile_batches=cbatches), inference=[], training=[])
+    peak = matmul_peak()
+    res["machine"]["matmul_peak_gflops"] = peak
+    print(f"machine: {res['machine']['cpu']}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"fp32 matmul peak {peak:.1f} GFLOP/s, load {res['machine']['loadavg_start']}", flush=True)
+
+    for key, size, en, tn, vn in models:
+        impls = [("effnets", en), ("timm", tn)] + ([("torchvision", vn)] if vn else [])
+        for impl, name in impls:
+            model = build(impl, name).eval()
+            macs = macs_of(model, size)
+            for batch in (1, 8):
+                row = dict(model=key, impl=impl, size=size, batch=batch, macs_per_image=macs)
+                if impl == "effnets":
+                    row["eager_plain"] = infer(model, size, batch, iters, True)
+                    row["eager"] = infer(effnets.optimize(model), size, batch, iters, True)
+                    row["eager_config"] = "effnets.optimize"
+                else:
+                    row["eager"], row["eager_config"] = best_plain(model, size, batch, iters)
+                if batch in cbatches:
+                    row["compiled"], row["compile_s"] = compiled(impl, build(impl, name) if impl != "effnets"
+                                                                 else model, size, batch, iters)
+                row["gflops"] = 2 * macs * row["eager"] / 1e9
+                row["frac_of_peak"] = row["gflops"] / peak
+                res["inference"].append(row)
+                print(f"  {key:<19} {impl:<12} b{batch}  eager {row['eager']:8.1f} img/s ({row['eager_config']})"
+                      + (f"  compiled {row['compiled']:8.1f} img/s (compile {row['compile_s']:.0f} s)"
+                         if "compiled" in row else "")
+                      + f"  {row['gflops']:.1f} GFLOP/s", flush=True)
+
+    if not args.quick and not args.no_train:
+        for impl, name in (("effnets", "efficientnet_b0"), ("timm", "efficientnet_b0"),
+                           ("torchvision", "efficientnet_b0")):
+            best = None
+            for cl in ((True,) if impl == "effnets" else (False, True)):
+                torch.manual_seed(0)
+                model = build(impl, name)
+                if cl:
+                    model = model.to(memory_format=torch.channels_last)
+                m = measure_training(model, 224, 16, channels_last=cl, warmup=1, iters=3)
+                if best is None or m.images_per_s > best[0].images_per_s:
+                    best = (m, "channels_last" if cl else "nchw")
+            m, cfg = best
+            res["training"].append(dict(impl=impl, images_per_s=m.images_per_s, peak_memory_bytes=m.peak_memory_bytes,
+                                        config=cfg, step_ms=m.latency_ms))
+            print(f"  train b0 b16@224 {impl:<12} {m.images_per_s:6.2f} img/s  peak {m.peak_memory_bytes / 2**20:7.1f} "
+                  f"MiB ({cfg})", flush=True)
+
+    res["machine"]["loadavg_end"] = _loadavg()
+    res["wall_s"] = time.perf_counter() - t_start
+    table = report(res)
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(table + "\n")
+    chart(res, os.path.join(args.out, "bench.png"))
+    print(f"wrote {args.out}/bench.json, bench.md, bench.png in {res['wall_s']:.0f} s")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def report(res) -> str:
+    lines = ["| model | batch | effnets eager (img/s) | best eager peer | ours / best | effnets compiled | "
+             "best compiled peer | ours / best | ours eager / best compiled peer | GFLOP/s (% of peak) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    peak = res["machine"]["matmul_peak_gflops"]
+    keys = sorted({(r["model"], r["batch"]) for r in res["inference"]}, key=lambda k: ([m[0] for m in MODELS].index(k[0]), k[1]))
+    for model, batch in keys:
+        rows = [r for r in res["inference"] if r["model"] == model and r["batch"] == batch]
+        ours = next(r for r in rows if r["impl"] == "effnets")
+        peers = [r for r in rows if r["impl"] != "effnets"]
+        bp = max(peers, key=lambda r: r["eager"])
+        cpeers = [r for r in peers if "compiled" in r]
+        bc = max(cpeers, key=lambda r: r["compiled"]) if cpeers else None
+        c_ours = ours.get("compiled")
+        lines.append(
+            f"| {model} | {batch} | {ours['eager']:.1f} | {bp['eager']:.1f} ({bp['impl']}, {bp['eager_config']}) | "
+            f"**{ours['eager'] / bp['eager']:.2f}x** | "
+            + (f"{c_ours:.1f}" if c_ours else "-") + " | "
+            + (f"{bc['compiled']:.1f} ({bc['impl']})" if bc else "-") + " | "
+            + (f"**{c_ours / bc['compiled']:.2f}x**" if bc and c_ours else "-") + " | "
+            + (f"{ours['eager'] / bc['compiled']:.2f}x" if bc else "-") + " | "
+            + f"{ours['gflops']:.1f} ({100 * ours['gflops'] / peak:.0f}%) vs {bp['gflops']:.1f} |")
+    if res["training"]:
+        tr = {r["impl"]: r for r in res["training"]}
+        o = tr["effnets"]
+        peers = [r for k, r in tr.items() if k != "effnets"]
+        fast = max(peers, key=lambda r: r["images_per_s"])
+        lean = min(peers, key=lambda r: r["peak_memory_bytes"])
+        lines += ["", "| training efficientnet_b0, batch 16 @ 224 | images/s | peak memory (MiB) |", "|---|---|---|"]
+        for k, r in tr.items():
+            lines.append(f"| {k} ({r['config']}) | {r['images_per_s']:.2f} | {r['peak_memory_bytes'] / 2**20:.0f} |")
+        lines.append(f"| **ours / best peer** | **{o['images_per_s'] / fast['images_per_s']:.2f}x** (vs {fast['impl']}) | "
+                     f"**{o['peak_memory_bytes'] / lean['peak_memory_bytes']:.2f}x** (vs {lean['impl']}) |")
+    m = res["machine"]
+    lines += ["", f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; fp32 matmul peak "
+              f"{m['matmul_peak_gflops']:.1f} GFLOP/s; load average at start {m['loadavg_start']}, end {m['loadavg_end']}."]
+    return "\n".join(lines)
+
+
+def chart(res, path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        print("matplotlib missing: no chart")
+        return
+    keys = sorted({(r["model"], r["batch"]) for r in res["inference"]}, key=lambda k: ([m[0] for m in MODELS].index(k[0]), k[1]))
+    impls = ["effnets", "timm", "torchvision"]
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(keys)), 4.5))
+    w = 0.8 / (len(impls) + 1)
+    for i, impl in enumerate(impls):
+        vals = []
+        for k in keys:
+            r = next((r for r in res["inference"] if (r["model"], r["batch"]) == k and r["impl"] == impl), None)
+            vals.append(r["eager"] if r else 0)
+        ax.bar([j + i * w for j in range(len(keys))], vals, w, label=f"{impl} eager")
+    vals = [next((r.get("compiled", 0) for r in res["inference"] if (r["model"], r["batch"]) == k
+                  and r["impl"] == "effnets"), 0) for k in keys]
+    ax.bar([j + len(impls) * w for j in range(len(keys))], vals, w, label="effnets compiled")
+    ax.set_xticks([j + 1.5 * w for j in range(len(keys))])
+    ax.set_xticklabels([f"{m}\nbatch {b}" for m, b in keys], fontsize=8)
+    ax.set_ylabel("images / s (higher is better)")
+    ax.set_title(f"Inference throughput, {res['machine']['cpu']}, {res['machine']['threads']} threads")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Memory-efficient training layers: recompute cheap intermediates in backward.
+
+In a plain ``conv -> BatchNorm -> act`` autograd keeps three full-size tensors per layer for
+the backward pass: the conv output (BN's input), the BN output (the activation's input) and
+the activation output (the next layer's input).  The BN output is a per-channel affine map of
+the conv output, so it can be recomputed in one cheap elementwise pass in backward instead of
+being stored (the idea of In-Place ABN, Rota Bulò et al. 2018, arXiv 1712.02616, and of
+gradient checkpointing restricted to cheap ops, Chen et al. 2016, arXiv 1604.06174).
+Likewise squeeze-excite keeps only the pre-gate logits (B x C x 1 x 1) and recomputes the
+gate.
+
+``BatchNormAct`` is an autograd Function doing BN (training statistics, running-stat update
+exactly as ``nn.BatchNorm2d``) + activation, saving only the BN input and the per-channel
+statistics.  Gradients are those of the plain ops (same ATen backward kernels).
+
+Switch: ``ConvNormAct`` (and ``SqueezeExcite``) use it when the module is training, grad is
+enabled, the global default or the module's own ``memory_efficient`` attribute says so, and
+nothing is tracing / scripting / compiling.  In eval, export and compile the plain modules
+run, so exported graphs contain standard ops only.  On by default (training only);
+``set_memory_efficient(False)`` globally or ``set_memory_efficient(False, model)`` per model.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_DEFAULT = True
+
+
+def set_memory_efficient(enabled: bool, model: nn.Module | None = None) -> None:
+    """Global default (``model=None``) or per-model switch for memory-efficient training blocks.
+    ``set_memory_efficient(model, flag)`` (model first) is accepted too."""
+    global _DEFAULT
+    if isinstance(enabled, nn.Module):  # set_memory_efficient(model, flag)
+        enabled, model = model, enabled
+    if model is None:
+        _DEFAULT = bool(enabled)
+        return
+    for m in model.modules():
+        if hasattr(m, "memory_efficient"):
+            m.memory_efficient = bool(enabled)
+
+
+def memory_efficient_enabled() -> bool:
+    return _DEFAULT
+
+
+@contextlib.contextmanager
+def memory_efficient(enabled: bool) -> Iterator[None]:
+    """Temporarily switch the global default."""
+    old = _DEFAULT
+    set_memory_efficient(enabled)
+    try:
+        yield
+    finally:
+        set_memory_efficient(old)
+
+
+def use_memory_efficient(module: nn.Module) -> bool:
+    flag = getattr(module, "memory_efficient", None)
+    on = _DEFAULT if flag is None else flag
+    return (on and module.training and torch.is_grad_enabled() and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
+# -- activations: forward and backward from the activation *input* ---------------------------
+def _act_kind(act: nn.Module) -> str | None:
+    t = type(act)
+    if t is nn.Identity:
+        return "identity"
+    if t is nn.SiLU:
+        return "silu"
+    if t is nn.ReLU:
+        return "relu"
+    if t is nn.ReLU6:
+        return "relu6"
+    if t is nn.Hardswish:
+        return "hardswish"
+    if t is nn.GELU:
+        return "gelu_tanh" if act.approximate == "tanh" else "gelu"
+    return None
+
+
+def _act_fwd(kind: str, z: torch.Tensor) -> torch.Tensor:
+    if kind == "silu":
+        return F.silu(z, inplace=True)
+    if kind == "relu":
+        return F.relu(z, inplace=True)
+    if kind == "relu6":
+        return F.hardtanh(z, 0.0, 6.0, inplace=True)
+    if kind == "hardswish":
+        return F.hardswish(z, inplace=True)
+    if kind == "gelu":
+        return F.gelu(z)
+    if kind == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
+    return z
+
+
+def _act_bwd(kind: str, g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    aten = torch.ops.aten
+    if kind == "silu":
+        return aten.silu_backward(g, z)
+    if kind == "relu":
+        return aten.threshold_backward(g, z, 0)
+    if kind == "relu6":
+        return aten.hardtanh_backward(g, z, 0.0, 6.0)
+    if kind == "hardswish":
+        return aten.hardswish_backward(g, z)
+    if kind == "gelu":
+        return aten.gelu_backward(g, z, approximate="none")
+    if kind == "gelu_tanh":
+        return aten.gelu_backward(g, z, approximate="tanh")
+    return g
+
+
+class _BatchNormAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, weight, bias, running_mean, running_var, momentum, eps, kind):
+        z, mean, invstd = torch.ops.aten.native_batch_norm(y, weight, bias, running_mean, running_var, True,
+                                                           momentum, eps)
+        a = _act_fwd(kind, z)  # in place: the BN output is not kept
+        ctx.save_for_backward(y, weight, bias, mean, invstd)
+        ctx.eps, ctx.kind = eps, kind
+        return a
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        y, weight, bias, mean, invstd = ctx.saved_tensors
+        shape = (1, -1, 1, 1)
+        if ctx.kind != "identity":
+            scale = invstd if weight is None else invstd * weight
+            shift = -mean * scale if bias is None else bias - mean * scale
+            z = torch.addcmul(shift.view(shape), y, scale.view(shape))  # recomputed BN output
+            g = _act_bwd(ctx.kind, g, z)
+            del z
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+                bias is not None and ctx.needs_input_grad[2]]
+        dy, dw, db = torch.ops.aten.native_batch_norm_backward(g.contiguous(memory_format=_fmt(y)), y, weight,
+                                                               None, None, mean, invstd, True, ctx.eps, mask)
+        return dy, dw, db, None, None, None, None, None
+
+
+def _fmt(t: torch.Tensor):
+    return torch.channels_last if (t.ndim == 4 and not t.is_contiguous()
+                                   and t.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
+
+
+def batch_norm_act(y: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch.Tensor | None:
+    """Training-mode ``act(bn(y))`` that stores only ``y``; None if ``bn``/``act`` are not
+    supported (the caller then runs the plain modules)."""
+    kind = _act_kind(act)
+    if kind is None or type(bn) is not nn.BatchNorm2d or not bn.training or not bn.track_running_stats:
+        return None
+    if bn.running_mean is None or y.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        return None
+    # the running-stat bookkeeping of nn.BatchNorm2d.forward
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return _BatchNormAct.apply(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.eps, kind)
+
+
+class _GateMul(torch.autograd.Function):
+    """``x * gate(s)`` saving ``x`` and the logits ``s`` (B x C x 1 x 1), not the gate."""
+
+    @staticmethod
+    def forward(ctx, x, s, kind):
+        g = torch.sigmoid(s) if kind == "sigmoid" else F.hardsigmoid(s)
+        ctx.save_for_backward(x, s)
+        ctx.kind = kind
+        return x * g
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, go):
+        x, s = ctx.saved_tensors
+        if ctx.kind == "sigmoid":
+            g = torch.sigmoid(s)
+            dgate = torch.ops.aten.sigmoid_backward
+            gs = (go * x).sum((2, 3), keepdim=True)
+            ds = dgate(gs, g)
+        else:
+            g = F.hardsigmoid(s)
+            ds = torch.ops.aten.hardsigmoid_backward((go * x).sum((2, 3), keepdim=True), s)
+        dx = go * g if ctx.needs_input_grad[0] else None
+        return dx, ds, None
+
+
+def gate_mul(x: torch.Tensor, s: torch.Tensor, gate: nn.Module) -> torch.Tensor | None:
+    t = type(gate)
+    kind = "sigmoid" if t is nn.Sigmoid else "hard_sigmoid" if t is nn.Hardsigmoid else None
+    if kind is None:
+        return None
+    return _GateMul.apply(x, s, kind)
+
+
+__all__ = ["set_memory_efficient", "memory_efficient_enabled", "memory_efficient", "use_memory_efficient",
+           "batch_norm_act", "gate_mul"]
+
+
+# -- activation checkpointing ------------------------------------------------------------------
+@contextlib.contextmanager
+def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Recompute pass: BN still normalises with batch statistics, but its running statistics
+    and batch counter are not updated a second time (momentum 0, counter restored)."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            saved.append((m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom, n in saved:
+            m.momentum = mom
+            if n is not None:
+                m.num_batches_tracked.copy_(n)
+
+
+def checkpoint_module(module: nn.Module, *args):
+    """Run ``module(*args)`` keeping only its inputs for backward; the forward is recomputed
+    in backward (non-reentrant ``torch.utils.checkpoint``, RNG state restored so dropout and
+    stochastic depth draw the same masks).  BatchNorm running statistics are updated once, in
+    the real forward pass, not again in the recompute."""
+    from torch.utils.checkpoint import checkpoint
+    calls = [0]
+
+    def run(*a):
+        calls[0] += 1
+        if calls[0] == 1:
+            return module(*a)
+        with _frozen_bn_stats(module):
+            return module(*a)
+
+    return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=True)
+
+
+def checkpoint_enabled(module: nn.Module) -> bool:
+    return (getattr(module, "grad_checkpointing", False) and module.training and torch.is_grad_enabled()
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing())
+
+
+__all__ += ["checkpoint_module", "checkpoint_enabled"]

@@ -1,0 +1,314 @@
+"""``effnets.optimize``: make a model fast for inference without changing what it computes.
+
+What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of the original):
+
+1. **Fold BatchNorm into the preceding convolution** (eval BN is an affine map per channel:
+   ``w' = w * g / sqrt(v + eps)``, ``b' = beta - m * g / sqrt(v + eps)``; Jacob et al. 2018,
+   arXiv 1712.05877 §3.2, and every inference engine since).
+2. **Fuse the activation into the convolution**: on CPU the folded conv, its bias and the
+   activation (SiLU, ReLU, ReLU6, hard-swish, GELU, sigmoid, ...) run as one oneDNN primitive
+   (``torch.ops.mkldnn._convolution_pointwise``, the op TorchInductor itself emits for conv +
+   pointwise fusion), so the activation is applied while the output tile is still in cache
+   instead of in a separate memory-bound pass.  Elsewhere (CUDA, other dtypes, under
+   ``torch.compile``/export) the same module runs plain ``F.conv2d`` + activation.
+3. **Squeeze-excite on vectors**: the two 1x1 convolutions on a 1x1 map become matrix products.
+4. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
+   depthwise convolutions are much faster in it).
+5. Optionally **torch.compile** (Inductor, with weight freezing for inference), **bf16**
+   weights and activations, or **int8** post-training quantization calibrated on images
+   (``dtype="int8"``, see :func:`quantize_int8`).
+
+The original model is left untouched: ``optimize`` works on a deep copy.  Parameter names
+change (``conv``/``bn`` pairs become one ``weight``/``bias``), so load checkpoints before
+optimizing.  Training is not supported on the optimized copy (BN is gone); for training
+speed and memory see ``effnets.layers.memory`` and ``model.set_grad_checkpointing``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .layers.conv import Conv2dSame, ConvNormAct
+from .layers.padding import pad_same
+from .layers.se import SqueezeExcite
+
+# activation module type -> (oneDNN post-op name, scalars, algorithm, plain function)
+_ACT_POSTOPS: dict[type, tuple[str, list, str, Callable]] = {
+    nn.Identity: ("none", [], "", lambda t: t),
+    nn.ReLU: ("relu", [], "", F.relu),
+    nn.ReLU6: ("hardtanh", [0.0, 6.0], "", F.relu6),
+    nn.SiLU: ("swish", [], "", F.silu),
+    nn.Hardswish: ("hardswish", [], "", F.hardswish),
+    nn.Hardsigmoid: ("hardsigmoid", [], "", F.hardsigmoid),
+    nn.Sigmoid: ("sigmoid", [], "", torch.sigmoid),
+}
+
+
+def _postop(act: nn.Module | None):
+    """(attr, scalars, algorithm, fn) for a fusable activation module, else None."""
+    if act is None:
+        return _ACT_POSTOPS[nn.Identity]
+    if type(act) is nn.GELU:
+        alg = act.approximate
+        return ("gelu", [], alg, (lambda t: F.gelu(t, approximate=alg)))
+    return _ACT_POSTOPS.get(type(act))
+
+
+def _mkldnn_ok() -> bool:
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and os.environ.get("EFFNETS_NO_MKLDNN_FUSION", "0") != "1")
+
+
+_MKLDNN = _mkldnn_ok()
+try:  # oneDNN bf16 convolutions need AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/DQ
+    _MKLDNN_BF16 = _MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+except (AttributeError, RuntimeError):
+    _MKLDNN_BF16 = False
+
+
+def _plain_mode() -> bool:
+    """True where only standard ATen ops may appear (compile, export, scripting, tracing)."""
+    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``conv`` followed by eval-mode ``bn``, computed in float64."""
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
+                                                                              device=w.device)
+    if bn.running_var is None or bn.running_mean is None:
+        raise ConfigError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    inv = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
+    g = bn.weight.detach().double() * inv if bn.weight is not None else inv
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(g)
+    w = w * g.reshape(-1, 1, 1, 1)
+    b = (b - bn.running_mean.detach().double()) * g + beta
+    dtype = conv.weight.dtype
+    return w.to(dtype), b.to(dtype)
+
+
+class FusedConvAct(nn.Module):
+    """Inference conv with folded BN and a fused activation (``weight``, ``bias``)."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, act: nn.Module | None = None):
+        super().__init__()
+        if bn is not None:
+            w, b = fold_bn(conv, bn)
+        else:
+            w = conv.weight.detach().clone()
+            b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
+                                                                                    device=w.device)
+        self.weight = nn.Parameter(w.contiguous(memory_format=torch.channels_last), requires_grad=False)
+        self.bias = nn.Parameter(b, requires_grad=False)
+        self.same = isinstance(conv, Conv2dSame)
+        self.stride = list(conv.stride)
+        self.padding = [0, 0] if self.same else list(conv.padding)
+        self.dilation = list(conv.dilation)
+        self.groups = conv.groups
+        if isinstance(conv.padding, str):
+            raise ConfigError(f"string padding {conv.padding!r} is not supported by FusedConvAct")
+        post = _postop(act)
+        self.act = None if post is not None else act  # an activation oneDNN cannot fuse runs after
+        self.attr, self.scalars, self.algorithm, self.act_fn = post or _ACT_POSTOPS[nn.Identity]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            x = pad_same(x, self.weight.shape[-1], self.stride[0], self.dilation[0])
+        if (_MKLDNN and x.device.type == "cpu" and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16
+                                                                                 and _MKLDNN_BF16))
+                and x.dtype == self.weight.dtype and not x.requires_grad and not _plain_mode()):
+            y = torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
+                                                        self.dilation, self.groups, self.attr, self.scalars,
+                                                        self.algorithm)
+        else:
+            y = self.act_fn(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                     self.groups))
+        return y if self.act is None else self.act(y)
+
+    def extra_repr(self) -> str:
+        o, i = self.weight.shape[:2]
+        return (f"{i * self.groups}, {o}, kernel={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, "
+                f"groups={self.groups}, act={self.attr}{', same' if self.same else ''}")
+
+
+class FastSqueezeExcite(nn.Module):
+    """SqueezeExcite with its 1x1 convs on pooled vectors run as matrix products."""
+
+    def __init__(self, se: SqueezeExcite):
+        super().__init__()
+        r, e = se.conv_reduce, se.conv_expand
+        self.w1 = nn.Parameter(r.weight.detach().flatten(1).clone(), requires_grad=False)
+        self.b1 = nn.Parameter(r.bias.detach().clone(), requires_grad=False)
+        self.w2 = nn.Parameter(e.weight.detach().flatten(1).clone(), requires_grad=False)
+        self.b2 = nn.Parameter(e.bias.detach().clone(), requires_grad=False)
+        self.act = se.act
+        self.gate = se.gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3))
+        s = self.gate(F.linear(self.act(F.linear(s, self.w1, self.b1)), self.w2, self.b2))
+        return x * s[:, :, None, None]
+
+
+def fuse_modules(model: nn.Module) -> nn.Module:
+    """In place: every ConvNormAct -> FusedConvAct (BN folded, act fused), every other plain
+    Conv2d -> FusedConvAct without activation, SqueezeExcite -> FastSqueezeExcite."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, ConvNormAct) and type(child.bn) is nn.BatchNorm2d:
+            setattr(model, name, FusedConvAct(child.conv, child.bn, child.act))
+        elif isinstance(child, SqueezeExcite):
+            setattr(model, name, FastSqueezeExcite(child))
+        elif type(child) in (nn.Conv2d, Conv2dSame) and isinstance(child.padding, (tuple, list)) \
+                and child.padding_mode == "zeros":
+            setattr(model, name, FusedConvAct(child))
+        else:
+            fuse_modules(child)
+    return model
+
+
+def _to_layout_hook(dtype: torch.dtype | None):
+    def hook(module, args):
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].ndim != 4:
+            return None
+        x = args[0]
+        if dtype is not None and x.is_floating_point():
+            x = x.to(dtype)
+        return (x.contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
+    return hook
+
+
+def _cast_back_hook(module, args, out):
+    if isinstance(out, torch.Tensor) and out.dtype != torch.float32 and out.is_floating_point():
+        return out.float()
+    return out
+
+
+def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, dtype=None, *,
+             calibration=None, calibration_batches: int = 32, compile_options: dict | None = None) -> nn.Module:
+    """An inference-optimized copy of ``model`` (see the module docstring).
+
+    ``dtype``: None / torch.float32 (exact up to float rounding), torch.bfloat16 (weights and
+    activations in bf16, logits returned in fp32) or ``"int8"`` (post-training static
+    quantization; ``calibration`` is a folder of images, a tensor of images or an iterable of
+    image batches, see :func:`quantize_int8`).  ``compile=True`` wraps the result in
+    ``torch.compile`` (Inductor; weights are frozen, so call it under ``torch.inference_mode``
+    or ``torch.no_grad``).  ``mode="train"`` returns the model itself in channels_last with
+    memory-efficient training blocks on (the switch in ``effnets.layers.memory``)."""
+    if mode in ("train", "training"):
+        from .layers.memory import set_memory_efficient
+        model = model.to(memory_format=torch.channels_last).train()
+        set_memory_efficient(model, True)
+        model.register_forward_pre_hook(_to_layout_hook(None))
+        return torch.compile(model, **(compile_options or {})) if compile else model
+    if mode != "inference":
+        raise ConfigError(f"mode must be 'inference' or 'train', got {mode!r}")
+    if isinstance(dtype, str) and dtype.lower() in ("int8", "qint8"):
+        if calibration is None:
+            raise ConfigError("int8 quantization needs calibration images: optimize(..., calibration=folder)")
+        return quantize_int8(model, calibration, batches=calibration_batches, compile=compile)
+    if dtype in ("bf16", "bfloat16"):
+        dtype = torch.bfloat16
+    if dtype not in (None, torch.float32, torch.bfloat16):
+        raise ConfigError(f"dtype must be None, torch.float32, torch.bfloat16 or 'int8', got {dtype!r}")
+    m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    fuse_modules(m)
+    m = m.to(memory_format=torch.channels_last)
+    if dtype is torch.bfloat16:
+        m = m.to(torch.bfloat16)
+    m.register_forward_pre_hook(_to_layout_hook(dtype if dtype is torch.bfloat16 else None))
+    if dtype is torch.bfloat16:
+        m.register_forward_hook(_cast_back_hook)
+    m.effnets_optimized = dict(mode=mode, compile=compile, dtype=str(dtype or torch.float32))
+    if compile:
+        opts = {"freezing": True} if compile_options is None else compile_options
+        return torch.compile(m, options=opts)
+    return m
+
+
+# -- int8 ----------------------------------------------------------------------------------
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+def image_folder_batches(folder: str, size: int | tuple[int, int], batch_size: int = 8,
+                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), limit: int | None = None
+                         ) -> list[torch.Tensor]:
+    """Normalized image batches from every image under ``folder`` (recursively), resized to
+    ``size`` (resize shorter side + center crop), for calibration."""
+    from PIL import Image
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs if f.lower().endswith(IMAGE_EXTS))
+    if not paths:
+        raise ConfigError(f"no images ({', '.join(IMAGE_EXTS)}) under {folder!r}")
+    if limit:
+        paths = paths[:limit]
+    m = torch.tensor(mean).view(3, 1, 1)
+    s = torch.tensor(std).view(3, 1, 1)
+    imgs = []
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        scale = max(hw[0] / im.height, hw[1] / im.width)
+        im = im.resize((max(hw[1], round(im.width * scale)), max(hw[0], round(im.height * scale))), Image.BICUBIC)
+        left, top = (im.width - hw[1]) // 2, (im.height - hw[0]) // 2
+        im = im.crop((left, top, left + hw[1], top + hw[0]))
+        t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(hw[0], hw[1], 3)
+        imgs.append((t.permute(2, 0, 1).float() / 255 - m) / s)
+    return [torch.stack(imgs[i:i + batch_size]) for i in range(0, len(imgs), batch_size)]
+
+
+def _calibration_batches(calibration, size, batches: int) -> list[torch.Tensor]:
+    if isinstance(calibration, (str, os.PathLike)):
+        out = image_folder_batches(os.fspath(calibration), size)
+    elif isinstance(calibration, torch.Tensor):
+        if calibration.ndim != 4:
+            raise ConfigError(f"a calibration tensor must be (N, C, H, W), got shape {tuple(calibration.shape)}")
+        out = list(calibration.split(8))
+    elif isinstance(calibration, Iterable):
+        out = []
+        for b in calibration:
+            out.append(b[0] if isinstance(b, (tuple, list)) else b)
+            if len(out) >= batches:
+                break
+    else:
+        raise ConfigError(f"calibration must be a folder, a tensor or an iterable of batches, got {type(calibration)}")
+    if not out:
+        raise ConfigError("calibration data is empty")
+    return out[:batches]
+
+
+def quantize_int8(model: nn.Module, calibration, *, batches: int = 32, compile: bool = False,
+                  backend: str = "x86") -> nn.Module:
+    """Post-training static int8 quantization (per-channel weights, per-tensor activations),
+    torch.ao FX graph mode with the ``x86`` backend (oneDNN / FBGEMM int8 kernels, no compile
+    needed).  BN is folded first; convs, linears, ReLU/ReLU6/hard-swish and additions run in
+    int8, SiLU/sigmoid gates run in fp32 between (de)quantize steps.  Observers are
+    calibrated on ``calibration`` (a folder of images, a tensor or an iterable of batches)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    size = getattr(getattr(model, "card", None), "test_size", 224)
+    data = _calibration_batches(calibration, size, batches)
+    m = copy.deepcopy(model).eval()
+    torch.backends.quantized.engine = backend
+    qmap = get_default_qconfig_mapping(backend)
+    example = (data[0][:1],)
+    with torch.no_grad():
+        prepared = prepare_fx(m, qmap, example)
+        for b in data:
+            prepared(b)
+        q = convert_fx(prepared)
+    q.effnets_optimized = dict(mode="inference", compile=compile, dtype="int8")
+    if compile:
+        return torch.compile(q)
+    return q
+
+
+__all__ = ["optimize", "fold_bn", "fuse_modules", "FusedConvAct", "FastSqueezeExcite", "quantize_int8",
+           "image_folder_batches"]

@@ -1,0 +1,121 @@
+"""Memory-efficient training blocks and per-stage activation checkpointing: same numbers, less memory."""
+import copy
+
+import pytest
+import torch
+
+import effnets
+from effnets.layers.memory import memory_efficient, set_memory_efficient
+from effnets.profiling import saved_activation_bytes
+
+
+def _step(model, x, me=True, ckpt=False, seed=1):
+    m = copy.deepcopy(model).train()
+    if ckpt:
+        m.set_grad_checkpointing(True)
+    torch.manual_seed(seed)  # drop-path masks
+    with memory_efficient(me):
+        loss = m(x).logsumexp(1).mean()
+        loss.backward()
+    grads = {k: p.grad.clone() for k, p in m.named_parameters()}
+    return loss.detach(), grads, {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _assert_same(a, b, rtol=1e-5):
+    (l0, g0, s0), (l1, g1, s1) = a, b
+    assert torch.allclose(l0, l1, rtol=rtol, atol=1e-7)
+    # float summation order differs (channels_last, recompute): compare against the gradient
+    # scale of the whole model, so near-zero (cancelling) gradients do not fail on rounding
+    scale = max(g.abs().max() for g in g0.values())
+    for k in g0:
+        assert ((g0[k] - g1[k]).abs().max() / scale) < rtol * 10, k
+    for k in s0:  # BN running statistics and batch counters updated exactly once
+        assert torch.allclose(s0[k].float(), s1[k].float(), rtol=1e-6, atol=1e-7), k
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "efficientnetv2_b0"])
+def test_memory_efficient_same_gradients_and_less_saved(name):
+    torch.manual_seed(0)
+    model = effnets.create_model(name, num_classes=10, drop_path=0.2)
+    x = torch.randn(2, 3, 64, 64)
+    _assert_same(_step(model, x, me=False), _step(model, x, me=True))
+    with memory_efficient(False):
+        plain = saved_activation_bytes(model, x)
+    with memory_efficient(True):
+        lean = saved_activation_bytes(model, x)
+    limit = 0.8 if name != "mobilenet_v3_large" else 0.9  # ReLU/hard-swish mix saves less
+    assert lean < limit * plain, (lean, plain)
+
+
+def test_memory_efficient_channels_last_and_per_model_switch():
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", num_classes=10).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    _assert_same(_step(model, x, me=False), _step(model, x, me=True))
+    set_memory_efficient(False, model)  # per-model override wins over the global default
+    with memory_efficient(True):
+        off = saved_activation_bytes(model, x)
+    set_memory_efficient(True, model)
+    on = saved_activation_bytes(model, x)
+    assert on < 0.8 * off
+
+
+def test_eval_and_export_use_plain_ops():
+    from effnets.layers import memory as M
+    calls = []
+    orig = M._BatchNormAct.forward
+
+    def spy(ctx, *a):
+        calls.append(1)
+        return orig(ctx, *a)
+
+    model = effnets.create_model("efficientnet_b0", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    try:
+        M._BatchNormAct.forward = staticmethod(spy)
+        with torch.no_grad():
+            model(x)
+        traced = torch.jit.trace(model, x)
+        assert calls == []
+        model.train()
+        model(x).sum().backward()
+        assert calls  # training does use it
+    finally:
+        M._BatchNormAct.forward = staticmethod(orig)
+    assert "BatchNormAct" not in str(traced.inlined_graph)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "resnet_rs_50"])
+def test_grad_checkpointing_identical(name):
+    torch.manual_seed(0)
+    model = effnets.create_model(name, num_classes=10, drop_path=0.3)
+    x = torch.randn(2, 3, 64, 64)
+    _assert_same(_step(model, x, ckpt=False), _step(model, x, ckpt=True))
+    _assert_same(_step(model, x, me=False), _step(model, x, me=False, ckpt=True))
+
+
+def test_grad_checkpointing_drop_path_really_random():
+    """Different seeds draw different masks (so 'identical' above is not vacuous)."""
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", num_classes=10, drop_path=0.5)
+    x = torch.randn(4, 3, 64, 64)
+    a = _step(model, x, ckpt=True, seed=1)[0]
+    b = _step(model, x, ckpt=True, seed=2)[0]
+    assert not torch.allclose(a, b)
+
+
+def test_grad_checkpointing_vit():
+    torch.manual_seed(0)
+    model = effnets.create_model("vit_tiny_16", num_classes=10, drop_path=0.2)
+    x = torch.randn(2, 3, 64, 64)
+    _assert_same(_step(model, x), _step(model, x, ckpt=True))
+
+
+def test_grad_checkpointing_lowers_peak_memory():
+    from effnets.measure import measure_training
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", num_classes=10)
+    plain = measure_training(copy.deepcopy(model), 96, 4, warmup=1, iters=1).peak_memory_bytes
+    model.set_grad_checkpointing(True)
+    ckpt = measure_training(model, 96, 4, warmup=1, iters=1).peak_memory_bytes
+    assert ckpt < 0.8 * plain, (ckpt, plain)

@@ -1,0 +1,176 @@
+"""effnets.optimize: output equality of the optimized copy for every family, bf16, int8."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import effnets
+from effnets.optimize import FusedConvAct, fold_bn, quantize_int8
+
+
+def _perturb_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so folding is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+def _rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+CASES = [
+    ("efficientnet_b0", {}, 96),
+    ("efficientnet_b0", {"padding": "same"}, 97),  # TF SAME padding, odd size
+    ("mobilenet_v3_large", {}, 96),
+    ("mobilenet_v2", {}, 64),
+    ("mobilenet_v1", {}, 64),
+    ("efficientnetv2_b0", {}, 96),
+    ("resnet_rs_50", {}, 64),
+]
+
+
+@pytest.mark.parametrize("name,overrides,size", CASES)
+def test_optimized_matches_original(name, overrides, size):
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model(name, num_classes=10, **overrides)).eval()
+    before = copy.deepcopy(model.state_dict())
+    opt = effnets.optimize(model)
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        ref, out = model(x), opt(x)
+    assert out.shape == ref.shape
+    assert _rel_err(out, ref) < 1e-4
+    # BN really folded, the original left untouched
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules() if not isinstance(m, FusedConvAct)) \
+        or name.startswith("coatnet")
+    assert any(isinstance(m, FusedConvAct) for m in opt.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_tiny_16", "coatnet_0"])
+def test_optimized_transformers(name):
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        assert _rel_err(opt(x), model(x)) < 1e-4
+
+
+def test_fold_bn_exact():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=True)
+    bn = _perturb_bn(nn.Sequential(nn.BatchNorm2d(6)))[0].eval()
+    w, b = fold_bn(conv, bn)
+    x = torch.randn(2, 4, 8, 8)
+    ref = bn(conv(x))
+    out = nn.functional.conv2d(x, w, b, padding=1)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_plain_ops_without_mkldnn_path(monkeypatch):
+    """The fallback path (CUDA, compile, export) computes the same as the fused oneDNN path."""
+    import importlib
+    O = importlib.import_module("effnets.optimize")
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("mobilenet_v3_large", num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        fused = opt(x)
+        monkeypatch.setattr(O, "_MKLDNN", False)
+        plain = opt(x)
+        ref = model(x)
+    assert _rel_err(plain, ref) < 1e-4 and _rel_err(fused, ref) < 1e-4
+
+
+def test_bf16_close_and_fp32_logits():
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    opt = effnets.optimize(model, dtype=torch.bfloat16)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        out, ref = opt(x), model(x)
+    assert out.dtype == torch.float32
+    assert _rel_err(out, ref) < 0.1
+
+
+def test_bad_arguments():
+    model = effnets.create_model("mobilenet_v1", num_classes=10)
+    with pytest.raises(effnets.ConfigError):
+        effnets.optimize(model, mode="fast")
+    with pytest.raises(effnets.ConfigError):
+        effnets.optimize(model, dtype=torch.float16)
+    with pytest.raises(effnets.ConfigError):
+        effnets.optimize(model, dtype="int8")  # no calibration data
+
+
+def _toy_data(n, size=32, seed=0):
+    """4 classes: which quadrant holds a bright square (learnable in a few dozen steps)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randn(n, 3, size, size, generator=g) * 0.3
+    h = size // 2
+    for i, c in enumerate(y.tolist()):
+        r, q = divmod(c, 2)
+        x[i, :, r * h:(r + 1) * h, q * h:(q + 1) * h] += 1.5
+    return x, y
+
+
+def _trained_tiny():
+    torch.manual_seed(0)
+    model = effnets.create_model("mobilenet_v1", num_classes=4, width=0.25, dropout=0.0)
+    x, y = _toy_data(256)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for epoch in range(5):
+        for i in range(0, len(x), 32):
+            loss = nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def test_int8_trained_tiny_model_agrees():
+    model = _trained_tiny()
+    calib, _ = _toy_data(64, seed=1)
+    held, yh = _toy_data(128, seed=2)
+    q = effnets.optimize(model, dtype="int8", calibration=calib)
+    with torch.inference_mode():
+        ref = model(held).argmax(1)
+        out = q(held).argmax(1)
+    assert (ref == yh).float().mean() > 0.7  # the fp32 model has really learned something
+    assert (out == ref).float().mean() >= 0.9
+
+
+def test_int8_calibration_from_image_folder(tmp_path):
+    from PIL import Image
+    x, _ = _toy_data(4, size=40)
+    for i, img in enumerate(x):
+        arr = ((img.clamp(-1, 2) + 1) / 3 * 255).byte().permute(1, 2, 0).numpy()
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+    model = effnets.create_model("mobilenet_v1", num_classes=4, width=0.25).eval()
+    q = quantize_int8(model, str(tmp_path))
+    with torch.inference_mode():
+        assert q(torch.randn(1, 3, 224, 224)).shape == (1, 4)
+
+
+@pytest.mark.slow
+def test_compiled_matches_original():
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("mobilenet_v3_large", num_classes=10)).eval()
+    opt = effnets.optimize(model, compile=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert _rel_err(opt(x), model(x)) < 1e-4
