@@ -26,7 +26,6 @@ speed and memory see ``effnets.layers.memory`` and ``model.set_grad_checkpointin
 from __future__ import annotations
 
 import copy
-import math
 import os
 from typing import Callable, Iterable
 

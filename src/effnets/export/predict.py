@@ -48,34 +48,11 @@ def class_names(model: nn.Module) -> list[str]:
 
 
 def load_image(path: str | os.PathLike):
-    """Open an image file as an 8-bit RGB PIL image, whatever its mode (see module doc)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im).astype(np.float64)
-        if mode == "F":
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
-            # float images are scaled by their own range
-        else:
-            top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
-            if a.max() > 65535:
-                top = float(a.max())
-            a = a / top * 255.0
-        im = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
-        mode = "L"
-    if mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    return im.convert("RGB")
+    """An 8-bit RGB PIL image from any image file (EXIF rotation, alpha on white, CMYK, palette,
+    16-bit, float); raises ``BadImage`` naming the file and the problem.  The one opener shared
+    with training and evaluation: ``effnets.data.images.open_image``."""
+    from ..data.images import open_image
+    return open_image(path)
 
 
 def preprocess(img, pre: dict) -> tuple[torch.Tensor, "object"]:

@@ -1,6 +1,8 @@
 """Convolutions with explicit padding conventions, and conv-norm-act."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,14 @@ def conv2d(in_chs: int, out_chs: int, kernel: int, stride: int = 1, *, groups: i
         raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}")
     return nn.Conv2d(in_chs, out_chs, kernel, stride, padding=symmetric_padding(kernel, dilation), dilation=dilation,
                      groups=groups, bias=bias)
+
+
+def init_conv_(m: nn.Conv2d) -> None:
+    """TF EfficientNet conv init: N(0, sqrt(2 / fan_out)), fan_out = k*k*out/groups; zero bias."""
+    fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+    nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 def batch_norm(chs: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.BatchNorm2d:

@@ -43,3 +43,18 @@ def stage_schedule(rate: float, blocks_per_stage: list[int]) -> list[float]:
     for j, count in enumerate(blocks_per_stage):
         out += [rate * (j + 2) / (n + 1)] * count
     return out
+
+
+def check_rate(name: str, p: float) -> float:
+    if not 0 <= p < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {p}")
+    return p
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every nn.Dropout of ``model`` to ``p``, except attention-probability dropout
+    (``attn_drop``), which is a separate knob left as built."""
+    check_rate("dropout", p)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Dropout) and not name.endswith("attn_drop"):
+            m.p = p

@@ -18,12 +18,11 @@ Module names: ``stem.{conv1,conv2}``, ``stages.<i>.<j>``, ``norm``, ``pre_logits
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from ..layers import ConvNormAct, DropPath, SqueezeExcite, linear_schedule
+from ..layers import ConvNormAct, DropPath, SqueezeExcite, check_rate, init_conv_, linear_schedule, set_dropout
 from ..layers.attention import Attention
 from ..layers.memory import checkpoint_enabled, checkpoint_module
 from ..layers.rel_pos import RelPosBias, resize_rel_pos_table
@@ -210,10 +209,7 @@ class CoAtNet(nn.Module):
         truncated normal 0.02 (ViT/timm); zero biases; norms 1/0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                init_conv_(m)
             elif isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
@@ -242,15 +238,9 @@ class CoAtNet(nn.Module):
 
     def set_regularization(self, dropout: float | None = None, drop_path: float | None = None) -> None:
         if dropout is not None:
-            if not 0 <= dropout < 1:
-                raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-            for name, m in self.named_modules():
-                # attention-probability dropout is a separate knob, left as built
-                if isinstance(m, nn.Dropout) and not name.endswith("attn_drop"):
-                    m.p = dropout
+            set_dropout(self, dropout)
         if drop_path is not None:
-            if not 0 <= drop_path < 1:
-                raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
+            check_rate("drop_path", drop_path)
             blocks = self._blocks()
             for b, p in zip(blocks, linear_schedule(drop_path, len(blocks))):
                 if isinstance(b, CoAtTransformer):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..blocks import BLOCKS, BlockArgs, Bottleneck
-from ..layers import ConvNormAct, linear_schedule, make_act, stage_schedule
+from ..layers import ConvNormAct, check_rate, init_conv_, linear_schedule, make_act, set_dropout, stage_schedule
 from ..layers.memory import checkpoint_enabled, checkpoint_module
 from .inputs import check_input
 from ..scaling import scale
@@ -111,10 +111,7 @@ class ConvNet(nn.Module):
             return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                init_conv_(m)
             elif isinstance(m, nn.Linear):
                 r = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -r, r)
@@ -133,12 +130,9 @@ class ConvNet(nn.Module):
         """Change dropout before the classifier and the stochastic-depth rate (re-spread with
         the net's schedule) on a live model, e.g. per progressive-learning stage."""
         if dropout is not None:
-            if not 0 <= dropout < 1:
-                raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-            self.dropout.p = dropout
+            set_dropout(self, dropout)
         if drop_path is not None:
-            if not 0 <= drop_path < 1:
-                raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
+            check_rate("drop_path", drop_path)
             blocks = [b for s in self.stages for b in s]
             for b, p in zip(blocks, drop_path_rates(self.spec, drop_path)):
                 if getattr(b, "drop_path", None) is not None:

@@ -36,7 +36,7 @@ def check_input(model, x, *, multiple: int = 1, min_size: int = 1, allow_empty: 
         raise InputError(f"{name} expects {want}, got a {x.ndim}-D tensor of shape {shape}{hint}")
     if shape[1] != c:
         if shape[3] == c:
-            hint = f"; it looks channels-last (N, H, W, C): use x.permute(0, 3, 1, 2)"
+            hint = "; it looks channels-last (N, H, W, C): use x.permute(0, 3, 1, 2)"
         else:
             hint = (f"; convert the images to {'RGB' if c == 3 else f'{c} channels'}, or create the model with "
                     f"in_chans={shape[1]}")

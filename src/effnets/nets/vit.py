@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import DropPath
+from ..layers import DropPath, check_rate, set_dropout
 from ..layers.attention import Attention
 from ..layers.memory import checkpoint_enabled, checkpoint_module
 from .inputs import check_input
@@ -186,15 +186,9 @@ class VisionTransformer(nn.Module):
     # -- regularisation ----------------------------------------------------------------------
     def set_regularization(self, dropout: float | None = None, drop_path: float | None = None) -> None:
         if dropout is not None:
-            if not 0 <= dropout < 1:
-                raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-            for name, m in self.named_modules():
-                # attention-probability dropout is a separate knob (attn_drop), left as is
-                if isinstance(m, nn.Dropout) and not name.endswith("attn_drop"):
-                    m.p = dropout
+            set_dropout(self, dropout)
         if drop_path is not None:
-            if not 0 <= drop_path < 1:
-                raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
+            check_rate("drop_path", drop_path)
             for b, p in zip(self.blocks, vit_drop_path_rates(drop_path, len(self.blocks))):
                 b.drop_path1.p = b.drop_path2.p = p
 

@@ -24,7 +24,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from .folder import preprocessing_of, save_folder
 from .io import read_state_dict
 from .load import map_to_model

@@ -25,7 +25,6 @@ which becomes the folder's ``preprocessing`` (mean/std on [0, 1] pixels).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
