@@ -385,6 +385,13 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
         if full:
             last_good.update(path=path, step=global_step)
 
+    def step_done(step: int) -> bool:
+        """After each optimizer step (or skipped one): periodic checkpoint; True to stop the run
+        (max_steps reached, or SIGTERM)."""
+        if recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
+            save(paths["last"])
+        return bool(recipe.max_steps and step >= recipe.max_steps) or stop.requested(info)
+
     if main:
         os.makedirs(out_dir, exist_ok=True)
         ckpt.atomic_write_text(paths["config"], "# effnets run config: the recipe as run, then resolved values\n"
@@ -492,12 +499,7 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
                     f"{recipe.max_skipped_steps}, nan_policy=skip)")
                 if skipped_steps > recipe.max_skipped_steps:
                     raise _nonfinite(loss, global_step - 1, epoch, micro - 1, recipe, last_good, skipped_steps)
-                if recipe.checkpoint_every and global_step % recipe.checkpoint_every == 0:
-                    save(paths["last"])
-                if recipe.max_steps and global_step >= recipe.max_steps:
-                    stopped = True
-                    break
-                if stop.requested(info):
+                if step_done(global_step):
                     stopped = True
                     break
                 continue
@@ -517,12 +519,7 @@ def _fit(model, recipe, info, device, main, say, out_dir, resume, show_progress,
             epoch_state["batches"] = micro
             bar.update(micro // recipe.accum_steps, int(seen) * info.world_size,
                        loss=loss_sum / seen, acc=100.0 * correct / seen, lr=cur_lr)
-            if recipe.checkpoint_every and global_step % recipe.checkpoint_every == 0:
-                save(paths["last"])
-            if recipe.max_steps and global_step >= recipe.max_steps:
-                stopped = True
-                break
-            if stop.requested(info):
+            if step_done(global_step):
                 stopped = True
                 break
         bar.close()
