@@ -26,6 +26,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-checkpoint", default=None, help="teacher weights (.safetensors)")
     p.add_argument("--unlabeled", default=None, help="folder of unlabelled images for the teacher to label")
     p.add_argument("--pseudo", choices=("hard", "soft"), default=None, help="pseudo-label kind (default: soft)")
+    p.add_argument("--finetune", action="store_true",
+                   help="fine-tune from --checkpoint: new classifier when the class count differs")
+    p.add_argument("--checkpoint", default=None, help="initial weights for --finetune (any layout create_model reads)")
+    p.add_argument("--layer-decay", type=float, default=None, help="--finetune: layer-wise LR decay (e.g. 0.75)")
+    p.add_argument("--freeze-bn", action="store_true", help="--finetune: keep BN statistics fixed")
+    p.add_argument("--freeze-stages", type=int, default=None, help="--finetune: freeze the stem and first N stages")
     p.add_argument("--show-recipe", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -53,6 +59,16 @@ def cmd_train(args) -> int:
                      ("unlabeled", args.unlabeled), ("pseudo_labels", args.pseudo)):
         if val is not None:
             overrides[key] = val
+    if args.finetune or args.checkpoint:
+        from ..errors import ConfigError
+        if not (args.finetune and args.checkpoint):
+            raise ConfigError("fine-tuning needs both --finetune and --checkpoint C")
+        overrides["init_checkpoint"] = args.checkpoint
+        for key, val in (("layer_decay", args.layer_decay), ("freeze_stages", args.freeze_stages)):
+            if val is not None:
+                overrides[key] = val
+        if args.freeze_bn:
+            overrides["freeze_bn"] = True
     recipe = load_recipe(args.recipe, overrides)
     if args.data is not None:
         recipe.data = args.data

@@ -18,10 +18,12 @@ Module names: ``stem.{conv1,conv2}``, ``stages.<i>.<j>``, ``norm``, ``pre_logits
 """
 from __future__ import annotations
 
+import re
 
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from ..layers import ConvNormAct, DropPath, SqueezeExcite, check_rate, init_conv_, linear_schedule, set_dropout
 from ..layers.attention import Attention
 from ..layers.memory import checkpoint_enabled, checkpoint_module
@@ -145,6 +147,100 @@ class CoAtTransformer(nn.Module):
         self.drop_path1.p = self.drop_path2.p = p
 
 
+# -- timm maxxvit (``coatnet_*``) checkpoints ---------------------------------------------------
+# Exact renames inside a block (timm suffix -> ours); the first match wins.
+_TIMM_MBCONV = (
+    ("shortcut.expand.", "shortcut.proj."),
+    ("pre_norm.", "pre_norm."),
+    ("conv1_1x1.", "conv_pw.conv."),
+    ("norm1.", "conv_pw.bn."),
+    ("conv2_kxk.", "conv_dw.conv."),
+    ("norm2.", "conv_dw.bn."),
+    ("se.fc1.", "se.conv_reduce."),
+    ("se.fc2.", "se.conv_expand."),
+    ("conv3_1x1.", "conv_pwl."),
+)
+_TIMM_TRANSFORMER = (
+    ("shortcut.expand.", "shortcut.proj."),
+    ("norm1.norm.", "norm1."),  # stride-2 block: Sequential(norm, down=avg pool, no params)
+    ("norm1.", "norm1."),
+    ("attn.qkv.", "attn.qkv."),
+    ("attn.proj.", "attn.proj."),
+    ("attn.rel_pos.relative_position_bias_table", "rel_pos.table"),
+    ("norm2.", "norm2."),
+    ("mlp.fc1.", "mlp.fc1."),
+    ("mlp.fc2.", "mlp.fc2."),
+)
+_TIMM_TOP = (
+    ("stem.conv1.", "stem.conv1.conv."),
+    ("stem.norm1.", "stem.conv1.bn."),
+    ("stem.conv2.", "stem.conv2."),
+    ("head.norm.", "norm."),
+    ("head.pre_logits.fc.", "pre_logits.fc."),
+    ("head.fc.", "head."),
+)
+_TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
+
+
+def _is_timm_maxxvit(sd: dict) -> bool:
+    return any(_TIMM_BLOCK.match(k) for k in sd) and any(k.startswith("stem.norm1.") for k in sd)
+
+
+def _rename(rest: str, rules) -> str | None:
+    for src, dst in rules:
+        if rest.startswith(src):
+            return dst + rest[len(src):]
+    return None
+
+
+def _from_timm_maxxvit(sd: dict, sizes: dict | None = None) -> dict:
+    """timm ``MaxxVit`` (C-C-T-T ``coatnet_*``) keys and tensor layouts -> ours.
+
+    Same tensors, stored differently:
+      * transformer 1x1 ``Conv2d`` weights (qkv, proj, mlp) -> ``Linear``: drop the 1x1 dims;
+      * qkv output channels: timm's ``head_first`` layout is (heads, 3, head_dim), ours
+        (3, heads, head_dim) -> permute rows (weight and bias);
+      * relative-position table: timm (L, heads) with L = (2H-1)(2W-1) flattened row-major over
+        (dy, dx) -> ours (heads, 2H-1, 2W-1);
+      * classifier head ``head.fc`` -> ``head``; final LayerNorm ``head.norm`` -> ``norm``.
+    ``sizes``: our transformer blocks' map sizes by block name, to unflatten non-square tables."""
+    out: dict = {}
+    for k, v in sd.items():
+        m = _TIMM_BLOCK.match(k)
+        if m is None:
+            new = _rename(k, _TIMM_TOP)
+            if new is None:
+                raise CheckpointError(f"timm CoAtNet checkpoint: no rule for key {k!r}")
+            out[new] = v
+            continue
+        si, bi, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        is_tf = f"stages.{si}.blocks.{bi}.attn.qkv.weight" in sd
+        new = _rename(rest, _TIMM_TRANSFORMER if is_tf else _TIMM_MBCONV)
+        if new is None:
+            raise CheckpointError(f"timm CoAtNet checkpoint: no rule for key {k!r}")
+        if is_tf:
+            if new.startswith(("attn.", "mlp.")) and new.endswith("weight") and v.ndim == 4:
+                v = v.flatten(1)  # (out, in, 1, 1) -> (out, in)
+            if new.startswith("attn.qkv."):
+                heads = sd[f"stages.{si}.blocks.{bi}.attn.rel_pos.relative_position_bias_table"].shape[-1]
+                rows = v.shape[0]
+                v = v.reshape(heads, 3, rows // (3 * heads), *v.shape[1:]).transpose(0, 1).reshape(v.shape)
+            elif new == "rel_pos.table":
+                n, heads = v.shape
+                size = (sizes or {}).get(f"stages.{si}.{bi}")
+                if size is not None and (2 * size[0] - 1) * (2 * size[1] - 1) == n:
+                    shape = (2 * size[0] - 1, 2 * size[1] - 1)
+                else:  # made at another input size: assume a square map, resized afterwards
+                    side = int(round(n ** 0.5))
+                    if side * side != n:
+                        raise CheckpointError(f"timm CoAtNet checkpoint: {k} has {n} offsets, which fit "
+                                              "neither this model's map nor a square one")
+                    shape = (side, side)
+                v = v.t().reshape(heads, *shape)
+        out[f"stages.{si}.{bi}.{new}"] = v
+    return out
+
+
 class CoAtNet(nn.Module):
     """CoAtNet with ``depths`` = blocks of S1..S4 and ``dims`` = widths of S0..S4."""
 
@@ -221,8 +317,13 @@ class CoAtNet(nn.Module):
                 nn.init.trunc_normal_(m.table, std=0.02)
 
     def remap_checkpoint(self, state_dict: dict) -> dict:
-        """Resize every relative-position table made at another input size to ours."""
+        """Rename a timm ``maxxvit`` CoAtNet state dict (``coatnet_*``) to our names, then resize
+        every relative-position table made at another input size to ours.  Our own layout
+        passes through unchanged."""
         sd = dict(state_dict)
+        if _is_timm_maxxvit(sd):
+            sizes = {n[: -len(".rel_pos")]: m.size for n, m in self.named_modules() if isinstance(m, RelPosBias)}
+            sd = _from_timm_maxxvit(sd, sizes)
         own = self.state_dict()
         for name, m in self.named_modules():
             if isinstance(m, RelPosBias):

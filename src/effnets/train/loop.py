@@ -150,7 +150,12 @@ def _build_model(model, recipe: Recipe, num_classes: int):
     name = model or recipe.model
     if not name:
         raise ConfigError("no model named: pass one (effnets train NAME) or set `model:` in the recipe")
-    m = create_model(name, num_classes=num_classes, **recipe.model_args)
+    m = create_model(name, num_classes=num_classes, checkpoint=recipe.init_checkpoint, **recipe.model_args)
+    if recipe.init_checkpoint:  # fine-tuning: the head was re-initialised if the class count differs
+        from ..finetune import prepare_finetune
+        # layer ids: 0 = stem, i + 1 = stage i; freeze_stages N freezes the stem and stages 0..N-1
+        prepare_finetune(m, freeze_bn=recipe.freeze_bn,
+                         freeze_stages=recipe.freeze_stages + 1 if recipe.freeze_stages else 0)
     return m, name, m.card
 
 

@@ -69,7 +69,13 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 
 
 def build_optimizer(model: nn.Module, recipe, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, recipe.weight_decay, recipe.decay_norm_and_bias)
+    if getattr(recipe, "layer_decay", 1.0) < 1.0:  # fine-tuning: layer-wise LR decay (groups carry lr_scale)
+        from ..finetune import finetune_param_groups
+        groups = finetune_param_groups(model, lr, recipe.layer_decay, recipe.weight_decay)
+        for g in groups:
+            g.pop("names", None)
+    else:
+        groups = param_groups(model, recipe.weight_decay, recipe.decay_norm_and_bias)
     if recipe.optimizer == "rmsprop":
         return RMSpropTF(groups, lr=lr, decay=recipe.rmsprop_decay, momentum=recipe.momentum, eps=recipe.opt_eps)
     if recipe.optimizer == "sgd":

@@ -99,6 +99,12 @@ class Recipe:
     device: str = "auto"                # auto | cpu | cuda
     nan_policy: str = "stop"            # non-finite loss: stop (keep the last good checkpoint) | skip the step
     max_skipped_steps: int = 10         # nan_policy skip: stop after this many skipped steps
+    # fine-tuning (effnets train --finetune --checkpoint C): start from weights, new head if the
+    # class count differs, optional frozen BN statistics / early stages, layer-wise LR decay
+    init_checkpoint: str | None = None
+    freeze_bn: bool = False
+    freeze_stages: int = 0              # freeze the stem and the first N stages
+    layer_decay: float = 1.0            # lr x layer_decay^(L-1-layer); 1 = off
     # teacher (ResNet-RS 3.3 / Noisy Student)
     teacher: str | None = None
     teacher_checkpoint: str | None = None
@@ -138,6 +144,7 @@ RANGES = {
     "dropout": (0, 1, True, False), "drop_path": (0, 1, True, False), "workers": (0, None, True, None),
     "train_size": (8, None, True, None), "eval_size": (8, None, True, None), "crop_pct": (0, 1, False, True),
     "eval_every": (1, None, True, None), "checkpoint_every": (0, None, True, None),
+    "layer_decay": (0, 1, False, True), "freeze_stages": (0, None, True, None),
     "max_steps": (0, None, True, None), "log_every": (1, None, True, None),
     "synthetic_samples": (2, None, True, None), "pseudo_threshold": (0, 1, True, False),
     "max_bad_fraction": (0, 1, True, True), "max_image_pixels": (1, None, True, None),

@@ -42,8 +42,8 @@ class LRSchedule:
 
     def step_to(self, optimizer, step: int) -> float:
         lr = self.lr_at(step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        for g in optimizer.param_groups:  # layer-wise decay groups scale the common rate
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         self.last_step = step
         return lr
 

@@ -68,4 +68,13 @@ def _unwrap(obj: Any, prefer_ema: bool) -> dict[str, torch.Tensor]:
         out[k[len("module."):] if k.startswith("module.") else k] = v
     if not out:
         raise CheckpointError("checkpoint contains no tensors")
-    return out
+    return _from_training_checkpoint(out, prefer_ema)
+
+
+def _from_training_checkpoint(sd: dict[str, torch.Tensor], prefer_ema: bool) -> dict[str, torch.Tensor]:
+    """`effnets train` checkpoints hold ``model.*``, ``ema.*``, ``optim.*`` and ``rng.*`` tensors in one
+    safetensors file: take the model (or, preferred and present, the EMA) weights."""
+    if not all(k.startswith(("model.", "ema.", "optim.", "rng.")) for k in sd) or not any(k.startswith("model.") for k in sd):
+        return sd
+    prefix = "ema." if prefer_ema and any(k.startswith("ema.") for k in sd) else "model."
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
