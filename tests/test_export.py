@@ -144,3 +144,17 @@ def test_optimized_models_from_the_speed_work(tmp_path):
     with pytest.raises(ConfigError, match="quantized"):
         export_onnx(q, tmp_path / "q.onnx", input_size=64)
     assert export_torchscript(q, tmp_path / "q.pt", input_size=64)["max_rel_err"] < 1e-4
+
+
+def test_onnx_check_falls_back_to_float64_floor(tmp_path):
+    """Over tol because of float32 precision: accepted only when onnxruntime is as close to a
+    float64 PyTorch run as PyTorch's own float32 result (x2); a real mismatch still fails."""
+    model = effnets.create_model("mobilenet_v3_small", num_classes=10).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, str(path), input_size=64, verify=False)
+    rep = verify_onnx(model, path, sizes=(64,), batches=(1,), tol=1e-12)  # force the fallback
+    assert "float64_floor" in rep and rep["ort_vs_float64"] < max(1e-12, 2 * rep["float64_floor"])
+    with torch.no_grad():  # a real mismatch: change the weights after export
+        model.classifier.bias.add_(1.0)
+    with pytest.raises(ExportError, match="differs"):
+        verify_onnx(model, path, sizes=(64,), batches=(1,), tol=1e-4)

@@ -130,6 +130,7 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Sequence[int] 
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     errs: dict[str, float] = {}
+    cases: dict[str, tuple] = {}
     with export_mode(model):
         for s in sizes:
             for b in batches:
@@ -140,7 +141,26 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Sequence[int] 
                     raise ExportError(f"onnxruntime output shape {tuple(out.shape)} != PyTorch {tuple(ref.shape)} "
                                       f"at input {tuple(x.shape)}")
                 errs[f"{b}x{s}x{s}"] = rel_err(out, ref)
+                cases[f"{b}x{s}x{s}"] = (x, ref, out)
     worst = max(errs.values())
+    report = {"sizes": errs, "max_rel_err": worst, "tol": tol}
     if worst >= tol:
-        raise ExportError(f"ONNX output differs from PyTorch: max relative error {worst:.3g} >= {tol:g} ({errs})")
-    return {"sizes": errs, "max_rel_err": worst, "tol": tol}
+        # Deep nets with untrained weights can have logits in the hundreds, where float32 itself
+        # is not exact to 1e-4.  Then judge both runtimes against a float64 PyTorch run: accept
+        # onnxruntime when it is as close to float64 as PyTorch's own float32 result is (x2).
+        key = max(errs, key=errs.get)
+        floor, ort64 = _float64_floor(model, *cases[key])
+        report.update(float64_floor=floor, ort_vs_float64=ort64)
+        if ort64 >= max(tol, 2 * floor):
+            raise ExportError(f"ONNX output differs from PyTorch: max relative error {worst:.3g} >= {tol:g} "
+                              f"({errs}); against float64 PyTorch: onnxruntime {ort64:.3g}, PyTorch float32 {floor:.3g}")
+    return report
+
+
+def _float64_floor(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, out) -> tuple[float, float]:
+    """(rel. error of PyTorch float32 vs float64, rel. error of onnxruntime vs float64)."""
+    import copy
+    m64 = copy.deepcopy(model).double()
+    with export_mode(m64):
+        ref64 = m64(x.double())
+    return rel_err(ref.double(), ref64), rel_err(torch.as_tensor(out).double(), ref64)
