@@ -26,3 +26,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture
 def tmp_ckpt(tmp_path):
     return tmp_path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests that start training runs: their timing stays stable when
+    other processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

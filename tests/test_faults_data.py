@@ -7,7 +7,6 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from effnets.cli import main
@@ -20,12 +19,7 @@ TINY = {"synthetic_samples": 48, "epochs": 1, "workers": 0, "model_args": {"widt
         "train_size": 32, "eval_size": 32, "ema_decay": 0.0, "best_metric": "top1", "warmup_epochs": 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rgb(seed=0, size=(20, 16)):

@@ -19,12 +19,7 @@ TINY = ["--set", "synthetic_samples=16", "--set", "batch_size=8", "--set", "epoc
 MARK = "/tmp/effnets_faults_pwned"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_line_error(capsys, argv, code=2):

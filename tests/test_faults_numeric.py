@@ -13,12 +13,7 @@ TINY = {"data": "synthetic", "synthetic_samples": 32, "batch_size": 8, "epochs":
         "model_args": {"width": 0.25, "depth": 0.34}, "train_size": 32, "eval_size": 32, "checkpoint_every": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(out, **over):

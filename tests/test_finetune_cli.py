@@ -12,12 +12,7 @@ TINY = ["--set", "synthetic_samples=64", "--set", "epochs=1", "--set", "workers=
         "--set", "warmup_epochs=0", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def three_class_folder(root):

@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..layers import ConvNormAct, DropPath, SqueezeExcite, check_rate, init_conv_, linear_schedule, set_dropout
 from ..layers.attention import Attention
+from ..layers.head import linear_head
 from ..layers.memory import checkpoint_enabled, checkpoint_module
 from ..layers.rel_pos import RelPosBias, resize_rel_pos_table
 from .inputs import check_input
@@ -351,10 +352,7 @@ class CoAtNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = linear_head(self.num_features, num_classes)
 
     # -- forward -----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

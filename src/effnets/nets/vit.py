@@ -16,6 +16,7 @@ from torch import nn
 
 from ..layers import DropPath, check_rate, set_dropout
 from ..layers.attention import Attention
+from ..layers.head import linear_head
 from ..layers.memory import checkpoint_enabled, checkpoint_module
 from .inputs import check_input
 
@@ -194,10 +195,7 @@ class VisionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = linear_head(self.num_features, num_classes)
 
     # -- forward -----------------------------------------------------------------------------
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
