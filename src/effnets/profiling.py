@@ -95,7 +95,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
             seen[s._cdata] = s.nbytes()
         return t
 
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if not isinstance(v, nn.Parameter)}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}  # BN statistics: restored below
     was_training = model.training
     model.train()
     try:
@@ -104,9 +104,8 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     finally:
         model.train(was_training)
         with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if k in buffers:
-                    v.copy_(buffers[k])
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
     return sum(seen.values())
 
 
