@@ -29,8 +29,9 @@ def _assert_same(a, b, rtol=1e-5):
     scale = max(g.abs().max() for g in g0.values())
     for k in g0:
         assert ((g0[k] - g1[k]).abs().max() / scale) < rtol * 10, k
-    for k in s0:  # BN running statistics and batch counters updated exactly once
-        assert torch.allclose(s0[k].float(), s1[k].float(), rtol=1e-6, atol=1e-7), k
+    for k in s0:  # BN running statistics and batch counters updated exactly once (a second
+        # update would move them by ~momentum = 10%; float rounding upstream moves them ~1e-5)
+        assert torch.allclose(s0[k].float(), s1[k].float(), rtol=1e-4, atol=1e-6), k
 
 
 @pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "efficientnetv2_b0"])
@@ -115,7 +116,8 @@ def test_grad_checkpointing_lowers_peak_memory():
     from effnets.measure import measure_training
     torch.manual_seed(0)
     model = effnets.create_model("efficientnet_b0", num_classes=10)
-    plain = measure_training(copy.deepcopy(model), 96, 4, warmup=1, iters=1).peak_memory_bytes
+    # large enough that activations, not weights and gradients, dominate the peak
+    plain = measure_training(copy.deepcopy(model), 128, 8, warmup=1, iters=1).peak_memory_bytes
     model.set_grad_checkpointing(True)
-    ckpt = measure_training(model, 96, 4, warmup=1, iters=1).peak_memory_bytes
+    ckpt = measure_training(model, 128, 8, warmup=1, iters=1).peak_memory_bytes
     assert ckpt < 0.8 * plain, (ckpt, plain)

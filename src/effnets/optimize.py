@@ -6,11 +6,13 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    ``w' = w * g / sqrt(v + eps)``, ``b' = beta - m * g / sqrt(v + eps)``; Jacob et al. 2018,
    arXiv 1712.05877 §3.2, and every inference engine since).
 2. **Fuse the activation into the convolution**: on CPU the folded conv, its bias and the
-   activation (SiLU, ReLU, ReLU6, hard-swish, GELU, sigmoid, ...) run as one oneDNN primitive
+   activation (ReLU, ReLU6, hard-swish, GELU, sigmoid, ...) run as one oneDNN primitive
    (``torch.ops.mkldnn._convolution_pointwise``, the op TorchInductor itself emits for conv +
    pointwise fusion), so the activation is applied while the output tile is still in cache
-   instead of in a separate memory-bound pass.  Elsewhere (CUDA, other dtypes, under
-   ``torch.compile``/export) the same module runs plain ``F.conv2d`` + activation.
+   instead of in a separate memory-bound pass.  SiLU is the exception where effnets' native
+   kernels are available (``effnets.kernels``): its exp dominates, and ours costs half of
+   oneDNN's, so the conv runs without post-op and SiLU follows in place.  Elsewhere (CUDA,
+   other dtypes, under ``torch.compile``/export) the same module runs plain ``F.conv2d`` + activation.
 3. **Squeeze-excite on vectors**: the two 1x1 convolutions on a 1x1 map become matrix products.
 4. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
    depthwise convolutions are much faster in it).
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .errors import ConfigError
 from .layers.conv import Conv2dSame, ConvNormAct
 from .layers.padding import pad_same
@@ -66,6 +69,7 @@ def _mkldnn_ok() -> bool:
 
 
 _MKLDNN = _mkldnn_ok()
+
 try:  # oneDNN bf16 convolutions need AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/DQ
     _MKLDNN_BF16 = _MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 except (AttributeError, RuntimeError):
@@ -123,6 +127,12 @@ class FusedConvAct(nn.Module):
         if (_MKLDNN and x.device.type == "cpu" and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16
                                                                                  and _MKLDNN_BF16))
                 and x.dtype == self.weight.dtype and not x.requires_grad and not _plain_mode()):
+            if self.attr == "swish" and x.dtype == torch.float32 and kernels.library() is not None:
+                # oneDNN's fused swish costs about what a separate pass of torch.sigmoid does;
+                # effnets' vector exp is ~2x cheaper (effnets/kernels), so apply it after the conv
+                y = torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
+                                                            self.dilation, self.groups, "none", [], "")
+                return kernels.silu_(y) if self.act is None else self.act(kernels.silu_(y))
             y = torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
                                                         self.dilation, self.groups, self.attr, self.scalars,
                                                         self.algorithm)

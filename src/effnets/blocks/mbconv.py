@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..layers import ConvNormAct
+from ..layers.memory import se_conv
 from .common import BlockArgs
 
 
@@ -52,10 +53,7 @@ class DepthwiseSeparable(ResidualBlock):
         self.drop_path = a.make_drop_path()
 
     def branch(self, x):
-        x = self.conv_dw(x)
-        if self.se is not None:
-            x = self.se(x)
-        return self.conv_pw(x)
+        return se_conv(self.conv_dw(x), self.se, self.conv_pw)
 
 
 class MBConv(ResidualBlock):
@@ -75,10 +73,7 @@ class MBConv(ResidualBlock):
     def branch(self, x):
         if self.conv_pw is not None:
             x = self.conv_pw(x)
-        x = self.conv_dw(x)
-        if self.se is not None:
-            x = self.se(x)
-        return self.conv_pwl(x)
+        return se_conv(self.conv_dw(x), self.se, self.conv_pwl)
 
 
 class FusedMBConv(ResidualBlock):
@@ -101,8 +96,6 @@ class FusedMBConv(ResidualBlock):
 
     def branch(self, x):
         x = self.conv_exp(x)
-        if self.se is not None:
-            x = self.se(x)
-        if self.conv_pwl is not None:
-            x = self.conv_pwl(x)
-        return x
+        if self.conv_pwl is None:
+            return x if self.se is None else self.se(x)
+        return se_conv(x, self.se, self.conv_pwl)

@@ -61,11 +61,13 @@ class ConvNormAct(nn.Module):
     def out_chs(self) -> int:
         return self.conv.out_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def norm_act(self, y: torch.Tensor) -> torch.Tensor:
+        """BN + act of a conv output ``y``."""
         if use_memory_efficient(self):  # training: keep the BN input only, recompute BN + act
-            y = self.conv(x)
             out = batch_norm_act(y, self.bn, self.act)
             if out is not None:
                 return out
-            return self.act(self.bn(y))
-        return self.act(self.bn(self.conv(x)))
+        return self.act(self.bn(y))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_act(self.conv(x))

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+
 _DEFAULT = True
 
 
@@ -121,9 +123,13 @@ def _act_bwd(kind: str, g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 class _BatchNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, weight, bias, running_mean, running_var, momentum, eps, kind):
-        z, mean, invstd = torch.ops.aten.native_batch_norm(y, weight, bias, running_mean, running_var, True,
-                                                           momentum, eps)
-        a = _act_fwd(kind, z)  # in place: the BN output is not kept
+        ctx.native = kernels.supports(y, kind) and _stats_ok(running_mean, running_var)
+        if ctx.native:  # two fused passes (statistics; normalise + act), see effnets/kernels
+            a, mean, invstd = kernels.bn_act_forward(y, weight, bias, running_mean, running_var, momentum, eps, kind)
+        else:
+            z, mean, invstd = torch.ops.aten.native_batch_norm(y, weight, bias, running_mean, running_var, True,
+                                                               momentum, eps)
+            a = _act_fwd(kind, z)  # in place: the BN output is not kept
         ctx.save_for_backward(y, weight, bias, mean, invstd)
         ctx.eps, ctx.kind = eps, kind
         return a
@@ -132,6 +138,11 @@ class _BatchNormAct(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         y, weight, bias, mean, invstd = ctx.saved_tensors
+        if ctx.native:
+            need_wb = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+            dy, dw, db = kernels.bn_act_backward(g, y, weight, bias, mean, invstd, ctx.kind, need_wb)
+            return (dy, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None,
+                    None, None, None, None, None)
         shape = (1, -1, 1, 1)
         if ctx.kind != "identity":
             scale = invstd if weight is None else invstd * weight
@@ -144,6 +155,10 @@ class _BatchNormAct(torch.autograd.Function):
         dy, dw, db = torch.ops.aten.native_batch_norm_backward(g.contiguous(memory_format=_fmt(y)), y, weight,
                                                                None, None, mean, invstd, True, ctx.eps, mask)
         return dy, dw, db, None, None, None, None, None
+
+
+def _stats_ok(*bufs) -> bool:
+    return all(b is None or (b.dtype == torch.float32 and b.is_contiguous()) for b in bufs)
 
 
 def _fmt(t: torch.Tensor):
@@ -195,15 +210,71 @@ class _GateMul(torch.autograd.Function):
 
 
 def gate_mul(x: torch.Tensor, s: torch.Tensor, gate: nn.Module) -> torch.Tensor | None:
-    t = type(gate)
-    kind = "sigmoid" if t is nn.Sigmoid else "hard_sigmoid" if t is nn.Hardsigmoid else None
+    kind = _gate_kind(gate)
     if kind is None:
         return None
     return _GateMul.apply(x, s, kind)
 
 
+def _gate_kind(gate: nn.Module) -> str | None:
+    t = type(gate)
+    return "sigmoid" if t is nn.Sigmoid else "hard_sigmoid" if t is nn.Hardsigmoid else None
+
+
+def _gate_and_grad(kind: str, s: torch.Tensor, dgate: torch.Tensor | None = None):
+    """The gate of logits ``s``; with ``dgate``, the gradient w.r.t. ``s`` instead."""
+    if kind == "sigmoid":
+        g = torch.sigmoid(s)
+        return g if dgate is None else torch.ops.aten.sigmoid_backward(dgate, g)
+    return F.hardsigmoid(s) if dgate is None else torch.ops.aten.hardsigmoid_backward(dgate, s)
+
+
+class _GatedConv(torch.autograd.Function):
+    """``conv(x * gate(s))`` saving ``x`` and the logits ``s`` but not the gated tensor, which
+    backward recomputes (one per-channel multiply) for the weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, s, weight, bias, stride, padding, dilation, groups, kind):
+        g = _gate_and_grad(kind, s)
+        y = F.conv2d(x * g, weight, bias, stride, padding, dilation, groups)
+        ctx.save_for_backward(x, s, weight)
+        ctx.conf = (stride, padding, dilation, groups, kind, bias is not None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, go):
+        x, s, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, kind, has_bias = ctx.conf
+        g = _gate_and_grad(kind, s)
+        need_x, need_s, need_w, need_b = ctx.needs_input_grad[:4]
+        dh, dw, db = torch.ops.aten.convolution_backward(
+            go, x * g, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
+            False, [0, 0], groups, [need_x or need_s, need_w, need_b and has_bias])
+        dx = dh * g if need_x else None
+        ds = _gate_and_grad(kind, s, (dh * x).sum((2, 3), keepdim=True)) if need_s else None
+        return dx, ds, dw, db if has_bias else None, None, None, None, None, None
+
+
+def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module) -> torch.Tensor:
+    """``cna(se(x))`` (squeeze-excite, then a ConvNormAct).  In memory-efficient training the
+    gated tensor ``se(x)``, which only the conv's weight gradient needs, is not stored: the
+    conv saves ``x`` (kept anyway) and the B x C x 1 x 1 SE logits and recomputes the product."""
+    if se is None:
+        return cna(x)
+    if not (use_memory_efficient(se) and use_memory_efficient(cna)):  # eval, export, compile: plain modules
+        return cna(se(x))
+    conv, kind = getattr(cna, "conv", None), _gate_kind(getattr(se, "gate", None))
+    if (kind is None or type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+            or not hasattr(se, "logits") or not hasattr(cna, "norm_act")):
+        return cna(se(x))
+    y = _GatedConv.apply(x, se.logits(x), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                         conv.groups, kind)
+    return cna.norm_act(y)
+
+
 __all__ = ["set_memory_efficient", "memory_efficient_enabled", "memory_efficient", "use_memory_efficient",
-           "batch_norm_act", "gate_mul"]
+           "batch_norm_act", "gate_mul", "se_conv"]
 
 
 # -- activation checkpointing ------------------------------------------------------------------

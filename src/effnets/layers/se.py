@@ -20,9 +20,12 @@ class SqueezeExcite(nn.Module):
         self.gate = make_act(gate)
         self.memory_efficient: bool | None = None  # None: the global default (layers.memory)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-gate logits (B x C x 1 x 1)."""
+        return self.conv_expand(self.act(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.conv_expand(self.act(self.conv_reduce(s)))
+        s = self.logits(x)
         if use_memory_efficient(self):
             out = gate_mul(x, s, self.gate)
             if out is not None:

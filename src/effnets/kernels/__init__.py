@@ -1,0 +1,157 @@
+"""Native CPU kernels, compiled on first use: fused training BatchNorm + activation (forward
+and backward) and SiLU, float32, channels-last or NCHW (``native.c`` says why).
+
+Nothing here is required: :func:`available` is False when there is no C compiler, on a
+non-float32 or non-CPU tensor, or with ``EFFNETS_NO_NATIVE=1``, and callers then run the
+plain PyTorch ops, which compute the same thing (tests hold the two paths to each other).
+The shared library is built once per source version into ``$EFFNETS_CACHE`` (default
+``~/.cache/effnets``) with ``$CC`` (default ``cc``), in about a second.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import torch
+
+_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
+_FLAGS = ["-O2", "-fopenmp", "-shared", "-fPIC"]
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_TRIED = False
+why_unavailable: str | None = None
+
+ACT_CODES = {"identity": 0, "silu": 1, "relu": 2}
+
+
+def _cache_dir() -> str:
+    root = os.environ.get("EFFNETS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "effnets")
+    return os.path.join(root, "kernels")
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler ({cc!r} not on PATH)")
+    with open(_SRC, "rb") as f:
+        src = f.read()
+    key = hashlib.sha256(src + " ".join([cc] + _FLAGS + [platform.machine()]).encode()).hexdigest()[:16]
+    out_dir = _cache_dir()
+    path = os.path.join(out_dir, f"effnets_native_{key}.so")
+    if not os.path.exists(path):
+        os.makedirs(out_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+        os.close(fd)
+        try:  # build to a temporary name, then rename: safe when several processes race (DDP)
+            r = subprocess.run([cc, *_FLAGS, "-o", tmp, _SRC], capture_output=True, text=True, timeout=180)
+            if r.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {r.stderr.strip()[-500:]}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(path)
+    p, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    lib.eff_bn_act_fwd.argtypes = [p, p, i64, i64, i64, p, p, p, p, f64, f64, p, p, i32, i32]
+    lib.eff_bn_act_bwd.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, p, p, i32, i32]
+    lib.eff_silu.argtypes = [p, p, i64, i32]
+    lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (the reason is in ``why_unavailable``)."""
+    global _LIB, _TRIED, why_unavailable
+    if _TRIED:
+        return _LIB
+    with _LOCK:
+        if not _TRIED:
+            if os.environ.get("EFFNETS_NO_NATIVE", "0") == "1":
+                why_unavailable = "disabled by EFFNETS_NO_NATIVE=1"
+            else:
+                try:
+                    _LIB = _build()
+                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                    why_unavailable = str(e)
+            _TRIED = True
+    return _LIB
+
+
+def _layout(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """(outer, C, inner) of a 4-D float32 CPU tensor the kernels can read, else None."""
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.ndim != 4:
+        return None
+    n, c, h, w = t.shape
+    if t.is_contiguous(memory_format=torch.channels_last):  # also true for 1x1 maps, where both agree
+        return n * h * w, c, 1
+    if t.is_contiguous():
+        return n, c, h * w
+    return None
+
+
+def supports(y: torch.Tensor, act: str) -> bool:
+    return act in ACT_CODES and _layout(y) is not None and library() is not None
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _param(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().float().contiguous()
+
+
+def bn_act_forward(y: torch.Tensor, weight, bias, running_mean, running_var, momentum: float, eps: float,
+                   act: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``act(batch_norm(y))`` with batch statistics; updates the running statistics in place
+    (as nn.BatchNorm2d does). Returns (output, mean, invstd). Call only if :func:`supports`."""
+    outer, c, inner = _layout(y)
+    for buf in (running_mean, running_var):
+        if buf is not None and (buf.dtype != torch.float32 or not buf.is_contiguous()):
+            raise ValueError("running statistics must be contiguous float32 tensors")
+    out = torch.empty_like(y)
+    mean = torch.empty(c, dtype=torch.float32)
+    invstd = torch.empty(c, dtype=torch.float32)
+    w, b = _param(weight), _param(bias)
+    library().eff_bn_act_fwd(y.data_ptr(), out.data_ptr(), outer, c, inner, _ptr(w), _ptr(b), _ptr(running_mean),
+                             _ptr(running_var), float(momentum), float(eps), mean.data_ptr(), invstd.data_ptr(),
+                             ACT_CODES[act], torch.get_num_threads())
+    return out, mean, invstd
+
+
+def bn_act_backward(g: torch.Tensor, y: torch.Tensor, weight, bias, mean: torch.Tensor, invstd: torch.Tensor,
+                    act: str, need_wb: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (dy, dweight, dbias) of :func:`bn_act_forward` given the output gradient ``g``."""
+    outer, c, inner = _layout(y)
+    fmt = torch.channels_last if inner == 1 and not y.is_contiguous() else torch.contiguous_format
+    g = g.contiguous(memory_format=fmt)
+    if _layout(g) != (outer, c, inner):
+        g = g.contiguous(memory_format=torch.channels_last if inner == 1 else torch.contiguous_format)
+    dx = torch.empty_like(y)
+    w, b = _param(weight), _param(bias)
+    dw = torch.empty(c, dtype=torch.float32) if need_wb and weight is not None else None
+    db = torch.empty(c, dtype=torch.float32) if need_wb and bias is not None else None
+    library().eff_bn_act_bwd(g.data_ptr(), y.data_ptr(), dx.data_ptr(), outer, c, inner, _ptr(w), _ptr(b),
+                             mean.data_ptr(), invstd.data_ptr(), _ptr(dw), _ptr(db), ACT_CODES[act],
+                             torch.get_num_threads())
+    return dx, dw, db
+
+
+def silu_(x: torch.Tensor) -> torch.Tensor:
+    """In-place SiLU of a contiguous float32 CPU tensor (plain ``F.silu_`` otherwise)."""
+    lib = library()
+    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or not (
+            x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.nn.functional.silu(x, inplace=True)
+    lib.eff_silu(x.data_ptr(), x.data_ptr(), x.numel(), torch.get_num_threads())
+    return x
+
+
+__all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES"]

@@ -1,0 +1,147 @@
+"""Native kernels (effnets.kernels) against float64 PyTorch, and the pure-PyTorch fallback."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import effnets
+from effnets import kernels as K
+from effnets.layers import memory as M
+
+native = pytest.mark.skipif(K.library() is None, reason=f"native kernels unavailable: {K.why_unavailable}")
+
+ACTS = {"silu": F.silu, "identity": lambda t: t, "relu": F.relu}
+
+
+def _rel(a, ref):
+    return ((a.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def _reference(y, w, b, eps, act, g):
+    """Training BN + act and its gradients in float64 (the oracle)."""
+    yr, wr, br = (t.detach().double().requires_grad_() for t in (y, w, b))
+    rm, rv = torch.zeros(y.shape[1], dtype=torch.float64), torch.ones(y.shape[1], dtype=torch.float64)
+    out = ACTS[act](F.batch_norm(yr, rm, rv, wr, br, True, 0.1, eps))
+    out.backward(g.double())
+    return out.detach(), yr.grad, wr.grad, br.grad, rm, rv
+
+
+@native
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("shape", [(4, 40, 28, 28), (3, 13, 5, 7), (2, 1152, 7, 7)])
+@pytest.mark.parametrize("act", ["silu", "identity", "relu"])
+def test_bn_act_matches_float64(channels_last, shape, act):
+    torch.manual_seed(0)
+    y = torch.randn(*shape) * 2 + 0.5
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+    if act == "relu":  # keep BN outputs away from the kink, where float rounding flips the derivative
+        b = b + torch.sign(b) * 0.5
+    g = torch.randn(*shape)
+    rm, rv = torch.zeros(c), torch.ones(c)
+    out, mean, invstd = K.bn_act_forward(y, w, b, rm, rv, 0.1, 1e-3, act)
+    dx, dw, db = K.bn_act_backward(g, y, w, b, mean, invstd, act)
+    ref, rdx, rdw, rdb, rrm, rrv = _reference(y, w, b, 1e-3, act, g)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last or shape[2:] == (1, 1)
+    tol = 2e-6 if act != "relu" else 1e-5
+    assert _rel(out, ref) < tol
+    assert _rel(rm, rrm) < 1e-6 and _rel(rv, rrv) < 1e-6  # running stats: momentum, unbiased variance
+    assert _rel(dx, rdx) < 1e-5 and _rel(dw, rdw) < 1e-5 and _rel(db, rdb) < 1e-5
+
+
+@native
+def test_silu_inplace_matches_float64_over_the_whole_range():
+    x = torch.cat([torch.linspace(-100, 100, 20001), torch.randn(10007) * 5, torch.tensor([0.0, -0.0, 1e-30])])
+    ref = F.silu(x.double())
+    y = K.silu_(x.clone())
+    big = ref.abs() > 1e-30
+    assert ((y.double() - ref).abs()[big] / ref.abs()[big]).max() < 1e-6
+    assert ((y.double() - ref).abs()[~big]).max() < 1e-30  # tails (z < -70): tiny either way
+    t = torch.randn(2, 24, 9, 9).contiguous(memory_format=torch.channels_last)
+    assert K.silu_(t.clone()).allclose(F.silu(t), rtol=1e-6, atol=1e-7)
+
+
+def test_silu_inplace_falls_back_for_other_dtypes():
+    x = torch.randn(100, dtype=torch.float64)
+    assert torch.equal(K.silu_(x.clone()), F.silu(x))
+
+
+@native
+def test_module_gradients_native_equal_plain(monkeypatch):
+    """The memory-efficient ConvNormAct with native kernels gives the gradients of the plain
+    modules (float64 reference through the same model)."""
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", num_classes=10).train()
+    x = torch.randn(2, 3, 64, 64)
+
+    def run(m, dtype, me):
+        m = copy.deepcopy(m).to(dtype)
+        torch.manual_seed(1)  # same drop-path and dropout masks
+        with M.memory_efficient(me):
+            m(x.to(dtype)).logsumexp(1).sum().backward()
+        return {k: p.grad for k, p in m.named_parameters()}
+
+    g64 = run(model, torch.float64, False)
+    g32 = run(model, torch.float32, True)
+    scale = max(g.abs().max() for g in g64.values())
+    worst = max(((g32[k].double() - g64[k]).abs().max() / scale).item() for k in g64)
+    assert worst < 1e-4, worst
+
+
+def test_fallback_without_compiler(monkeypatch, tmp_path):
+    """No compiler: library() is None with the reason, and training still runs (plain ops)."""
+    monkeypatch.setattr(K, "_TRIED", False)
+    monkeypatch.setattr(K, "_LIB", None)
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    monkeypatch.setenv("EFFNETS_CACHE", str(tmp_path))
+    assert K.library() is None
+    assert "no-such-compiler-xyz" in K.why_unavailable
+    assert not K.supports(torch.zeros(1, 2, 3, 3), "silu")
+    torch.manual_seed(0)
+    m = effnets.create_model("efficientnet_b0", num_classes=4).train()
+    m(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setattr(K, "_TRIED", False)
+    monkeypatch.setattr(K, "_LIB", None)
+    monkeypatch.setenv("EFFNETS_NO_NATIVE", "1")
+    assert K.library() is None and "EFFNETS_NO_NATIVE" in K.why_unavailable
+
+
+def test_gated_conv_gradcheck():
+    """conv(x * gate(s)) that recomputes the gated tensor: exact gradients (float64 gradcheck)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, 6, 1, 1, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 6, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    for kind in ("sigmoid", "hard_sigmoid"):
+        f = lambda x, s, w, b: M._GatedConv.apply(x, s, w, b, (1, 1), (0, 0), (1, 1), 1, kind)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, s, w, b))
+        gate = torch.sigmoid(s) if kind == "sigmoid" else F.hardsigmoid(s)
+        assert torch.allclose(f(x, s, w, b), F.conv2d(x * gate, w, b))
+
+
+def test_se_conv_saves_less_than_se_then_conv():
+    """The gated tensor is not kept for backward in memory-efficient training."""
+    from effnets.profiling import saved_activation_bytes
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    with M.memory_efficient(True):
+        lean = saved_activation_bytes(model, x)
+        orig = M.se_conv
+        try:
+            M.se_conv = lambda x, se, cna: cna(x if se is None else se(x))
+            import effnets.blocks.mbconv as mb
+            mb.se_conv, kept = M.se_conv, mb.se_conv
+            without = saved_activation_bytes(model, x)
+        finally:
+            mb.se_conv = kept
+            M.se_conv = orig
+    assert lean < 0.9 * without, (lean, without)
