@@ -7,7 +7,9 @@ then the median of timed calls) for every implementation:
   efficientnetv2_s@300, resnet_rs_50@160.  Peers run in their best plain configuration (eval,
   ``torch.inference_mode``, the faster of NCHW and channels_last, measured); effnets runs
   ``effnets.optimize(model)`` (no compilation).  Separately, everyone under ``torch.compile``
-  (Inductor, same options for all: weight freezing) at the batch sizes in ``--compile-batch``.
+  (Inductor, same options for all: weight freezing) at the batch sizes in ``--compile-batch``,
+  and effnets exported to ONNX Runtime (``optimize(model, backend="onnxruntime")``; a different
+  runtime, so its own column, not counted as "eager").
 * training: efficientnet_b0, batch 16 at 224, SGD-momentum steps, images/s and peak tensor
   memory (effnets: memory-efficient blocks on, channels_last; peers: the faster layout).
 * achieved GFLOP/s of every model (2 x MACs counted on the module x images/s) against the
@@ -103,6 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-batch", type=int, nargs="*", default=None,
                     help="batch sizes measured under torch.compile (default 8; none with --quick)")
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--no-ort", action="store_true", help="skip the effnets-in-ONNX-Runtime rows")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
@@ -127,12 +130,20 @@ def main(argv=None) -> int:
         for impl, name in impls:
             model = build(impl, name).eval()
             macs = macs_of(model, size)
+            ort_model = None
+            if impl == "effnets" and not args.no_ort:
+                try:
+                    ort_model = effnets.optimize(model, backend="onnxruntime")
+                except effnets.errors.EffnetsError as e:
+                    print(f"  (no ONNX Runtime row: {e})")
             for batch in (1, 8):
                 row = dict(model=key, impl=impl, size=size, batch=batch, macs_per_image=macs)
                 if impl == "effnets":
                     row["eager_plain"] = infer(model, size, batch, iters, True)
                     row["eager"] = infer(effnets.optimize(model), size, batch, iters, True)
                     row["eager_config"] = "effnets.optimize"
+                    if ort_model is not None:  # a different runtime: reported apart, not in "eager"
+                        row["onnxruntime"] = infer(ort_model, size, batch, iters, False)
                 else:
                     row["eager"], row["eager_config"] = best_plain(model, size, batch, iters)
                 if batch in cbatches:
@@ -142,6 +153,7 @@ def main(argv=None) -> int:
                 row["frac_of_peak"] = row["gflops"] / peak
                 res["inference"].append(row)
                 print(f"  {key:<19} {impl:<12} b{batch}  eager {row['eager']:8.1f} img/s ({row['eager_config']})"
+                      + (f"  onnxruntime {row['onnxruntime']:8.1f} img/s" if "onnxruntime" in row else "")
                       + (f"  compiled {row['compiled']:8.1f} img/s (compile {row['compile_s']:.0f} s)"
                          if "compiled" in row else "")
                       + f"  {row['gflops']:.1f} GFLOP/s", flush=True)
@@ -197,8 +209,9 @@ def _loadavg():
 
 def report(res) -> str:
     lines = ["| model | batch | effnets eager (img/s) | best eager peer | ours / best | effnets compiled | "
-             "best compiled peer | ours / best | ours eager / best compiled peer | GFLOP/s (% of peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "best compiled peer | ours / best | ours eager / best compiled peer | GFLOP/s (% of peak) | "
+             "effnets in ONNX Runtime (img/s) / best eager peer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     peak = res["machine"]["matmul_peak_gflops"]
     keys = sorted({(r["model"], r["batch"]) for r in res["inference"]}, key=lambda k: ([m[0] for m in MODELS].index(k[0]), k[1]))
     for model, batch in keys:
@@ -216,7 +229,9 @@ def report(res) -> str:
             + (f"{bc['compiled']:.1f} ({bc['impl']})" if bc else "-") + " | "
             + (f"**{c_ours / bc['compiled']:.2f}x**" if bc and c_ours else "-") + " | "
             + (f"{ours['eager'] / bc['compiled']:.2f}x" if bc else "-") + " | "
-            + f"{ours['gflops']:.1f} ({100 * ours['gflops'] / peak:.0f}%) vs {bp['gflops']:.1f} |")
+            + f"{ours['gflops']:.1f} ({100 * ours['gflops'] / peak:.0f}%) vs {bp['gflops']:.1f} | "
+            + (f"{ours['onnxruntime']:.1f} / {ours['onnxruntime'] / bp['eager']:.2f}x |" if "onnxruntime" in ours
+               else "- |"))
     if res["training"]:
         tr = {r["impl"]: r for r in res["training"]}
         o = tr["effnets"]
@@ -245,7 +260,7 @@ def chart(res, path) -> None:
     keys = sorted({(r["model"], r["batch"]) for r in res["inference"]}, key=lambda k: ([m[0] for m in MODELS].index(k[0]), k[1]))
     impls = ["effnets", "timm", "torchvision"]
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(keys)), 4.5))
-    w = 0.8 / (len(impls) + 1)
+    w = 0.8 / (len(impls) + 2)
     for i, impl in enumerate(impls):
         vals = []
         for k in keys:
@@ -255,6 +270,10 @@ def chart(res, path) -> None:
     vals = [next((r.get("compiled", 0) for r in res["inference"] if (r["model"], r["batch"]) == k
                   and r["impl"] == "effnets"), 0) for k in keys]
     ax.bar([j + len(impls) * w for j in range(len(keys))], vals, w, label="effnets compiled")
+    vals = [next((r.get("onnxruntime", 0) for r in res["inference"] if (r["model"], r["batch"]) == k
+                  and r["impl"] == "effnets"), 0) for k in keys]
+    if any(vals):
+        ax.bar([j + (len(impls) + 1) * w for j in range(len(keys))], vals, w, label="effnets in ONNX Runtime")
     ax.set_xticks([j + 1.5 * w for j in range(len(keys))])
     ax.set_xticklabels([f"{m}\nbatch {b}" for m, b in keys], fontsize=8)
     ax.set_ylabel("images / s (higher is better)")

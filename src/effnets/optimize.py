@@ -200,7 +200,8 @@ def _cast_back_hook(module, args, out):
 
 
 def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, dtype=None, *,
-             calibration=None, calibration_batches: int = 32, compile_options: dict | None = None) -> nn.Module:
+             calibration=None, calibration_batches: int = 32, compile_options: dict | None = None,
+             backend: str = "torch") -> nn.Module:
     """An inference-optimized copy of ``model`` (see the module docstring).
 
     ``dtype``: None / torch.float32 (exact up to float rounding), torch.bfloat16 (weights and
@@ -208,7 +209,8 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
     quantization; ``calibration`` is a folder of images, a tensor of images or an iterable of
     image batches, see :func:`quantize_int8`).  ``compile=True`` wraps the result in
     ``torch.compile`` (Inductor; weights are frozen, so call it under ``torch.inference_mode``
-    or ``torch.no_grad``).  ``mode="train"`` returns the model itself in channels_last with
+    or ``torch.no_grad``).  ``backend="onnxruntime"``: export to ONNX (verified) and run it in
+    ONNX Runtime on CPU (fp32 only; see ``effnets.export.runtime``).  ``mode="train"`` returns the model itself in channels_last with
     memory-efficient training blocks on (the switch in ``effnets.layers.memory``)."""
     if mode in ("train", "training"):
         from .layers.memory import set_memory_efficient
@@ -218,6 +220,13 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
         return torch.compile(model, **(compile_options or {})) if compile else model
     if mode != "inference":
         raise ConfigError(f"mode must be 'inference' or 'train', got {mode!r}")
+    if backend not in ("torch", "onnxruntime"):
+        raise ConfigError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+    if backend == "onnxruntime":
+        if compile or dtype not in (None, torch.float32):
+            raise ConfigError("backend='onnxruntime' runs fp32 without torch.compile: drop compile= and dtype=")
+        from .export.runtime import to_onnxruntime
+        return to_onnxruntime(model)
     if isinstance(dtype, str) and dtype.lower() in ("int8", "qint8"):
         if calibration is None:
             raise ConfigError("int8 quantization needs calibration images: optimize(..., calibration=folder)")
