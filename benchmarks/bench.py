@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -77,16 +78,50 @@ def best_plain(model, size, batch, iters):
     return (cl, "channels_last") if cl >= nchw else (nchw, "nchw")
 
 
-def compiled(impl, model, size, batch, iters):
+class CompileTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise CompileTimeout()
+
+
+def _is_timeout(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, CompileTimeout) or "CompileTimeout" in str(e):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def compiled(impl, model, size, batch, iters, limit_s: int):
+    """(images/s, compile seconds) under torch.compile; (None, limit) when compiling and the
+    first call take longer than ``limit_s`` (Inductor can spend many minutes in its symbolic
+    shape analysis on some models, e.g. timm's tf_efficientnetv2_s with dynamic SAME padding)."""
     model.eval()
     t0 = time.perf_counter()
-    if impl == "effnets":
-        cm = effnets.optimize(model, compile=True)
-    else:
-        cm = torch.compile(model.to(memory_format=torch.channels_last), options={"freezing": True})
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        cm(x)
+    use_alarm = limit_s > 0 and hasattr(signal, "SIGALRM")
+    if use_alarm:
+        old = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(limit_s)
+    try:
+        if impl == "effnets":
+            cm = effnets.optimize(model, compile=True)
+        else:
+            cm = torch.compile(model.to(memory_format=torch.channels_last), options={"freezing": True})
+        with torch.inference_mode():
+            cm(x)
+    except Exception as e:  # Dynamo wraps the alarm's exception in its own errors
+        if not _is_timeout(e):
+            raise
+        torch._dynamo.reset()
+        return None, float(limit_s)
+    finally:
+        if use_alarm:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
     ctime = time.perf_counter() - t0
     return infer_fn(cm, x, iters), ctime
 
@@ -105,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-batch", type=int, nargs="*", default=None,
                     help="batch sizes measured under torch.compile (default 8; none with --quick)")
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--compile-limit", type=int, default=300,
+                    help="seconds allowed for one torch.compile (+ first call); 0: no limit")
     ap.add_argument("--no-ort", action="store_true", help="skip the effnets-in-ONNX-Runtime rows")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -147,8 +184,12 @@ def main(argv=None) -> int:
                 else:
                     row["eager"], row["eager_config"] = best_plain(model, size, batch, iters)
                 if batch in cbatches:
-                    row["compiled"], row["compile_s"] = compiled(impl, build(impl, name) if impl != "effnets"
-                                                                 else model, size, batch, iters)
+                    c, row["compile_s"] = compiled(impl, build(impl, name) if impl != "effnets" else model, size,
+                                                   batch, iters, args.compile_limit)
+                    if c is None:
+                        row["compile_timeout"] = True
+                    else:
+                        row["compiled"] = c
                 row["gflops"] = 2 * macs * row["eager"] / 1e9
                 row["frac_of_peak"] = row["gflops"] / peak
                 res["inference"].append(row)
@@ -156,6 +197,7 @@ def main(argv=None) -> int:
                       + (f"  onnxruntime {row['onnxruntime']:8.1f} img/s" if "onnxruntime" in row else "")
                       + (f"  compiled {row['compiled']:8.1f} img/s (compile {row['compile_s']:.0f} s)"
                          if "compiled" in row else "")
+                      + (f"  compile timed out (> {row['compile_s']:.0f} s)" if row.get("compile_timeout") else "")
                       + f"  {row['gflops']:.1f} GFLOP/s", flush=True)
 
     if not args.quick and not args.no_train:
@@ -225,8 +267,9 @@ def report(res) -> str:
         lines.append(
             f"| {model} | {batch} | {ours['eager']:.1f} | {bp['eager']:.1f} ({bp['impl']}, {bp['eager_config']}) | "
             f"**{ours['eager'] / bp['eager']:.2f}x** | "
-            + (f"{c_ours:.1f}" if c_ours else "-") + " | "
-            + (f"{bc['compiled']:.1f} ({bc['impl']})" if bc else "-") + " | "
+            + (f"{c_ours:.1f}" if c_ours else "timed out" if ours.get("compile_timeout") else "-") + " | "
+            + (f"{bc['compiled']:.1f} ({bc['impl']})" if bc else "-")
+            + "".join(f"; {r['impl']} timed out" for r in peers if r.get("compile_timeout")) + " | "
             + (f"**{c_ours / bc['compiled']:.2f}x**" if bc and c_ours else "-") + " | "
             + (f"{ours['eager'] / bc['compiled']:.2f}x" if bc else "-") + " | "
             + f"{ours['gflops']:.1f} ({100 * ours['gflops'] / peak:.0f}%) vs {bp['gflops']:.1f} | "

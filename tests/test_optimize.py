@@ -174,3 +174,40 @@ def test_compiled_matches_original():
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         assert _rel_err(opt(x), model(x)) < 1e-4
+
+
+def test_native_silu_path_equals_onednn_swish(monkeypatch):
+    """optimize runs SiLU with effnets' native kernel after the conv when it can; the oneDNN
+    fused-swish path (no compiler) gives the same outputs."""
+    from effnets import kernels as K
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        ref, native = model(x), opt(x)
+        monkeypatch.setattr(K, "_TRIED", True)
+        monkeypatch.setattr(K, "_LIB", None)
+        onednn = opt(x)
+    assert _rel_err(native, ref) < 1e-4 and _rel_err(onednn, ref) < 1e-4
+
+
+def test_onnxruntime_backend_matches_original():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    ort = effnets.optimize(model, backend="onnxruntime")
+    assert not list(ort.parameters()) and ort.card is model.card
+    for batch, size in ((1, 96), (3, 128)):  # dynamic batch and size
+        x = torch.randn(batch, 3, size, size)
+        with torch.inference_mode():
+            out, ref = ort(x.contiguous(memory_format=torch.channels_last)), model(x)
+        assert out.shape == ref.shape and _rel_err(out, ref) < 1e-4
+    with pytest.raises(effnets.errors.InputError, match="float32"):
+        ort(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    with pytest.raises(effnets.errors.InputError, match=r"\(N, C, H, W\)"):
+        ort(torch.randn(3, 64, 64))
+    with pytest.raises(effnets.ConfigError, match="onnxruntime"):
+        effnets.optimize(model, backend="onnxruntime", compile=True)
+    with pytest.raises(effnets.ConfigError, match="backend"):
+        effnets.optimize(model, backend="tvm")

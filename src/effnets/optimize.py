@@ -13,7 +13,9 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    kernels are available (``effnets.kernels``): its exp dominates, and ours costs half of
    oneDNN's, so the conv runs without post-op and SiLU follows in place.  Elsewhere (CUDA,
    other dtypes, under ``torch.compile``/export) the same module runs plain ``F.conv2d`` + activation.
-3. **Squeeze-excite on vectors**: the two 1x1 convolutions on a 1x1 map become matrix products.
+3. **Squeeze-excite on vectors**: the two 1x1 convolutions on a 1x1 map become matrix products,
+   and under ``torch.inference_mode`` the gate multiplies its input in place (the input is
+   the block's own conv output; a forward hook on that conv sees the gated values).
 4. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
    depthwise convolutions are much faster in it).
 5. Optionally **torch.compile** (Inductor, with weight freezing for inference), **bf16**
@@ -163,6 +165,8 @@ class FastSqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3))
         s = self.gate(F.linear(self.act(F.linear(s, self.w1, self.b1)), self.w2, self.b2))
+        if torch.is_inference_mode_enabled() and x.is_inference() and not _plain_mode():
+            return x.mul_(s[:, :, None, None])  # x is the block's fresh conv output: no new buffer
         return x * s[:, :, None, None]
 
 
