@@ -6,7 +6,7 @@ from torch import nn
 
 from ..layers import ConvNormAct, DropPath, make_act
 from .common import BlockArgs
-from .mbconv import ResidualBlock
+from .mbconv import ResidualBlock, add_residual
 
 
 class Shortcut(nn.Module):
@@ -49,4 +49,7 @@ class Bottleneck(ResidualBlock):
         if self.se is not None:
             y = self.se(y)
         sc = x if self.shortcut is None else self.shortcut(x)
-        return self.act(self.drop_path(y) + sc)
+        y = add_residual(self.drop_path(y), sc)
+        if type(self.act) is nn.ReLU and not (torch.is_grad_enabled() and y.requires_grad):
+            return y.relu_()  # inference: y is this block's own buffer
+        return self.act(y)

@@ -9,6 +9,14 @@ from ..layers.memory import se_conv
 from .common import BlockArgs
 
 
+def add_residual(y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``y + shortcut``; without autograd, in place on ``y`` (the block's own fresh output),
+    which saves a buffer and a memory pass in inference."""
+    if torch.is_grad_enabled() and (y.requires_grad or shortcut.requires_grad):
+        return y + shortcut
+    return y.add_(shortcut)
+
+
 class ResidualBlock(nn.Module):
     """Base: ``forward`` = shortcut + drop_path(branch) when the block has a skip.
     Subclasses set ``has_skip`` and ``drop_path`` (a DropPath when there is a skip, else None);
@@ -20,7 +28,7 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.branch(x)
         if self.has_skip:
-            y = self.drop_path(y) + x
+            y = add_residual(self.drop_path(y), x)
         return y
 
     def set_drop_path(self, p: float) -> None:
