@@ -6,7 +6,7 @@ from torch import nn
 
 from ..layers import ConvNormAct, DropPath, make_act
 from .common import BlockArgs
-from .mbconv import ResidualBlock, add_residual
+from .mbconv import ResidualBlock, add_residual, inplace_ok
 
 
 class Shortcut(nn.Module):
@@ -50,6 +50,6 @@ class Bottleneck(ResidualBlock):
             y = self.se(y)
         sc = x if self.shortcut is None else self.shortcut(x)
         y = add_residual(self.drop_path(y), sc)
-        if type(self.act) is nn.ReLU and not (torch.is_grad_enabled() and y.requires_grad):
+        if type(self.act) is nn.ReLU and inplace_ok(y):
             return y.relu_()  # inference: y is this block's own buffer
         return self.act(y)

@@ -9,12 +9,18 @@ from ..layers.memory import se_conv
 from .common import BlockArgs
 
 
+def inplace_ok(*ts: torch.Tensor) -> bool:
+    """True in plain inference (no autograd on ``ts``, not tracing/scripting/compiling), where a
+    block may overwrite its own fresh intermediate buffers."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False  # graphs for export and compile keep the plain out-of-place ops
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
+
+
 def add_residual(y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``y + shortcut``; without autograd, in place on ``y`` (the block's own fresh output),
-    which saves a buffer and a memory pass in inference."""
-    if torch.is_grad_enabled() and (y.requires_grad or shortcut.requires_grad):
-        return y + shortcut
-    return y.add_(shortcut)
+    """``y + shortcut``; in plain inference in place on ``y`` (the block's own fresh output),
+    which saves a buffer and a memory pass."""
+    return y.add_(shortcut) if inplace_ok(y, shortcut) else y + shortcut
 
 
 class ResidualBlock(nn.Module):
