@@ -79,7 +79,7 @@ def throughput(model, size: int, batch: int, iters: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--calib", type=int, default=64, help="training images used for int8 calibration")
     ap.add_argument("--iters", type=int, default=10)
