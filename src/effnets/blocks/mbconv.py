@@ -12,8 +12,9 @@ from .common import BlockArgs
 def inplace_ok(*ts: torch.Tensor) -> bool:
     """True in plain inference (no autograd on ``ts``, not tracing/scripting/compiling), where a
     block may overwrite its own fresh intermediate buffers."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False  # graphs for export and compile keep the plain out-of-place ops
+    if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or any(isinstance(t, torch.fx.Proxy) for t in ts)):
+        return False  # graphs (export, compile, FX quantization) keep the plain out-of-place ops
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
 
 
