@@ -127,21 +127,15 @@ def test_gated_conv_gradcheck():
         assert torch.allclose(f(x, s, w, b), F.conv2d(x * gate, w, b))
 
 
-def test_se_conv_saves_less_than_se_then_conv():
+def test_se_conv_saves_less_than_se_then_conv(monkeypatch):
     """The gated tensor is not kept for backward in memory-efficient training."""
+    import effnets.blocks.mbconv as mb
     from effnets.profiling import saved_activation_bytes
     torch.manual_seed(0)
     model = effnets.create_model("efficientnet_b0", num_classes=10)
     x = torch.randn(2, 3, 64, 64)
     with M.memory_efficient(True):
         lean = saved_activation_bytes(model, x)
-        orig = M.se_conv
-        try:
-            M.se_conv = lambda x, se, cna: cna(x if se is None else se(x))
-            import effnets.blocks.mbconv as mb
-            mb.se_conv, kept = M.se_conv, mb.se_conv
-            without = saved_activation_bytes(model, x)
-        finally:
-            mb.se_conv = kept
-            M.se_conv = orig
+        monkeypatch.setattr(mb, "se_conv", lambda x, se, cna: cna(x if se is None else se(x)))
+        without = saved_activation_bytes(model, x)
     assert lean < 0.9 * without, (lean, without)

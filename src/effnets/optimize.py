@@ -134,7 +134,7 @@ class FusedConvAct(nn.Module):
                 # effnets' vector exp is ~2x cheaper (effnets/kernels), so apply it after the conv
                 y = torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
                                                             self.dilation, self.groups, "none", [], "")
-                return kernels.silu_(y) if self.act is None else self.act(kernels.silu_(y))
+                return kernels.silu_(y)  # swish is a fused post-op, so self.act is None here
             y = torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
                                                         self.dilation, self.groups, self.attr, self.scalars,
                                                         self.algorithm)

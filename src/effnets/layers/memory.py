@@ -183,39 +183,6 @@ def batch_norm_act(y: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch
     return _BatchNormAct.apply(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.eps, kind)
 
 
-class _GateMul(torch.autograd.Function):
-    """``x * gate(s)`` saving ``x`` and the logits ``s`` (B x C x 1 x 1), not the gate."""
-
-    @staticmethod
-    def forward(ctx, x, s, kind):
-        g = torch.sigmoid(s) if kind == "sigmoid" else F.hardsigmoid(s)
-        ctx.save_for_backward(x, s)
-        ctx.kind = kind
-        return x * g
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, go):
-        x, s = ctx.saved_tensors
-        if ctx.kind == "sigmoid":
-            g = torch.sigmoid(s)
-            dgate = torch.ops.aten.sigmoid_backward
-            gs = (go * x).sum((2, 3), keepdim=True)
-            ds = dgate(gs, g)
-        else:
-            g = F.hardsigmoid(s)
-            ds = torch.ops.aten.hardsigmoid_backward((go * x).sum((2, 3), keepdim=True), s)
-        dx = go * g if ctx.needs_input_grad[0] else None
-        return dx, ds, None
-
-
-def gate_mul(x: torch.Tensor, s: torch.Tensor, gate: nn.Module) -> torch.Tensor | None:
-    kind = _gate_kind(gate)
-    if kind is None:
-        return None
-    return _GateMul.apply(x, s, kind)
-
-
 def _gate_kind(gate: nn.Module) -> str | None:
     t = type(gate)
     return "sigmoid" if t is nn.Sigmoid else "hard_sigmoid" if t is nn.Hardsigmoid else None
@@ -227,6 +194,31 @@ def _gate_and_grad(kind: str, s: torch.Tensor, dgate: torch.Tensor | None = None
         g = torch.sigmoid(s)
         return g if dgate is None else torch.ops.aten.sigmoid_backward(dgate, g)
     return F.hardsigmoid(s) if dgate is None else torch.ops.aten.hardsigmoid_backward(dgate, s)
+
+
+class _GateMul(torch.autograd.Function):
+    """``x * gate(s)`` saving ``x`` and the logits ``s`` (B x C x 1 x 1), not the gate."""
+
+    @staticmethod
+    def forward(ctx, x, s, kind):
+        ctx.save_for_backward(x, s)
+        ctx.kind = kind
+        return x * _gate_and_grad(kind, s)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, go):
+        x, s = ctx.saved_tensors
+        ds = _gate_and_grad(ctx.kind, s, (go * x).sum((2, 3), keepdim=True))
+        dx = go * _gate_and_grad(ctx.kind, s) if ctx.needs_input_grad[0] else None
+        return dx, ds, None
+
+
+def gate_mul(x: torch.Tensor, s: torch.Tensor, gate: nn.Module) -> torch.Tensor | None:
+    kind = _gate_kind(gate)
+    if kind is None:
+        return None
+    return _GateMul.apply(x, s, kind)
 
 
 class _GatedConv(torch.autograd.Function):

@@ -1,0 +1,50 @@
+"""Native kernels vs the PyTorch ops they replace (``python benchmarks/kernels.py``).
+
+Times training BatchNorm + SiLU forward + backward on a 16x96x112x112 channels-last tensor
+(efficientnet_b0's largest expanded activation at batch 16) and in-place SiLU on 9.6M elements,
+each as the median of timed calls, in one process."""
+from __future__ import annotations
+
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from effnets import kernels as K
+from effnets.measure import time_calls
+
+
+def main() -> int:
+    if K.library() is None:
+        print(f"native kernels unavailable: {K.why_unavailable}")
+        return 1
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    y = (torch.randn(16, 96, 112, 112) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+    c = y.shape[1]
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+    g = torch.randn_like(y)
+    rm, rv = torch.zeros(c), torch.ones(c)
+    yr, wr, br = (t.clone().requires_grad_() for t in (y, w, b))
+
+    def plain():
+        F.silu(F.batch_norm(yr, rm, rv, wr, br, True, 0.1, 1e-3)).backward(g)
+
+    def native():
+        _, mean, invstd = K.bn_act_forward(y, w, b, rm, rv, 0.1, 1e-3, "silu")
+        K.bn_act_backward(g, y, w, b, mean, invstd, "silu")
+
+    x = torch.randn(9_600_000)
+    rows = [("BN+SiLU fwd+bwd 16x96x112x112", plain, native),
+            ("SiLU in place, 9.6M elements", lambda: F.silu(x, inplace=True), lambda: K.silu_(x))]
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    for name, a, n in rows:
+        ta = statistics.median(time_calls(a, cpu, 2, 7)) * 1e3
+        tn = statistics.median(time_calls(n, cpu, 2, 7)) * 1e3
+        print(f"  {name:<32} PyTorch {ta:7.1f} ms   native {tn:7.1f} ms   {ta / tn:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
