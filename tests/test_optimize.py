@@ -1,5 +1,6 @@
 """effnets.optimize: output equality of the optimized copy for every family, bf16, int8."""
 import copy
+import sys
 
 import pytest
 import torch
@@ -211,3 +212,56 @@ def test_onnxruntime_backend_matches_original():
         effnets.optimize(model, backend="onnxruntime", compile=True)
     with pytest.raises(effnets.ConfigError, match="backend"):
         effnets.optimize(model, backend="tvm")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "resnet_rs_50"])
+def test_optimized_model_traces_as_one_graph(name):
+    """torch.compile must see the optimized model without graph breaks (a break per block made
+    optimize(compile=True) no faster than the peers): fullgraph=True raises on any break."""
+    model = effnets.create_model(name, num_classes=10).eval()
+    opt = effnets.optimize(model)
+    graph = torch.compile(opt, fullgraph=True, backend="eager")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert _rel_err(graph(x), model(x)) < 1e-4
+
+
+def test_prepacked_weights_cached_per_shape_and_refreshed(monkeypatch):
+    """Conv weights are reordered once per input shape (bounded cache), give the same outputs
+    as unpacked weights, and are rebuilt when the weights change."""
+    O = sys.modules["effnets.optimize"]  # the module (effnets.optimize is also the function)
+    if not O._PREPACK:
+        pytest.skip("oneDNN weight prepacking not available in this build")
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    convs = [m for m in opt.modules() if isinstance(m, FusedConvAct)]
+    with torch.inference_mode():
+        for size in (64, 72, 80, 88, 96, 64):
+            out = opt(torch.randn(1, 3, size, size))
+        assert max(len(c._packs) for c in convs) == O._PACK_SHAPES  # 5 shapes seen, 4 kept
+        x = torch.randn(2, 3, 96, 96)
+        packed = opt(x)
+        monkeypatch.setattr(O, "_PREPACK", False)
+        plain = opt(x)
+        monkeypatch.setattr(O, "_PREPACK", True)
+    assert out.shape == (1, 10)
+    assert torch.allclose(packed, plain, rtol=1e-5, atol=1e-5)
+    # new weights (load_state_dict copies in place): the stale packs must not be used
+    other = effnets.optimize(_perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10), seed=1).eval())
+    opt.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        assert torch.allclose(opt(x), other(x), rtol=1e-5, atol=1e-5)
+
+
+def test_optimized_model_pickles_and_deep_copies(tmp_path):
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref = opt(x)  # packs weights first: the packs must not travel
+    torch.save(opt, tmp_path / "opt.pt")
+    loaded = torch.load(tmp_path / "opt.pt", weights_only=False)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), ref)
+        assert torch.equal(copy.deepcopy(opt)(x), ref)
