@@ -167,6 +167,21 @@ def test_int8_calibration_from_image_folder(tmp_path):
         assert q(torch.randn(1, 3, 224, 224)).shape == (1, 4)
 
 
+def test_int8_keeps_the_image_conv_in_fp32():
+    """The first conv reads the image and stays fp32 (type nn.Conv2d, not a quantized conv);
+    the other convs are int8; a wrong name in keep_fp32 is a ConfigError naming it."""
+    from torch.ao.nn.quantized import Conv2d as QConv2d
+    model = effnets.create_model("mobilenet_v1", num_classes=4, width=0.25).eval()
+    calib = torch.randn(16, 3, 64, 64)
+    q = quantize_int8(model, calib)
+    assert type(q.get_submodule("stem.conv")) is nn.Conv2d
+    assert sum(isinstance(m, QConv2d) for m in q.modules()) >= 10
+    all_int8 = quantize_int8(model, calib, keep_fp32=[])
+    assert not any(type(m) is nn.Conv2d for m in all_int8.modules())
+    with pytest.raises(effnets.errors.ConfigError, match="nope"):
+        quantize_int8(model, calib, keep_fp32=["nope"])
+
+
 @pytest.mark.slow
 def test_compiled_matches_original():
     torch.manual_seed(0)
