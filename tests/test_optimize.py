@@ -280,3 +280,28 @@ def test_optimized_model_pickles_and_deep_copies(tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded(x), ref)
         assert torch.equal(copy.deepcopy(opt)(x), ref)
+
+
+def test_compile_keeps_effnets_conv_kernels_as_one_op():
+    """optimize(compile=True) marks every fused conv to enter the graph as the opaque
+    effnets::conv2d_act op (prepacked oneDNN conv + native SiLU); the graph computes the
+    original's outputs and holds no plain convolution.  (Inductor itself: the slow test above.)"""
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    compiled = effnets.optimize(model, compile=True)
+    convs = [m for m in compiled._orig_mod.modules() if isinstance(m, FusedConvAct)]
+    assert convs and all(m.native_in_graph for m in convs)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    graph = torch.compile(compiled._orig_mod, backend=capture, fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert _rel_err(graph(x), model(x)) < 1e-4
+    body = max(graphs, key=lambda g: len(g.graph.nodes))  # (the input pre-hook is a graph of its own)
+    targets = [str(n.target) for n in body.graph.nodes if n.op == "call_function"]
+    assert sum("effnets.conv2d_act" in t for t in targets) == len(convs)
+    assert not any("conv2d" in t and "effnets" not in t for t in targets)
