@@ -139,3 +139,51 @@ def test_se_conv_saves_less_than_se_then_conv(monkeypatch):
         monkeypatch.setattr(mb, "se_conv", lambda x, se, cna: cna(x if se is None else se(x)))
         without = saved_activation_bytes(model, x)
     assert lean < 0.9 * without, (lean, without)
+
+
+@native
+@pytest.mark.parametrize("n,c,h,w,k,stride,pad", [
+    (2, 13, 9, 11, 3, 1, (1, 1)),    # odd channels (scalar tail), non-square map
+    (2, 40, 10, 10, 5, 2, (2, 2)),   # 5x5 stride 2 (EfficientNet's reduction blocks)
+    (1, 96, 17, 16, 3, 2, (1, 1)),   # odd size, 32-channel blocks
+    (3, 8, 7, 7, 5, 1, (2, 1)),      # unequal padding
+    (2, 33, 8, 9, 3, 2, (0, 0)),     # no padding
+])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_depthwise_backward_matches_float64(n, c, h, w, k, stride, pad, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(n, c, h, w)
+    wt = torch.randn(c, 1, k, k)
+    xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+    y = F.conv2d(xr, wr, None, stride, pad, 1, c)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dx, dw = K.depthwise_backward(dy.float().contiguous(memory_format=fmt), x.contiguous(memory_format=fmt), wt,
+                                  stride, pad)
+    assert dx.shape == x.shape and dw.shape == wt.shape
+    assert _rel(dx, xr.grad) < 1e-5 and _rel(dw, wr.grad) < 1e-5
+
+
+@native
+def test_training_depthwise_convs_use_native_backward(monkeypatch):
+    """In memory-efficient training every depthwise ConvNormAct of B0 runs the native backward,
+    and parameter gradients match the plain modules'."""
+    calls = []
+    real = K.depthwise_backward
+    monkeypatch.setattr(K, "depthwise_backward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", num_classes=10).train()
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for me in (True, False):
+        m = copy.deepcopy(model)
+        torch.manual_seed(1)
+        with M.memory_efficient(me):
+            m(x).logsumexp(1).sum().backward()
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+    n_dw = sum(1 for mod in model.modules() if isinstance(mod, torch.nn.Conv2d) and mod.groups > 1)
+    assert len(calls) == n_dw == 16
+    scale = max(g.abs().max() for g in grads[1].values())
+    worst = max(((grads[0][k] - g).abs().max() / scale).item() for k, g in grads[1].items())
+    assert worst < 1e-4, worst  # float32 both ways: rounding only

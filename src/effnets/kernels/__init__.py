@@ -62,6 +62,9 @@ def _build() -> ctypes.CDLL:
     lib.eff_bn_act_fwd.argtypes = [p, p, i64, i64, i64, p, p, p, p, f64, f64, p, p, i32, i32]
     lib.eff_bn_act_bwd.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, p, p, i32, i32]
     lib.eff_silu.argtypes = [p, p, i64, i32]
+    lib.eff_dw_bwd_input.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
+    lib.eff_dw_bwd_weight.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
+    lib.eff_dw_bwd_input.restype = lib.eff_dw_bwd_weight.restype = None
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
     return lib
 
@@ -154,4 +157,43 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-__all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES"]
+def supports_depthwise(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
+    """True when :func:`depthwise_backward` can compute the gradients of ``conv(x)``: float32
+    CPU, a depthwise conv (one filter per channel), square kernel up to 11, equal strides,
+    no dilation, numeric zero padding."""
+    w = conv.weight
+    c = x.shape[1] if x.ndim == 4 else -1
+    return (x.ndim == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+            and conv.groups == c == conv.out_channels and w.shape[1] == 1 and w.shape[2] == w.shape[3] <= 11
+            and conv.stride[0] == conv.stride[1] and tuple(conv.dilation) == (1, 1)
+            and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros" and library() is not None)
+
+
+def depthwise_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int,
+                       padding: tuple[int, int], need_dx: bool = True, need_dw: bool = True
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Input and weight gradients of a depthwise conv (see :func:`supports_depthwise`), from the
+    output gradient ``dy``; both computed channels-last, dw summed in float64."""
+    lib = library()
+    n, c, h, w = x.shape
+    k = weight.shape[-1]
+    oh, ow = dy.shape[2:]
+    x = x.contiguous(memory_format=torch.channels_last)
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    dims = (n, h, w, c, oh, ow, k, stride, padding[0], padding[1], torch.get_num_threads())
+    dx = dw = None
+    if need_dx:
+        wt = weight.detach().reshape(c, k * k).t().contiguous()  # taps x channels: vector loads
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
+        lib.eff_dw_bwd_input(dy.data_ptr(), wt.data_ptr(), dx.data_ptr(), *dims)
+    if need_dw:
+        dwt = torch.empty(k * k, c, dtype=torch.float64)
+        lib.eff_dw_bwd_weight(dy.data_ptr(), x.data_ptr(), dwt.data_ptr(), *dims)
+        dw = dwt.t().reshape(c, 1, k, k).to(weight.dtype).contiguous(memory_format=torch.channels_last) \
+            if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous() \
+            else dwt.t().reshape(c, 1, k, k).to(weight.dtype).contiguous()
+    return dx, dw
+
+
+__all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
+           "supports_depthwise", "depthwise_backward"]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .act import make_act
-from .memory import batch_norm_act, use_memory_efficient
+from .memory import batch_norm_act, depthwise_conv, use_memory_efficient
 from .padding import pad_same, same_is_static, symmetric_padding
 
 
@@ -70,4 +70,8 @@ class ConvNormAct(nn.Module):
         return self.act(self.bn(y))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_memory_efficient(self):  # training: depthwise backward on the native kernels
+            y = depthwise_conv(x, self.conv)
+            if y is not None:
+                return self.norm_act(y)
         return self.norm_act(self.conv(x))
