@@ -1,8 +1,9 @@
 """Native kernels vs the PyTorch ops they replace (``python benchmarks/kernels.py``).
 
 Times training BatchNorm + SiLU forward + backward on a 16x96x112x112 channels-last tensor
-(efficientnet_b0's largest expanded activation at batch 16) and in-place SiLU on 9.6M elements,
-each as the median of timed calls, in one process."""
+(efficientnet_b0's largest expanded activation at batch 16), in-place SiLU on 9.6M elements,
+and the depthwise-conv backward (input + weight gradients) summed over efficientnet_b0's twelve
+distinct depthwise shapes at batch 16, each as the median of timed calls, in one process."""
 from __future__ import annotations
 
 import statistics
@@ -35,12 +36,32 @@ def main() -> int:
         _, mean, invstd = K.bn_act_forward(y, w, b, rm, rv, 0.1, 1e-3, "silu")
         K.bn_act_backward(g, y, w, b, mean, invstd, "silu")
 
+    # efficientnet_b0's depthwise convs (channels, size, kernel, stride) at batch 16
+    dw = []
+    for ch, hw, k, s in [(32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 5, 2), (240, 28, 5, 1),
+                         (240, 28, 3, 2), (480, 14, 3, 1), (480, 14, 5, 1), (672, 14, 5, 1), (672, 14, 5, 2),
+                         (1152, 7, 5, 1), (1152, 7, 3, 1)]:
+        xi = torch.randn(16, ch, hw, hw).contiguous(memory_format=torch.channels_last)
+        wi = torch.randn(ch, 1, k, k).contiguous(memory_format=torch.channels_last)
+        dy = torch.randn_like(F.conv2d(xi, wi, None, s, k // 2, 1, ch))
+        dw.append((dy, xi, wi, s, k // 2))
+
+    def dw_aten():
+        for dy, xi, wi, s, p in dw:
+            torch.ops.aten.convolution_backward(dy, xi, wi, None, [s, s], [p, p], [1, 1], False, [0, 0],
+                                                xi.shape[1], [True, True, False])
+
+    def dw_native():
+        for dy, xi, wi, s, p in dw:
+            K.depthwise_backward(dy, xi, wi, s, (p, p))
+
     x = torch.randn(9_600_000)
     rows = [("BN+SiLU fwd+bwd 16x96x112x112", plain, native),
-            ("SiLU in place, 9.6M elements", lambda: F.silu(x, inplace=True), lambda: K.silu_(x))]
+            ("SiLU in place, 9.6M elements", lambda: F.silu(x, inplace=True), lambda: K.silu_(x)),
+            ("depthwise bwd, B0's 12 shapes b16", dw_aten, dw_native)]
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, a, n in rows:
-        ta = statistics.median(time_calls(a, cpu, 2, 7)) * 1e3
+        ta = statistics.median(time_calls(a, cpu, 2, 7)) * 1e3  # PyTorch = its oneDNN kernels here
         tn = statistics.median(time_calls(n, cpu, 2, 7)) * 1e3
         print(f"  {name:<32} PyTorch {ta:7.1f} ms   native {tn:7.1f} ms   {ta / tn:.2f}x")
     return 0

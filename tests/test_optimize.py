@@ -153,6 +153,34 @@ def test_int8_trained_tiny_model_agrees():
         out = q(held).argmax(1)
     assert (ref == yh).float().mean() > 0.7  # the fp32 model has really learned something
     assert (out == ref).float().mean() >= 0.9
+    # both activation ranges were calibrated; the one closer to fp32 was kept
+    errs = q.effnets_optimized["calibration_rel_error"]
+    chosen = q.effnets_optimized["reduce_range"]
+    assert errs[f"reduce_range={chosen}"] == min(errs.values()) and len(errs) == 2
+
+
+def test_int8_onnxruntime_trained_tiny_model_agrees(tmp_path):
+    """optimize(dtype="int8", backend="onnxruntime"): ORT static quantization of the exported
+    graph (QDQ); the image conv stays float, the others are quantized; predictions agree."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from effnets.export import export_onnx
+    from effnets.export.runtime import _quantize_onnx
+    model = _trained_tiny()
+    calib, _ = _toy_data(64, seed=1)
+    held, _ = _toy_data(128, seed=2)
+    q = effnets.optimize(model, dtype="int8", backend="onnxruntime", calibration=calib)
+    with torch.inference_mode():
+        assert (q(held).argmax(1) == model(held).argmax(1)).float().mean() >= 0.9
+    export_onnx(model, tmp_path / "m.onnx", input_size=32)
+    graph = onnx.load(_quantize_onnx(str(tmp_path / "m.onnx"), str(tmp_path), list(calib.split(16)), None)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    fed_int8 = [producers.get(n.input[0]) is not None and producers[n.input[0]].op_type == "DequantizeLinear"
+                for n in convs]
+    assert not fed_int8[0] and all(fed_int8[1:])
+    with pytest.raises(effnets.ConfigError, match="nope"):
+        _quantize_onnx(str(tmp_path / "m.onnx"), str(tmp_path), [calib], ["nope"])
 
 
 def test_int8_calibration_from_image_folder(tmp_path):

@@ -306,8 +306,10 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
     image batches, see :func:`quantize_int8`).  ``compile=True`` wraps the result in
     ``torch.compile`` (Inductor; weights are frozen, so call it under ``torch.inference_mode``
     or ``torch.no_grad``).  ``backend="onnxruntime"``: export to ONNX (verified) and run it in
-    ONNX Runtime on CPU (fp32 only; see ``effnets.export.runtime``).  ``mode="train"`` returns the model itself in channels_last with
-    memory-efficient training blocks on (the switch in ``effnets.layers.memory``)."""
+    ONNX Runtime on CPU, fp32 or, with ``dtype="int8"`` and ``calibration``, statically
+    quantized by ONNX Runtime (see ``effnets.export.runtime``).  ``mode="train"`` returns the
+    model itself in channels_last with memory-efficient training blocks on (the switch in
+    ``effnets.layers.memory``)."""
     if mode in ("train", "training"):
         from .layers.memory import set_memory_efficient
         model = model.to(memory_format=torch.channels_last).train()
@@ -319,10 +321,17 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
     if backend not in ("torch", "onnxruntime"):
         raise ConfigError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
     if backend == "onnxruntime":
-        if compile or dtype not in (None, torch.float32):
-            raise ConfigError("backend='onnxruntime' runs fp32 without torch.compile: drop compile= and dtype=")
+        int8 = isinstance(dtype, str) and dtype.lower() in ("int8", "qint8")
+        if compile or not (dtype in (None, torch.float32) or int8):
+            raise ConfigError("backend='onnxruntime' runs fp32 or int8 without torch.compile: drop compile= and "
+                              "use dtype=None or 'int8'")
         from .export.runtime import to_onnxruntime
-        return to_onnxruntime(model)
+        if not int8:
+            return to_onnxruntime(model)
+        if calibration is None:
+            raise ConfigError("int8 quantization needs calibration images: optimize(..., calibration=folder)")
+        size = getattr(getattr(model, "card", None), "test_size", 224)
+        return to_onnxruntime(model, int8_calibration=_calibration_batches(calibration, size, calibration_batches))
     if isinstance(dtype, str) and dtype.lower() in ("int8", "qint8"):
         if calibration is None:
             raise ConfigError("int8 quantization needs calibration images: optimize(..., calibration=folder)")
@@ -409,47 +418,67 @@ def _first_conv(model: nn.Module) -> str | None:
 
 def quantize_int8(model: nn.Module, calibration, *, batches: int = 32, compile: bool = False,
                   backend: str = "x86", keep_fp32: Iterable[str] | None = None,
-                  reduce_range: bool = False) -> nn.Module:
+                  reduce_range: bool | None = None) -> nn.Module:
     """Post-training static int8 quantization (per-channel weights, per-tensor activations),
     torch.ao FX graph mode with the ``x86`` backend (oneDNN / FBGEMM int8 kernels, no compile
     needed).  BN is folded first; convs, linears, ReLU/ReLU6/hard-swish and additions run in
     int8, SiLU/sigmoid gates run in fp32 between (de)quantize steps.  Observers are
     calibrated on ``calibration`` (a folder of images, a tensor or an iterable of batches).
 
-    Two choices differ from torch.ao's x86 defaults, both measured on a B0 trained on digits
-    (``benchmarks/lowprec.py``; top-1 agreement with fp32 on 355 held-out images):
+    Two choices differ from torch.ao's x86 defaults, both measured (``benchmarks/lowprec.py``,
+    top-1 agreement with fp32 on held-out images):
 
     * ``keep_fp32``: module names left in fp32; default the first convolution, which reads
       the normalised image (the input layer is the one most sensitive to quantization,
-      Krishnamoorthi 2018, arXiv 1806.08342 §3.3).  All int8: 90% agreement; stem in fp32: 97%.
-    * ``reduce_range=False``: activations use all 8 bits.  torch.ao's default drops one bit to
-      rule out int16 saturation in AVX2's u8 x s8 multiply-add on CPUs without VNNI; on the
-      trained B0 that cost agreement (7-bit: 75%, 8-bit: 97%, both with the stem in fp32)."""
+      Krishnamoorthi 2018, arXiv 1806.08342).  B0 trained on digits, all int8: 90%; stem in
+      fp32: 97%.
+    * ``reduce_range``: torch.ao always drops one activation bit, which rules out int16
+      saturation in the u8 x s8 multiply-add of CPUs without VNNI.  Which costs more depends
+      on the model: on the digits B0 the 7-bit range gives 75% agreement and the 8-bit one 97%;
+      on a small trained MobileNetV1 (tests) 7-bit gives 99% and 8-bit saturates to 79%.  So
+      by default (None) both are calibrated and the one whose logits are closer to fp32 on
+      the calibration batches is kept (twice the calibration time); True/False forces one."""
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import HistogramObserver, default_per_channel_weight_observer
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
     size = getattr(getattr(model, "card", None), "test_size", 224)
     data = _calibration_batches(calibration, size, batches)
     m = copy.deepcopy(model).eval()
-    torch.backends.quantized.engine = backend
-    qmap = get_default_qconfig_mapping(backend).set_global(
-        QConfig(activation=HistogramObserver.with_args(reduce_range=reduce_range),
-                weight=default_per_channel_weight_observer))
     names = dict(m.named_modules())
     keep = [_first_conv(m)] if keep_fp32 is None else list(keep_fp32)
     for name in keep:
-        if name is None:
-            continue
-        if name not in names:
+        if name is not None and name not in names:
             raise ConfigError(f"keep_fp32: no module named {name!r} in the model (see model.named_modules())")
-        qmap = qmap.set_module_name(name, None)
-    example = (data[0][:1],)
-    with torch.no_grad():
-        prepared = prepare_fx(m, qmap, example)
-        for b in data:
-            prepared(b)
-        q = convert_fx(prepared)
-    q.effnets_optimized = dict(mode="inference", compile=compile, dtype="int8", keep_fp32=[k for k in keep if k])
+    torch.backends.quantized.engine = backend
+
+    def convert(rr: bool) -> nn.Module:
+        qmap = get_default_qconfig_mapping(backend).set_global(
+            QConfig(activation=HistogramObserver.with_args(reduce_range=rr),
+                    weight=default_per_channel_weight_observer))
+        for name in keep:
+            if name is not None:
+                qmap = qmap.set_module_name(name, None)
+        with torch.no_grad():
+            prepared = prepare_fx(copy.deepcopy(m), qmap, (data[0][:1],))
+            for b in data:
+                prepared(b)
+            return convert_fx(prepared)
+
+    errors = {}
+    if reduce_range is None:
+        with torch.inference_mode():
+            ref = torch.cat([m(b) for b in data]).float()
+            cands = {rr: convert(rr) for rr in (False, True)}
+            for rr, cand in cands.items():
+                out = torch.cat([cand(b) for b in data]).float()
+                errors[rr] = ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+        reduce_range = min(errors, key=errors.get)
+        q = cands[reduce_range]
+    else:
+        q = convert(reduce_range)
+    q.effnets_optimized = dict(mode="inference", compile=compile, dtype="int8", keep_fp32=[k for k in keep if k],
+                               reduce_range=reduce_range,
+                               calibration_rel_error={f"reduce_range={k}": v for k, v in errors.items()})
     if compile:
         return torch.compile(q)
     return q

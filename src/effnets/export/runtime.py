@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -48,8 +49,16 @@ class OnnxRuntimeModel(nn.Module):
 
 
 def to_onnxruntime(model: nn.Module, *, threads: int | None = None, input_size: int | None = None,
-                   verify: bool = True) -> OnnxRuntimeModel:
-    """Export ``model`` (eval mode, dynamic batch and size) and load it into ONNX Runtime."""
+                   verify: bool = True, int8_calibration=None, keep_fp32: Sequence[str] | None = None
+                   ) -> OnnxRuntimeModel:
+    """Export ``model`` (eval mode, dynamic batch and size) and load it into ONNX Runtime.
+
+    ``int8_calibration`` (a list of NCHW float batches): post-training static int8
+    quantization of the exported graph by ``onnxruntime.quantization`` (QDQ format, per-channel
+    symmetric int8 weights, uint8 activations with min/max ranges from those batches); the
+    ONNX nodes named in ``keep_fp32`` stay float, by default the first convolution (the one
+    reading the image: the layer most sensitive to quantization, see
+    ``effnets.optimize.quantize_int8``)."""
     from .onnx import export_onnx
     try:
         import onnxruntime  # noqa: F401
@@ -58,10 +67,46 @@ def to_onnxruntime(model: nn.Module, *, threads: int | None = None, input_size: 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "model.onnx")
         export_onnx(model.eval(), path, input_size=input_size, verify=verify)
+        if int8_calibration is not None:
+            path = _quantize_onnx(path, d, int8_calibration, keep_fp32)
         with open(path, "rb") as f:
             data = f.read()
     return OnnxRuntimeModel(data, threads, name=getattr(model, "name", type(model).__name__),
                             card=getattr(model, "card", None))
+
+
+def _quantize_onnx(path: str, workdir: str, batches, keep_fp32: Sequence[str] | None) -> str:
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    graph = onnx.load(path).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    if keep_fp32 is None:
+        keep = convs[:1]
+    else:
+        names = {n.name for n in graph.node}
+        unknown = [k for k in keep_fp32 if k not in names]
+        if unknown:
+            raise ConfigError(f"keep_fp32: no ONNX node named {unknown[0]!r}; the convolutions are "
+                              f"{', '.join(convs[:4])}, ...")
+        keep = list(keep_fp32)
+    input_name = graph.input[0].name
+    feeds = [{input_name: b.detach().float().cpu().contiguous().numpy()} for b in batches]
+    if not feeds:
+        raise ConfigError("int8 calibration data is empty")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    out = os.path.join(workdir, "model_int8.onnx")
+    quantize_static(path, out, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
+    return out
 
 
 __all__ = ["OnnxRuntimeModel", "to_onnxruntime"]
