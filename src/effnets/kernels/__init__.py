@@ -189,9 +189,7 @@ def depthwise_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     if need_dw:
         dwt = torch.empty(k * k, c, dtype=torch.float64)
         lib.eff_dw_bwd_weight(dy.data_ptr(), x.data_ptr(), dwt.data_ptr(), *dims)
-        dw = dwt.t().reshape(c, 1, k, k).to(weight.dtype).contiguous(memory_format=torch.channels_last) \
-            if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous() \
-            else dwt.t().reshape(c, 1, k, k).to(weight.dtype).contiguous()
+        dw = dwt.t().reshape(c, 1, k, k).to(weight.dtype).contiguous()
     return dx, dw
 
 
