@@ -187,3 +187,67 @@ def test_training_depthwise_convs_use_native_backward(monkeypatch):
     scale = max(g.abs().max() for g in grads[1].values())
     worst = max(((grads[0][k] - g).abs().max() / scale).item() for k, g in grads[1].items())
     assert worst < 1e-4, worst  # float32 both ways: rounding only
+
+
+_ACTS64 = {"identity": lambda z: z, "silu": F.silu, "relu": F.relu, "hardswish": F.hardswish,
+           "relu6": lambda z: z.clamp(0, 6)}
+
+
+@native
+@pytest.mark.parametrize("n,c,h,w,k,stride,pad", [
+    (2, 13, 9, 11, 3, 1, (1, 1)),    # odd channels (scalar tail), non-square map
+    (2, 40, 10, 10, 5, 2, (2, 2)),   # 5x5 stride 2; 40 = 16 + 16 + 8 channels
+    (1, 96, 17, 16, 3, 2, (1, 1)),   # odd size
+    (3, 8, 7, 7, 5, 1, (2, 1)),      # unequal padding, a row too short for the 4-pixel blocks
+    (2, 33, 8, 9, 3, 2, (0, 0)),     # no padding
+    (1, 24, 20, 23, 5, 1, (2, 2)),   # interior blocks of 4 pixels plus leftovers
+])
+@pytest.mark.parametrize("act", sorted(_ACTS64))
+def test_depthwise_forward_matches_float64(n, c, h, w, k, stride, pad, act):
+    torch.manual_seed(0)
+    x = torch.randn(n, c, h, w) * 3  # spans hard-swish's and ReLU6's kinks
+    wt, b = torch.randn(c, 1, k, k), torch.randn(c)
+    ref = _ACTS64[act](F.conv2d(x.double(), wt.double(), b.double(), stride, pad, 1, c))
+    y, sums = K.depthwise_forward(x, K.depthwise_taps(wt), b, stride, pad, act, channel_sums=True)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, ref) < 1e-5
+    assert _rel(sums, ref.sum((2, 3))) < 1e-5
+    y2, none = K.depthwise_forward(x, K.depthwise_taps(wt), None, stride, pad, act)
+    assert none is None and _rel(y2, _ACTS64[act](F.conv2d(x.double(), wt.double(), None, stride, pad, 1, c))) < 1e-5
+
+
+@native
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large"])
+def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatch, name):
+    """Every depthwise conv of the optimized model runs the native kernel; those followed by a
+    squeeze-excite hand it their channel sums, and the outputs still equal the original's."""
+    calls = []
+    real = K.depthwise_forward
+    monkeypatch.setattr(K, "depthwise_forward", lambda *a, **kw: calls.append(kw.get("channel_sums")) or real(*a, **kw))
+    torch.manual_seed(0)
+    model = effnets.create_model(name).eval()
+    opt = effnets.optimize(model)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        ref, out = model(x), opt(x)
+    n_dw = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
+    n_se = sum(1 for m in model.modules() if getattr(m, "se", None) is not None and hasattr(m, "conv_dw"))
+    assert len(calls) == n_dw and sum(map(bool, calls)) == n_se > 0
+    assert _rel(out, ref) < 1e-4
+
+
+@native
+def test_forward_hook_on_depthwise_conv_turns_channel_sums_off():
+    """A hook that changes the depthwise output in place must not leave the squeeze-excite with
+    sums of the unchanged output."""
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0").eval()
+    opt = effnets.optimize(model)
+
+    def double(module, args, out):
+        out.mul_(2.0)
+    model.get_submodule("stages.1.0.conv_dw").register_forward_hook(double)
+    opt.get_submodule("stages.1.0.conv_dw").register_forward_hook(double)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        assert _rel(opt(x), model(x)) < 1e-4

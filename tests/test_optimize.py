@@ -310,10 +310,15 @@ def test_optimized_model_pickles_and_deep_copies(tmp_path):
         assert torch.equal(copy.deepcopy(opt)(x), ref)
 
 
-def test_compile_keeps_effnets_conv_kernels_as_one_op():
+def test_compile_keeps_effnets_conv_kernels_as_one_op(monkeypatch):
     """optimize(compile=True) marks every fused conv to enter the graph as the opaque
-    effnets::conv2d_act op (prepacked oneDNN conv + native SiLU); the graph computes the
-    original's outputs and holds no plain convolution.  (Inductor itself: the slow test above.)"""
+    effnets::conv2d_act op (prepacked oneDNN conv + native SiLU, or the native depthwise
+    kernel); the graph computes the original's outputs and holds no plain convolution.
+    (Inductor itself: the slow test above.)"""
+    from effnets import kernels
+    dw_calls = []
+    real_dw = kernels.depthwise_forward
+    monkeypatch.setattr(kernels, "depthwise_forward", lambda *a, **kw: dw_calls.append(1) or real_dw(*a, **kw))
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
     compiled = effnets.optimize(model, compile=True)
@@ -333,3 +338,5 @@ def test_compile_keeps_effnets_conv_kernels_as_one_op():
     targets = [str(n.target) for n in body.graph.nodes if n.op == "call_function"]
     assert sum("effnets.conv2d_act" in t for t in targets) == len(convs)
     assert not any("conv2d" in t and "effnets" not in t for t in targets)
+    if kernels.library() is not None:  # the depthwise convs ran effnets' kernel inside the graph
+        assert len(dw_calls) == sum(1 for m in convs if m.groups > 1) == 16

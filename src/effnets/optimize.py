@@ -134,6 +134,18 @@ def _onednn_conv_act(x, w, bias, padding, stride, dilation, groups, attr, scalar
                                                    algorithm)
 
 
+def _native_dw_act(weight_shape, groups: int, stride, dilation, attr: str, scalars) -> str | None:
+    """The activation name for effnets' native depthwise kernel (``kernels.DW_ACT_CODES``) when a
+    conv of this weight shape, grouping and post-op can run on it, else None."""
+    c_out, c_in_per_group, kh, kw = weight_shape
+    if not (groups == c_out and c_in_per_group == 1 and kh == kw <= 11 and stride[0] == stride[1]
+            and list(dilation) == [1, 1]):
+        return None
+    if attr == "hardtanh":
+        return "relu6" if [float(v) for v in scalars] == [0.0, 6.0] else None
+    return {"none": "identity", "swish": "silu", "relu": "relu", "hardswish": "hardswish"}.get(attr)
+
+
 def _native_graph_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     return _MKLDNN and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
 
@@ -150,15 +162,31 @@ _LIB.define("conv2d_act(Tensor x, Tensor weight, Tensor bias, int[] padding, int
             "int groups, str attr, float[] scalars, str algorithm) -> Tensor")
 
 
+def _graph_cache(weight: torch.Tensor) -> dict:
+    """Per-weight cache of packed forms, emptied when the weight changes (new tensor or in place)."""
+    tag = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
+    entry = _GRAPH_PACKS.get(weight)
+    if entry is None or entry[0] != tag:
+        entry = _GRAPH_PACKS[weight] = (tag, {})
+    return entry[1]
+
+
 def _conv2d_act_op(x, weight, bias, padding, stride, dilation, groups, attr, scalars, algorithm):
     x = x.contiguous(memory_format=torch.channels_last)
+    cacheable = not weight.requires_grad
+    dw_act = _native_dw_act(weight.shape, groups, stride, dilation, attr, scalars)
+    if dw_act is not None and kernels.library() is not None:
+        if cacheable:
+            cache = _graph_cache(weight)
+            taps = cache.get("taps")
+            if taps is None:
+                taps = cache["taps"] = kernels.depthwise_taps(weight)
+        else:
+            taps = kernels.depthwise_taps(weight)
+        return kernels.depthwise_forward(x, taps, bias, stride[0], tuple(padding), dw_act)[0]
     w = weight
-    if _PREPACK and not weight.requires_grad:
-        tag = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
-        entry = _GRAPH_PACKS.get(weight)
-        if entry is None or entry[0] != tag:  # new weight, or changed in place: repack
-            entry = _GRAPH_PACKS[weight] = (tag, {})
-        w = _pack_for(entry[1], weight, x.shape, padding, stride, dilation, groups)
+    if _PREPACK and cacheable:
+        w = _pack_for(_graph_cache(weight), weight, x.shape, padding, stride, dilation, groups)
     return _onednn_conv_act(x, w, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
 
 
@@ -200,6 +228,10 @@ class FusedConvAct(nn.Module):
         self._packs: dict[tuple, torch.Tensor] = {}  # input shape -> oneDNN-packed weight
         self._pack_tag = None
         self.native_in_graph = False  # set by optimize(compile=True): see _conv2d_act_op
+        # depthwise convs run on effnets' native kernel (bias + activation fused; see kernels)
+        self.dw_act = _native_dw_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars)
+        self._taps: torch.Tensor | None = None
+        self.emit_channel_sums = False  # set by fuse_modules when a squeeze-excite reads this output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same:
@@ -213,11 +245,29 @@ class FusedConvAct(nn.Module):
         elif (_MKLDNN and x.device.type == "cpu" and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16
                                                                                    and _MKLDNN_BF16))
               and x.dtype == self.weight.dtype and not x.requires_grad):
+            if self.dw_act is not None and x.dtype == torch.float32 and kernels.library() is not None:
+                return self._native_depthwise(x)
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
             y = _onednn_conv_act(x, w, self.bias, self.padding, self.stride, self.dilation, self.groups,
                                  self.attr, self.scalars, self.algorithm)
             return y if self.act is None else self.act(y)
         y = self.act_fn(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups))
+        return y if self.act is None else self.act(y)
+
+    def _native_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """Depthwise conv + bias + activation in one pass (``kernels.depthwise_forward``; B0's
+        depthwise convs with SiLU and the squeeze-excite's pooling: 1.4x oneDNN's conv, native
+        SiLU and ``mean`` at batch 1).  With ``emit_channel_sums`` the per-channel sums of the
+        output ride along on it for the following :class:`FastSqueezeExcite`."""
+        w = self.weight
+        tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
+        if self._taps is None or self._pack_tag != tag:
+            self._packs, self._pack_tag, self._taps = {}, tag, kernels.depthwise_taps(w)
+        sums = self.emit_channel_sums and not self._forward_hooks  # a hook could change the output
+        y, s = kernels.depthwise_forward(x, self._taps, self.bias, self.stride[0], tuple(self.padding), self.dw_act,
+                                         channel_sums=sums)
+        if s is not None:
+            y._effnets_channel_sums = s
         return y if self.act is None else self.act(y)
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,11 +280,11 @@ class FusedConvAct(nn.Module):
         w = self.weight
         tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
         if self._pack_tag != tag:
-            self._packs, self._pack_tag = {}, tag
+            self._packs, self._pack_tag, self._taps = {}, tag, None
         return _pack_for(self._packs, w, x.shape, self.padding, self.stride, self.dilation, self.groups)
 
     def __getstate__(self):  # packed oneDNN tensors neither pickle nor deep-copy; they are rebuilt
-        return {**self.__dict__, "_packs": {}, "_pack_tag": None}
+        return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None}
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]
@@ -256,7 +306,9 @@ class FastSqueezeExcite(nn.Module):
         self.gate = se.gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3))
+        # sums from a native depthwise conv (eager only; _plain_mode first: dynamo breaks on __dict__)
+        sums = None if _plain_mode() else x.__dict__.pop("_effnets_channel_sums", None)
+        s = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
         s = self.gate(F.linear(self.act(F.linear(s, self.w1, self.b1)), self.w2, self.b2))
         # _plain_mode first: dynamo cannot trace is_inference_mode_enabled (a graph break per block)
         if not _plain_mode() and torch.is_inference_mode_enabled() and x.is_inference():
@@ -277,6 +329,9 @@ def fuse_modules(model: nn.Module) -> nn.Module:
             setattr(model, name, FusedConvAct(child))
         else:
             fuse_modules(child)
+    dw, se = getattr(model, "conv_dw", None), getattr(model, "se", None)
+    if isinstance(dw, FusedConvAct) and isinstance(se, FastSqueezeExcite) and dw.act is None:
+        dw.emit_channel_sums = True  # the block runs conv_dw -> se (DepthwiseSeparable, MBConv)
     return model
 
 

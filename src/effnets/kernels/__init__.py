@@ -27,7 +27,8 @@ _LIB: ctypes.CDLL | None = None
 _TRIED = False
 why_unavailable: str | None = None
 
-ACT_CODES = {"identity": 0, "silu": 1, "relu": 2}
+ACT_CODES = {"identity": 0, "silu": 1, "relu": 2}  # fused with training BatchNorm
+DW_ACT_CODES = {**ACT_CODES, "hardswish": 3, "relu6": 4}  # fused with the inference depthwise conv
 
 
 def _cache_dir() -> str:
@@ -64,7 +65,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_silu.argtypes = [p, p, i64, i32]
     lib.eff_dw_bwd_input.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_bwd_weight.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
-    lib.eff_dw_bwd_input.restype = lib.eff_dw_bwd_weight.restype = None
+    lib.eff_dw_fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32, i32]
+    lib.eff_dw_bwd_input.restype = lib.eff_dw_bwd_weight.restype = lib.eff_dw_fwd.restype = None
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
     return lib
 
@@ -183,7 +185,7 @@ def depthwise_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     dims = (n, h, w, c, oh, ow, k, stride, padding[0], padding[1], torch.get_num_threads())
     dx = dw = None
     if need_dx:
-        wt = weight.detach().reshape(c, k * k).t().contiguous()  # taps x channels: vector loads
+        wt = depthwise_taps(weight)  # taps x channels: vector loads
         dx = torch.empty_like(x, memory_format=torch.channels_last)
         lib.eff_dw_bwd_input(dy.data_ptr(), wt.data_ptr(), dx.data_ptr(), *dims)
     if need_dw:
@@ -193,5 +195,33 @@ def depthwise_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     return dx, dw
 
 
-__all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
+def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                      padding: tuple[int, int], act: str = "identity", channel_sums: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``act(depthwise_conv(x) + bias)`` for inference, channels-last float32 CPU, where
+    ``taps`` is the weight as (K*K, C) (see :func:`depthwise_taps`); with ``channel_sums``
+    also the (N, C) sums of the output over its pixels.  ``act`` is a key of
+    ``DW_ACT_CODES``.  Call only where :func:`library` is not None and no gradient is needed."""
+    n, c, h, w = x.shape
+    kk = taps.shape[0]
+    k = int(round(kk ** 0.5))
+    if k * k != kk or taps.shape[1] != c or k > 11:
+        raise ValueError(f"taps must be (K*K, C) with K <= 11 for {c} channels, got {tuple(taps.shape)}")
+    oh = (h + 2 * padding[0] - k) // stride + 1
+    ow = (w + 2 * padding[1] - k) // stride + 1
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+    sums = torch.empty((n, c), dtype=torch.float32) if channel_sums else None
+    library().eff_dw_fwd(x.data_ptr(), taps.data_ptr(), _ptr(bias), y.data_ptr(), _ptr(sums), n, h, w, c, oh, ow,
+                         k, stride, padding[0], padding[1], DW_ACT_CODES[act], torch.get_num_threads())
+    return y, sums
+
+
+def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise weight (C, 1, K, K) as the (K*K, C) float32 tap table the kernels read."""
+    c, _, kh, kw = weight.shape
+    return weight.detach().float().reshape(c, kh * kw).t().contiguous()
+
+
+__all__ = ["depthwise_forward", "depthwise_taps", "DW_ACT_CODES", "library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
            "supports_depthwise", "depthwise_backward"]

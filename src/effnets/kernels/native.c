@@ -22,7 +22,7 @@
 #endif
 
 typedef int64_t i64;
-enum { ACT_IDENTITY = 0, ACT_SILU = 1, ACT_RELU = 2 };
+enum { ACT_IDENTITY = 0, ACT_SILU = 1, ACT_RELU = 2, ACT_HARDSWISH = 3, ACT_RELU6 = 4 };
 
 /* ---- scalar reference math (tails and non-AVX2 machines) ---- */
 static inline float exp_s(float x) {
@@ -40,11 +40,15 @@ static inline float exp_s(float x) {
 static inline float act_s(float z, int act) {
     if (act == ACT_SILU) return z / (1.0f + exp_s(-z));
     if (act == ACT_RELU) return z > 0.0f ? z : 0.0f;
+    if (act == ACT_HARDSWISH) return z * fminf(fmaxf(z + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f);
+    if (act == ACT_RELU6) return fminf(fmaxf(z, 0.0f), 6.0f);
     return z;
 }
 static inline float dact_s(float z, int act) {  /* d act / dz */
     if (act == ACT_SILU) { float s = 1.0f / (1.0f + exp_s(-z)); return s + z * s * (1.0f - s); }
     if (act == ACT_RELU) return z > 0.0f ? 1.0f : 0.0f;
+    if (act == ACT_HARDSWISH) return z < -3.0f ? 0.0f : z > 3.0f ? 1.0f : (2.0f * z + 3.0f) * (1.0f / 6.0f);
+    if (act == ACT_RELU6) return z > 0.0f && z < 6.0f ? 1.0f : 0.0f;
     return 1.0f;
 }
 
@@ -72,6 +76,11 @@ AVX2 static inline __m256 sigmoid_v(__m256 z) {
 AVX2 static inline __m256 act_v(__m256 z, int act) {
     if (act == ACT_SILU) return _mm256_div_ps(z, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_v(_mm256_sub_ps(_mm256_setzero_ps(), z))));
     if (act == ACT_RELU) return _mm256_max_ps(z, _mm256_setzero_ps());
+    if (act == ACT_HARDSWISH) {
+        __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(z, _mm256_set1_ps(3.0f)), _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
+        return _mm256_mul_ps(_mm256_mul_ps(z, r), _mm256_set1_ps(1.0f / 6.0f));
+    }
+    if (act == ACT_RELU6) return _mm256_min_ps(_mm256_max_ps(z, _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
     return z;
 }
 AVX2 static inline __m256 dact_v(__m256 z, int act) {
@@ -80,6 +89,14 @@ AVX2 static inline __m256 dact_v(__m256 z, int act) {
         return _mm256_fmadd_ps(_mm256_mul_ps(z, s), _mm256_sub_ps(_mm256_set1_ps(1.0f), s), s);
     }
     if (act == ACT_RELU) return _mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.0f));
+    if (act == ACT_HARDSWISH) {
+        __m256 mid = _mm256_mul_ps(_mm256_fmadd_ps(z, _mm256_set1_ps(2.0f), _mm256_set1_ps(3.0f)), _mm256_set1_ps(1.0f / 6.0f));
+        __m256 lo = _mm256_cmp_ps(z, _mm256_set1_ps(-3.0f), _CMP_LT_OQ), hi = _mm256_cmp_ps(z, _mm256_set1_ps(3.0f), _CMP_GT_OQ);
+        return _mm256_blendv_ps(_mm256_andnot_ps(lo, mid), _mm256_set1_ps(1.0f), hi);
+    }
+    if (act == ACT_RELU6)
+        return _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                           _mm256_cmp_ps(z, _mm256_set1_ps(6.0f), _CMP_LT_OQ)), _mm256_set1_ps(1.0f));
     return _mm256_set1_ps(1.0f);
 }
 static int have_avx2(void) {
@@ -381,28 +398,105 @@ void eff_silu(const float* x, float* out, i64 n, int nt) {
 static inline i64 ceil_div_nonneg(i64 a, i64 b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
 #ifdef EFF_X86
-AVX2 static void dw_dx_pixel_v(float* o, const float* const* dys, const float* const* ws, int nt_, i64 C) {
+/* o[c] = act(b[c] + sum_t src[t][c] * ws[t][c]) (b NULL: 0): one output pixel of the forward
+ * (src = input pixels under the taps) or one input pixel of the input gradient (src = output
+ * gradients, act identity).  Four accumulator chains of 8 channels hide the FMA latency. */
+AVX2 static void dw_gather_pixel_v(float* o, const float* const* src, const float* const* ws, int nt_, i64 C,
+                                   const float* b, int act) {
     i64 c = 0;
     for (; c + 32 <= C; c += 32) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 a0, a1, a2, a3;
+        if (b) { a0 = _mm256_loadu_ps(b + c); a1 = _mm256_loadu_ps(b + c + 8); a2 = _mm256_loadu_ps(b + c + 16); a3 = _mm256_loadu_ps(b + c + 24); }
+        else { a0 = _mm256_setzero_ps(); a1 = a0; a2 = a0; a3 = a0; }
         for (int t = 0; t < nt_; t++) {
-            const float* d = dys[t] + c; const float* w = ws[t] + c;
+            const float* d = src[t] + c; const float* w = ws[t] + c;
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(d), _mm256_loadu_ps(w), a0);
             a1 = _mm256_fmadd_ps(_mm256_loadu_ps(d + 8), _mm256_loadu_ps(w + 8), a1);
             a2 = _mm256_fmadd_ps(_mm256_loadu_ps(d + 16), _mm256_loadu_ps(w + 16), a2);
             a3 = _mm256_fmadd_ps(_mm256_loadu_ps(d + 24), _mm256_loadu_ps(w + 24), a3);
         }
-        _mm256_storeu_ps(o + c, a0); _mm256_storeu_ps(o + c + 8, a1);
-        _mm256_storeu_ps(o + c + 16, a2); _mm256_storeu_ps(o + c + 24, a3);
+        _mm256_storeu_ps(o + c, act_v(a0, act)); _mm256_storeu_ps(o + c + 8, act_v(a1, act));
+        _mm256_storeu_ps(o + c + 16, act_v(a2, act)); _mm256_storeu_ps(o + c + 24, act_v(a3, act));
     }
     for (; c + 8 <= C; c += 8) {
-        __m256 a = _mm256_setzero_ps();
-        for (int t = 0; t < nt_; t++) a = _mm256_fmadd_ps(_mm256_loadu_ps(dys[t] + c), _mm256_loadu_ps(ws[t] + c), a);
-        _mm256_storeu_ps(o + c, a);
+        __m256 a = b ? _mm256_loadu_ps(b + c) : _mm256_setzero_ps();
+        for (int t = 0; t < nt_; t++) a = _mm256_fmadd_ps(_mm256_loadu_ps(src[t] + c), _mm256_loadu_ps(ws[t] + c), a);
+        _mm256_storeu_ps(o + c, act_v(a, act));
     }
-    for (; c < C; c++) { float a = 0.0f; for (int t = 0; t < nt_; t++) a += dys[t][c] * ws[t][c]; o[c] = a; }
+    for (; c < C; c++) {
+        float a = b ? b[c] : 0.0f;
+        for (int t = 0; t < nt_; t++) a += src[t][c] * ws[t][c];
+        o[c] = act_s(a, act);
+    }
 }
-/* acc[c] += sum_{j<n} d[j*sd + c] * x[j*sx + c].  Same 4-chain unroll as dw_dx_pixel_v, written
+/* Interior output pixels [lo, hi) of one output row (every tap inside the image), four pixels
+ * at a time: each weight vector is loaded once for four FMAs, and 4 pixels x 16 channels keep
+ * eight accumulator chains in flight.  xr[i]: input row of the i-th valid kernel row kh[i]. */
+AVX2 static i64 dw_fwd_row_interior_v(float* yrow, const float* const* xr, const int* kh, int nkh, const float* wt,
+                                      const float* b, i64 lo, i64 hi, i64 C, int K, int S, int PW, int act) {
+    const i64 sx = (i64)S * C;
+    i64 ow = lo;
+    for (; ow + 4 <= hi; ow += 4) {
+        float* o = yrow + ow * C;
+        i64 c = 0;
+        for (; c + 16 <= C; c += 16) {
+            __m256 b0 = b ? _mm256_loadu_ps(b + c) : _mm256_setzero_ps(), b1 = b ? _mm256_loadu_ps(b + c + 8) : b0;
+            __m256 p0 = b0, p1 = b0, p2 = b0, p3 = b0, q0 = b1, q1 = b1, q2 = b1, q3 = b1;
+            for (int i = 0; i < nkh; i++) {
+                const float* wr = wt + (i64)kh[i] * K * C + c;
+                const float* xp = xr[i] + (ow * S - PW) * C + c;
+                for (int kw = 0; kw < K; kw++, wr += C, xp += C) {
+                    __m256 w0 = _mm256_loadu_ps(wr), w1 = _mm256_loadu_ps(wr + 8);
+                    p0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), w0, p0);
+                    q0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 8), w1, q0);
+                    p1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + sx), w0, p1);
+                    q1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + sx + 8), w1, q1);
+                    p2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 2 * sx), w0, p2);
+                    q2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 2 * sx + 8), w1, q2);
+                    p3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 3 * sx), w0, p3);
+                    q3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 3 * sx + 8), w1, q3);
+                }
+            }
+            _mm256_storeu_ps(o + c, act_v(p0, act)); _mm256_storeu_ps(o + c + 8, act_v(q0, act));
+            _mm256_storeu_ps(o + C + c, act_v(p1, act)); _mm256_storeu_ps(o + C + c + 8, act_v(q1, act));
+            _mm256_storeu_ps(o + 2 * C + c, act_v(p2, act)); _mm256_storeu_ps(o + 2 * C + c + 8, act_v(q2, act));
+            _mm256_storeu_ps(o + 3 * C + c, act_v(p3, act)); _mm256_storeu_ps(o + 3 * C + c + 8, act_v(q3, act));
+        }
+        for (; c + 8 <= C; c += 8) {
+            __m256 p0 = b ? _mm256_loadu_ps(b + c) : _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0;
+            for (int i = 0; i < nkh; i++) {
+                const float* wr = wt + (i64)kh[i] * K * C + c;
+                const float* xp = xr[i] + (ow * S - PW) * C + c;
+                for (int kw = 0; kw < K; kw++, wr += C, xp += C) {
+                    __m256 w0 = _mm256_loadu_ps(wr);
+                    p0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), w0, p0);
+                    p1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + sx), w0, p1);
+                    p2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 2 * sx), w0, p2);
+                    p3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 3 * sx), w0, p3);
+                }
+            }
+            _mm256_storeu_ps(o + c, act_v(p0, act)); _mm256_storeu_ps(o + C + c, act_v(p1, act));
+            _mm256_storeu_ps(o + 2 * C + c, act_v(p2, act)); _mm256_storeu_ps(o + 3 * C + c, act_v(p3, act));
+        }
+        for (; c < C; c++)
+            for (int j = 0; j < 4; j++) {
+                float a = b ? b[c] : 0.0f;
+                for (int i = 0; i < nkh; i++)
+                    for (int kw = 0; kw < K; kw++)
+                        a += xr[i][((ow + j) * S - PW + kw) * C + c] * wt[((i64)kh[i] * K + kw) * C + c];
+                o[j * C + c] = act_s(a, act);
+            }
+    }
+    return ow;  /* pixels from here on are left to the per-pixel gather */
+}
+AVX2 static void add_rows_v(float* acc, const float* y, i64 n, i64 C) {  /* acc[c] += sum_j y[j*C + c] */
+    for (i64 j = 0; j < n; j++) {
+        const float* r = y + j * C; i64 c = 0;
+        for (; c + 8 <= C; c += 8) _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), _mm256_loadu_ps(r + c)));
+        for (; c < C; c++) acc[c] += r[c];
+    }
+}
+/* acc[c] += sum_{j<n} d[j*sd + c] * x[j*sx + c].  Same 4-chain unroll as dw_gather_pixel_v, written
  * out: a shared helper on an __m256[4] measured ~25% slower here (gcc -O2 kept it in memory). */
 AVX2 static void dw_dot_rows_v(float* acc, const float* d, const float* x, i64 n, i64 sd, i64 sx, i64 C) {
     i64 c = 0;
@@ -428,11 +522,22 @@ AVX2 static void dw_dot_rows_v(float* acc, const float* d, const float* x, i64 n
 }
 #endif
 
-static void dw_dx_pixel(float* o, const float* const* dys, const float* const* ws, int nt_, i64 C) {
+static void dw_gather_pixel(float* o, const float* const* src, const float* const* ws, int nt_, i64 C,
+                            const float* b, int act) {
 #ifdef EFF_X86
-    if (have_avx2()) { dw_dx_pixel_v(o, dys, ws, nt_, C); return; }
+    if (have_avx2()) { dw_gather_pixel_v(o, src, ws, nt_, C, b, act); return; }
 #endif
-    for (i64 c = 0; c < C; c++) { float a = 0.0f; for (int t = 0; t < nt_; t++) a += dys[t][c] * ws[t][c]; o[c] = a; }
+    for (i64 c = 0; c < C; c++) {
+        float a = b ? b[c] : 0.0f;
+        for (int t = 0; t < nt_; t++) a += src[t][c] * ws[t][c];
+        o[c] = act_s(a, act);
+    }
+}
+static void add_rows(float* acc, const float* y, i64 n, i64 C) {
+#ifdef EFF_X86
+    if (have_avx2()) { add_rows_v(acc, y, n, C); return; }
+#endif
+    for (i64 j = 0; j < n; j++) for (i64 c = 0; c < C; c++) acc[c] += y[j * C + c];
 }
 static void dw_dot_rows(float* acc, const float* d, const float* x, i64 n, i64 sd, i64 sx, i64 C) {
 #ifdef EFF_X86
@@ -471,7 +576,7 @@ void eff_dw_bwd_input(const float* dy, const float* wt, float* dx, i64 N, i64 H,
                         taps++;
                     }
                 }
-                dw_dx_pixel(dx + ((n * H + ih) * W + iw) * C, dys, ws, taps, C);
+                dw_gather_pixel(dx + ((n * H + ih) * W + iw) * C, dys, ws, taps, C, NULL, ACT_IDENTITY);
             }
         }
 }
@@ -511,4 +616,60 @@ void eff_dw_bwd_weight(const float* dy, const float* x, double* dwt, i64 N, i64 
     }
 }
 
-int eff_abi_version(void) { return 2; }
+/* ---- depthwise convolution forward for inference, channels-last, bias and activation fused;
+ * with sums != NULL also sums[n][c] = sum over the output pixels of image n (the squeeze of a
+ * following squeeze-excite, taken while each output row is still in cache instead of in
+ * another pass over the block's largest tensor). */
+void eff_dw_fwd(const float* x, const float* wt, const float* bias, float* y, float* sums, i64 N, i64 H, i64 W,
+                i64 C, i64 OH, i64 OW, int K, int S, int PH, int PW, int act, int nt) {
+    if (sums) memset(sums, 0, sizeof(float) * (size_t)(N * C));
+    #pragma omp parallel num_threads(nt)
+    {
+        float* acc = sums ? (float*)calloc((size_t)(N * C), sizeof(float)) : NULL;
+        const float* xs[DW_MAX_TAPS]; const float* ws[DW_MAX_TAPS];
+        #pragma omp for collapse(2) schedule(static)
+        for (i64 n = 0; n < N; n++)
+            for (i64 oh = 0; oh < OH; oh++) {
+                float* yrow = y + (n * OH + oh) * OW * C;
+                i64 lo = OW, hi = OW;  /* interior columns: every tap inside the image */
+#ifdef EFF_X86
+                if (have_avx2()) {
+                    const float* xr[11]; int kh_[11], nkh = 0;
+                    for (int kh = 0; kh < K; kh++) {
+                        i64 ih = oh * S - PH + kh;
+                        if (ih >= 0 && ih < H) { xr[nkh] = x + (n * H + ih) * W * C; kh_[nkh++] = kh; }
+                    }
+                    lo = ceil_div_nonneg(PW, S);
+                    hi = W - K + PW >= 0 ? (W - K + PW) / S + 1 : 0;
+                    if (hi > OW) hi = OW;
+                    if (hi < lo) hi = lo;
+                    hi = dw_fwd_row_interior_v(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act);
+                }
+#endif
+                for (i64 ow = 0; ow < OW; ow++) {
+                    if (ow == lo && hi > lo) { ow = hi - 1; continue; }  /* [lo, hi) done above */
+                    int taps = 0;
+                    for (int kh = 0; kh < K; kh++) {
+                        i64 ih = oh * S - PH + kh;
+                        if (ih < 0 || ih >= H) continue;
+                        for (int kw = 0; kw < K; kw++) {
+                            i64 iw = ow * S - PW + kw;
+                            if (iw < 0 || iw >= W) continue;
+                            xs[taps] = x + ((n * H + ih) * W + iw) * C;
+                            ws[taps] = wt + (i64)(kh * K + kw) * C;
+                            taps++;
+                        }
+                    }
+                    dw_gather_pixel(yrow + ow * C, xs, ws, taps, C, bias, act);
+                }
+                if (acc) add_rows(acc + n * C, yrow, OW, C);
+            }
+        if (acc) {
+            #pragma omp critical
+            for (i64 i = 0; i < N * C; i++) sums[i] += acc[i];
+            free(acc);
+        }
+    }
+}
+
+int eff_abi_version(void) { return 3; }
