@@ -336,7 +336,10 @@ def test_compile_keeps_effnets_conv_kernels_as_one_op(monkeypatch):
         assert _rel_err(graph(x), model(x)) < 1e-4
     body = max(graphs, key=lambda g: len(g.graph.nodes))  # (the input pre-hook is a graph of its own)
     targets = [str(n.target) for n in body.graph.nodes if n.op == "call_function"]
-    assert sum("effnets.conv2d_act" in t for t in targets) == len(convs)
+    n_se = sum(1 for m in convs if m._graph_se)  # depthwise conv + squeeze-excite as one op
+    assert sum("effnets.conv2d_act" in t for t in targets) == len(convs) - n_se
+    assert sum("effnets.dw_conv_se" in t for t in targets) == n_se
     assert not any("conv2d" in t and "effnets" not in t for t in targets)
     if kernels.library() is not None:  # the depthwise convs ran effnets' kernel inside the graph
-        assert len(dw_calls) == sum(1 for m in convs if m.groups > 1) == 16
+        assert len(dw_calls) == sum(1 for m in convs if m.groups > 1) == 16 == n_se
+        assert not any("mean" in t for t in targets)  # the squeeze came from the depthwise kernel

@@ -202,6 +202,43 @@ def _conv2d_act_fake(x, weight, bias, padding, stride, dilation, groups, attr, s
     return x.new_empty((n, weight.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
 
 
+# Depthwise conv + activation + the squeeze-excite that follows it, as one opaque op in the
+# compiled graph: the native kernel takes the squeeze's channel sums while each output row is in
+# cache and the gate multiplies the fresh output in place, as in eager mode (Inductor's own
+# mean + multiply are two more passes over the block's largest tensor and a new buffer).
+_SE_FNS: dict[type, tuple[str, Callable]] = {nn.SiLU: ("silu", F.silu), nn.ReLU: ("relu", F.relu),
+                                             nn.Sigmoid: ("sigmoid", torch.sigmoid),
+                                             nn.Hardsigmoid: ("hardsigmoid", F.hardsigmoid),
+                                             nn.Hardswish: ("hardswish", F.hardswish)}
+_SE_BY_NAME = {name: fn for name, fn in _SE_FNS.values()}
+_LIB.define("dw_conv_se(Tensor x, Tensor weight, Tensor bias, int[] padding, int stride, str act, Tensor w1, "
+            "Tensor b1, Tensor w2, Tensor b2, str se_act, str se_gate) -> Tensor")
+
+
+def _dw_conv_se_op(x, weight, bias, padding, stride, act, w1, b1, w2, b2, se_act, se_gate):
+    cache = _graph_cache(weight)
+    taps = cache.get("taps")
+    if taps is None:
+        taps = cache["taps"] = kernels.depthwise_taps(weight)
+    y, sums = kernels.depthwise_forward(x, taps, bias, stride, tuple(padding), act, channel_sums=True)
+    return _se_apply(y, sums / (y.shape[2] * y.shape[3]), w1, b1, w2, b2, _SE_BY_NAME[se_act],
+                     _SE_BY_NAME[se_gate], inplace=True)
+
+
+_LIB.impl("dw_conv_se", _dw_conv_se_op, "CPU")
+
+
+@torch.library.register_fake("effnets::dw_conv_se")
+def _dw_conv_se_fake(x, weight, bias, padding, stride, act, w1, b1, w2, b2, se_act, se_gate):
+    return _conv2d_act_fake(x, weight, bias, padding, [stride, stride], [1, 1], x.shape[1], act, [], "")
+
+
+def _se_apply(x, mean, w1, b1, w2, b2, act, gate, inplace: bool) -> torch.Tensor:
+    """``x * gate(w2 act(w1 mean + b1) + b2)`` per channel; in place on ``x`` when allowed."""
+    s = gate(F.linear(act(F.linear(mean, w1, b1)), w2, b2))[:, :, None, None]
+    return x.mul_(s) if inplace else x * s
+
+
 class FusedConvAct(nn.Module):
     """Inference conv with folded BN and a fused activation (``weight``, ``bias``)."""
 
@@ -232,11 +269,17 @@ class FusedConvAct(nn.Module):
         self.dw_act = _native_dw_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars)
         self._taps: torch.Tensor | None = None
         self.emit_channel_sums = False  # set by fuse_modules when a squeeze-excite reads this output
+        self._graph_se: tuple = ()  # (that FastSqueezeExcite,): a tuple, so not a registered child
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same:
             x = pad_same(x, self.weight.shape[-1], self.stride[0], self.dilation[0])
         if _plain_mode():
+            if self.se_fused_in_graph(x):
+                se = self._graph_se[0]
+                return torch.ops.effnets.dw_conv_se(x, self.weight, self.bias, self.padding, self.stride[0],
+                                                    self.dw_act, se.w1, se.b1, se.w2, se.b2, se.act_name,
+                                                    se.gate_name)
             if self.native_in_graph and torch.compiler.is_compiling() and _native_graph_ok(x, self.weight):
                 # optimize(compile=True): effnets' conv + SiLU as one opaque op, Inductor compiles the rest
                 y = torch.ops.effnets.conv2d_act(x, self.weight, self.bias, self.padding, self.stride,
@@ -253,6 +296,12 @@ class FusedConvAct(nn.Module):
             return y if self.act is None else self.act(y)
         y = self.act_fn(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups))
         return y if self.act is None else self.act(y)
+
+    def se_fused_in_graph(self, x: torch.Tensor) -> bool:
+        """True while compiling when this depthwise conv and the squeeze-excite after it run as the
+        one op ``effnets::dw_conv_se`` (the squeeze-excite then passes its input through)."""
+        return (bool(self._graph_se) and self.native_in_graph and torch.compiler.is_compiling()
+                and _native_graph_ok(x, self.weight) and not self._forward_hooks)
 
     def _native_depthwise(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise conv + bias + activation in one pass (``kernels.depthwise_forward``; B0's
@@ -304,16 +353,20 @@ class FastSqueezeExcite(nn.Module):
         self.b2 = nn.Parameter(e.bias.detach().clone(), requires_grad=False)
         self.act = se.act
         self.gate = se.gate
+        self.act_name = _SE_FNS.get(type(se.act), (None,))[0]
+        self.gate_name = _SE_FNS.get(type(se.gate), (None,))[0]
+        self._fused_into: tuple = ()  # (the depthwise FusedConvAct that applies this SE in the graph,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused_into and _plain_mode() and self._fused_into[0].se_fused_in_graph(x):
+            return x  # already gated by effnets::dw_conv_se
         # sums from a native depthwise conv (eager only; _plain_mode first: dynamo breaks on __dict__)
         sums = None if _plain_mode() else x.__dict__.pop("_effnets_channel_sums", None)
         s = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
-        s = self.gate(F.linear(self.act(F.linear(s, self.w1, self.b1)), self.w2, self.b2))
         # _plain_mode first: dynamo cannot trace is_inference_mode_enabled (a graph break per block)
-        if not _plain_mode() and torch.is_inference_mode_enabled() and x.is_inference():
-            return x.mul_(s[:, :, None, None])  # x is the block's fresh conv output: no new buffer
-        return x * s[:, :, None, None]
+        inplace = not _plain_mode() and torch.is_inference_mode_enabled() and x.is_inference()
+        # in place: x is the block's fresh conv output, so no new buffer
+        return _se_apply(x, s, self.w1, self.b1, self.w2, self.b2, self.act, self.gate, inplace)
 
 
 def fuse_modules(model: nn.Module) -> nn.Module:
@@ -330,8 +383,11 @@ def fuse_modules(model: nn.Module) -> nn.Module:
         else:
             fuse_modules(child)
     dw, se = getattr(model, "conv_dw", None), getattr(model, "se", None)
-    if isinstance(dw, FusedConvAct) and isinstance(se, FastSqueezeExcite) and dw.act is None:
+    if isinstance(dw, FusedConvAct) and isinstance(se, FastSqueezeExcite) and dw.act is None \
+            and dw.dw_act is not None:
         dw.emit_channel_sums = True  # the block runs conv_dw -> se (DepthwiseSeparable, MBConv)
+        if se.act_name and se.gate_name and kernels.library() is not None:
+            dw._graph_se, se._fused_into = (se,), (dw,)
     return model
 
 
