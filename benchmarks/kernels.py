@@ -2,8 +2,11 @@
 
 Times training BatchNorm + SiLU forward + backward on a 16x96x112x112 channels-last tensor
 (efficientnet_b0's largest expanded activation at batch 16), in-place SiLU on 9.6M elements,
-and the depthwise-conv backward (input + weight gradients) summed over efficientnet_b0's twelve
-distinct depthwise shapes at batch 16, each as the median of timed calls, in one process."""
+the depthwise-conv backward (input + weight gradients) summed over efficientnet_b0's twelve
+distinct depthwise shapes at batch 16, and the inference depthwise conv + bias + SiLU + channel
+means (what ``effnets.optimize`` runs for a depthwise conv and its squeeze-excite's pooling)
+over the same shapes at batch 1 and 8, against oneDNN's conv (weights prepacked), SiLU and
+``mean``; each figure the median of timed calls, in one process."""
 from __future__ import annotations
 
 import statistics
@@ -55,10 +58,34 @@ def main() -> int:
         for dy, xi, wi, s, p in dw:
             K.depthwise_backward(dy, xi, wi, s, (p, p))
 
+    def dw_inference(batch):
+        shapes = []
+        for dy, xi, wi, s, p in dw:
+            xb = xi[:batch].contiguous(memory_format=torch.channels_last)
+            bi = torch.randn(xb.shape[1])
+            packed = torch.ops.mkldnn._reorder_convolution_weight(wi, [p, p], [s, s], [1, 1], xb.shape[1],
+                                                                  list(xb.shape))
+            shapes.append((xb, wi, packed, K.depthwise_taps(wi), bi, s, p))
+
+        def onednn():
+            with torch.inference_mode():
+                for xb, _, packed, _, bi, s, p in shapes:
+                    yb = torch.ops.mkldnn._convolution_pointwise(xb, packed, bi, [p, p], [s, s], [1, 1], xb.shape[1],
+                                                                 "none", [], "")
+                    K.silu_(yb).mean((2, 3))
+
+        def native():
+            with torch.inference_mode():
+                for xb, _, _, taps, bi, s, p in shapes:
+                    K.depthwise_forward(xb, taps, bi, s, (p, p), "silu", channel_sums=True)
+        return onednn, native
+
     x = torch.randn(9_600_000)
     rows = [("BN+SiLU fwd+bwd 16x96x112x112", plain, native),
             ("SiLU in place, 9.6M elements", lambda: F.silu(x, inplace=True), lambda: K.silu_(x)),
-            ("depthwise bwd, B0's 12 shapes b16", dw_aten, dw_native)]
+            ("depthwise bwd, B0's 12 shapes b16", dw_aten, dw_native),
+            ("dw+SiLU+mean inference, b1", *dw_inference(1)),
+            ("dw+SiLU+mean inference, b8", *dw_inference(8))]
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, a, n in rows:
         ta = statistics.median(time_calls(a, cpu, 2, 7)) * 1e3  # PyTorch = its oneDNN kernels here
