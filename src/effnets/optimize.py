@@ -11,7 +11,9 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    pointwise fusion), so the activation is applied while the output tile is still in cache
    instead of in a separate memory-bound pass.  SiLU is the exception where effnets' native
    kernels are available (``effnets.kernels``): its exp dominates, and ours costs half of
-   oneDNN's, so the conv runs without post-op and SiLU follows in place.  Elsewhere (CUDA,
+   oneDNN's, so the conv runs without post-op and SiLU follows in place.  Depthwise convs run
+   on effnets' native kernel with bias and activation fused, and hand the channel sums of
+   their output to the squeeze-excite that follows (no separate pooling pass).  Elsewhere (CUDA,
    other dtypes, under ``torch.compile``/export) the same module runs plain ``F.conv2d`` + activation.
 3. **Squeeze-excite on vectors**: the two 1x1 convolutions on a 1x1 map become matrix products,
    and under ``torch.inference_mode`` the gate multiplies its input in place (the input is
@@ -20,7 +22,8 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    depthwise convolutions are much faster in it); conv weights **prepacked** once per input
    shape into the blocked layout oneDNN picks for it, instead of reordered on every call.
 5. Optionally **torch.compile** (Inductor, with weight freezing for inference; each fused conv
-   stays one opaque ``effnets::conv2d_act`` op), **bf16** weights and activations, or **int8**
+   stays one opaque ``effnets::conv2d_act`` op, a depthwise conv and its squeeze-excite one
+   ``effnets::dw_conv_se`` op), **bf16** weights and activations, or **int8**
    post-training quantization calibrated on images (``dtype="int8"``, see :func:`quantize_int8`).
 
 The original model is left untouched: ``optimize`` works on a deep copy.  Parameter names
@@ -82,6 +85,8 @@ _MKLDNN = _mkldnn_ok()
 _PREPACK = (_MKLDNN and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
             and os.environ.get("EFFNETS_NO_PREPACK", "0") != "1")
 _PACK_SHAPES = 4
+# depthwise convs on effnets' native kernel (EFFNETS_NO_NATIVE_DW=1: oneDNN's, for comparison)
+_NATIVE_DW = os.environ.get("EFFNETS_NO_NATIVE_DW", "0") != "1"
 
 try:  # oneDNN bf16 convolutions need AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/DQ
     _MKLDNN_BF16 = _MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -138,7 +143,7 @@ def _native_dw_act(weight_shape, groups: int, stride, dilation, attr: str, scala
     """The activation name for effnets' native depthwise kernel (``kernels.DW_ACT_CODES``) when a
     conv of this weight shape, grouping and post-op can run on it, else None."""
     c_out, c_in_per_group, kh, kw = weight_shape
-    if not (groups == c_out and c_in_per_group == 1 and kh == kw <= 11 and stride[0] == stride[1]
+    if not (_NATIVE_DW and groups == c_out and c_in_per_group == 1 and kh == kw <= 11 and stride[0] == stride[1]
             and list(dilation) == [1, 1]):
         return None
     if attr == "hardtanh":
