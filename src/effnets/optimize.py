@@ -310,8 +310,8 @@ class FusedConvAct(nn.Module):
 
     def _native_depthwise(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise conv + bias + activation in one pass (``kernels.depthwise_forward``; B0's
-        depthwise convs with SiLU and the squeeze-excite's pooling: 1.4x oneDNN's conv, native
-        SiLU and ``mean`` at batch 1).  With ``emit_channel_sums`` the per-channel sums of the
+        depthwise convs with SiLU and the squeeze-excite's pooling: ~1.5x oneDNN's conv, native
+        SiLU and ``mean`` at batch 1, ~1.3x at batch 8, ``benchmarks/kernels.py``).  With ``emit_channel_sums`` the per-channel sums of the
         output ride along on it for the following :class:`FastSqueezeExcite`."""
         w = self.weight
         tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
