@@ -251,3 +251,12 @@ def test_forward_hook_on_depthwise_conv_turns_channel_sums_off():
     x = torch.randn(1, 3, 96, 96)
     with torch.inference_mode():
         assert _rel(opt(x), model(x)) < 1e-4
+
+
+@native
+def test_depthwise_forward_rejects_what_it_cannot_read():
+    taps = K.depthwise_taps(torch.randn(4, 1, 3, 3))
+    with pytest.raises(ValueError, match="float32 CPU"):
+        K.depthwise_forward(torch.randn(1, 4, 8, 8, dtype=torch.float64), taps, None, 1, (1, 1))
+    with pytest.raises(ValueError, match="K\\*K, C"):
+        K.depthwise_forward(torch.randn(1, 5, 8, 8), taps, None, 1, (1, 1))

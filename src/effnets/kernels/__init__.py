@@ -202,6 +202,9 @@ def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | 
     ``taps`` is the weight as (K*K, C) (see :func:`depthwise_taps`); with ``channel_sums``
     also the (N, C) sums of the output over its pixels.  ``act`` is a key of
     ``DW_ACT_CODES``.  Call only where :func:`library` is not None and no gradient is needed."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        raise ValueError(f"depthwise_forward needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
+                         f"on {x.device}")
     n, c, h, w = x.shape
     kk = taps.shape[0]
     k = int(round(kk ** 0.5))
@@ -212,6 +215,7 @@ def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | 
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
     sums = torch.empty((n, c), dtype=torch.float32) if channel_sums else None
+    bias = _param(bias)
     library().eff_dw_fwd(x.data_ptr(), taps.data_ptr(), _ptr(bias), y.data_ptr(), _ptr(sums), n, h, w, c, oh, ow,
                          k, stride, padding[0], padding[1], DW_ACT_CODES[act], torch.get_num_threads())
     return y, sums
