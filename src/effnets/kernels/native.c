@@ -1,7 +1,9 @@
-/* effnets native CPU kernels: fused BatchNorm (training statistics) + activation, forward and
- * backward, and SiLU, in float32, for channels-last (N*H*W rows x C) and NCHW (planes of H*W)
- * tensors.  Compiled on first use by effnets/kernels/__init__.py; every function has a
- * pure-PyTorch equivalent there, used when no C compiler is found, and tested against it.
+/* effnets native CPU kernels, float32: fused BatchNorm (training statistics) + activation,
+ * forward and backward, and SiLU, for channels-last (N*H*W rows x C) and NCHW (planes of H*W)
+ * tensors; depthwise convolution, channels-last: the training backward and the inference
+ * forward (bias + activation fused, optional channel sums for a squeeze-excite).  Compiled on
+ * first use by effnets/kernels/__init__.py; every caller has a plain PyTorch path, used when no
+ * C compiler is found, and tests hold the two to each other.
  *
  * Why: on CPU, BN + SiLU in training are separate memory-bound passes in PyTorch (BN stats,
  * BN apply, SiLU forward; SiLU backward, BN backward reduce, BN backward apply), and
@@ -47,9 +49,7 @@ static inline float act_s(float z, int act) {
 static inline float dact_s(float z, int act) {  /* d act / dz */
     if (act == ACT_SILU) { float s = 1.0f / (1.0f + exp_s(-z)); return s + z * s * (1.0f - s); }
     if (act == ACT_RELU) return z > 0.0f ? 1.0f : 0.0f;
-    if (act == ACT_HARDSWISH) return z < -3.0f ? 0.0f : z > 3.0f ? 1.0f : (2.0f * z + 3.0f) * (1.0f / 6.0f);
-    if (act == ACT_RELU6) return z > 0.0f && z < 6.0f ? 1.0f : 0.0f;
-    return 1.0f;
+    return 1.0f;  /* derivatives serve the training BN+act kernels: identity, SiLU, ReLU only */
 }
 
 #ifdef EFF_X86
@@ -89,15 +89,7 @@ AVX2 static inline __m256 dact_v(__m256 z, int act) {
         return _mm256_fmadd_ps(_mm256_mul_ps(z, s), _mm256_sub_ps(_mm256_set1_ps(1.0f), s), s);
     }
     if (act == ACT_RELU) return _mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.0f));
-    if (act == ACT_HARDSWISH) {
-        __m256 mid = _mm256_mul_ps(_mm256_fmadd_ps(z, _mm256_set1_ps(2.0f), _mm256_set1_ps(3.0f)), _mm256_set1_ps(1.0f / 6.0f));
-        __m256 lo = _mm256_cmp_ps(z, _mm256_set1_ps(-3.0f), _CMP_LT_OQ), hi = _mm256_cmp_ps(z, _mm256_set1_ps(3.0f), _CMP_GT_OQ);
-        return _mm256_blendv_ps(_mm256_andnot_ps(lo, mid), _mm256_set1_ps(1.0f), hi);
-    }
-    if (act == ACT_RELU6)
-        return _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ),
-                                           _mm256_cmp_ps(z, _mm256_set1_ps(6.0f), _CMP_LT_OQ)), _mm256_set1_ps(1.0f));
-    return _mm256_set1_ps(1.0f);
+    return _mm256_set1_ps(1.0f);  /* training BN+act kernels: identity, SiLU, ReLU only */
 }
 static int have_avx2(void) {
     static int v = -1;
