@@ -220,10 +220,12 @@ def test_depthwise_forward_matches_float64(n, c, h, w, k, stride, pad, act):
 @pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large"])
 def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatch, name):
     """Every depthwise conv of the optimized model runs the native kernel; those followed by a
-    squeeze-excite hand it their channel sums, and the outputs still equal the original's."""
-    calls = []
-    real = K.depthwise_forward
+    squeeze-excite hand it their channel sums, the squeeze-excite runs natively, and the outputs
+    still equal the original's."""
+    calls, se_calls = [], []
+    real, real_se = K.depthwise_forward, K.se_gate_
     monkeypatch.setattr(K, "depthwise_forward", lambda *a, **kw: calls.append(kw.get("channel_sums")) or real(*a, **kw))
+    monkeypatch.setattr(K, "se_gate_", lambda *a: se_calls.append(1) or real_se(*a))
     torch.manual_seed(0)
     model = effnets.create_model(name).eval()
     opt = effnets.optimize(model)
@@ -233,6 +235,7 @@ def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatc
     n_dw = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
     n_se = sum(1 for m in model.modules() if getattr(m, "se", None) is not None and hasattr(m, "conv_dw"))
     assert len(calls) == n_dw and sum(map(bool, calls)) == n_se > 0
+    assert len(se_calls) == n_se  # every squeeze-excite ran as one native call
     assert _rel(out, ref) < 1e-4
 
 
@@ -260,3 +263,31 @@ def test_depthwise_forward_rejects_what_it_cannot_read():
         K.depthwise_forward(torch.randn(1, 4, 8, 8, dtype=torch.float64), taps, None, 1, (1, 1))
     with pytest.raises(ValueError, match="K\\*K, C"):
         K.depthwise_forward(torch.randn(1, 5, 8, 8), taps, None, 1, (1, 1))
+
+
+_SE64 = {"silu": F.silu, "relu": F.relu, "hardswish": F.hardswish, "sigmoid": torch.sigmoid,
+         "hardsigmoid": F.hardsigmoid, "identity": lambda z: z}
+
+
+@native
+@pytest.mark.parametrize("n,c,r,hw", [(1, 40, 10, 7), (3, 19, 5, 4), (2, 1152, 48, 9)])
+@pytest.mark.parametrize("act,gate", [("silu", "sigmoid"), ("relu", "hardsigmoid"), ("hardswish", "sigmoid")])
+def test_se_gate_matches_float64(n, c, r, hw, act, gate):
+    torch.manual_seed(0)
+    x = (torch.randn(n, c, hw, hw) * 2).contiguous(memory_format=torch.channels_last)
+    mean = x.mean((2, 3))
+    w1, b1, w2, b2 = torch.randn(r, c) / c ** 0.5, torch.randn(r), torch.randn(c, r), torch.randn(c) * 3
+    h = _SE64[act](mean.double() @ w1.double().t() + b1.double())
+    ref = x.double() * _SE64[gate](h @ w2.double().t() + b2.double())[:, :, None, None]
+    out = K.se_gate_(x, mean, w1, b1, w2, b2, act, gate)
+    assert out is x and _rel(out, ref) < 1e-5
+
+
+@native
+def test_se_gate_rejects_what_it_cannot_read():
+    w1, b1, w2, b2 = torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8)
+    with pytest.raises(ValueError, match="channels-last"):
+        K.se_gate_(torch.randn(1, 8, 4, 4, dtype=torch.float64), torch.randn(1, 8), w1, b1, w2, b2, "relu", "sigmoid")
+    with pytest.raises(ValueError, match="do not fit"):
+        K.se_gate_(torch.randn(1, 9, 4, 4).contiguous(memory_format=torch.channels_last), torch.randn(1, 9),
+                   w1, b1, w2, b2, "relu", "sigmoid")

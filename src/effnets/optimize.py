@@ -226,8 +226,10 @@ def _dw_conv_se_op(x, weight, bias, padding, stride, act, w1, b1, w2, b2, se_act
     if taps is None:
         taps = cache["taps"] = kernels.depthwise_taps(weight)
     y, sums = kernels.depthwise_forward(x, taps, bias, stride, tuple(padding), act, channel_sums=True)
-    return _se_apply(y, sums / (y.shape[2] * y.shape[3]), w1, b1, w2, b2, _SE_BY_NAME[se_act],
-                     _SE_BY_NAME[se_gate], inplace=True)
+    mean = sums / (y.shape[2] * y.shape[3])
+    if se_act in kernels.SE_ACT_CODES and se_gate in kernels.SE_ACT_CODES:
+        return kernels.se_gate_(y, mean, w1, b1, w2, b2, se_act, se_gate)
+    return _se_apply(y, mean, w1, b1, w2, b2, _SE_BY_NAME[se_act], _SE_BY_NAME[se_gate], inplace=True)
 
 
 _LIB.impl("dw_conv_se", _dw_conv_se_op, "CPU")
@@ -361,6 +363,9 @@ class FastSqueezeExcite(nn.Module):
         self.act_name = _SE_FNS.get(type(se.act), (None,))[0]
         self.gate_name = _SE_FNS.get(type(se.gate), (None,))[0]
         self._fused_into: tuple = ()  # (the depthwise FusedConvAct that applies this SE in the graph,)
+        names = (self.act_name, self.gate_name)
+        self.native_names = names if (all(k in kernels.SE_ACT_CODES for k in names)
+                                      and kernels.library() is not None) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_into and _plain_mode() and self._fused_into[0].se_fused_in_graph(x):
@@ -370,6 +375,11 @@ class FastSqueezeExcite(nn.Module):
         s = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
         # _plain_mode first: dynamo cannot trace is_inference_mode_enabled (a graph break per block)
         inplace = not _plain_mode() and torch.is_inference_mode_enabled() and x.is_inference()
+        if inplace and self.native_names and kernels.library() is not None and x.dtype == torch.float32 \
+                and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+            # MLP, gate and product in one native call (``kernels.se_gate_``): at batch 1 the seven
+            # small PyTorch ops cost more in dispatch than in arithmetic
+            return kernels.se_gate_(x, s, self.w1, self.b1, self.w2, self.b2, *self.native_names)
         # in place: x is the block's fresh conv output, so no new buffer
         return _se_apply(x, s, self.w1, self.b1, self.w2, self.b2, self.act, self.gate, inplace)
 

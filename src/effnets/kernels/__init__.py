@@ -29,6 +29,7 @@ why_unavailable: str | None = None
 
 ACT_CODES = {"identity": 0, "silu": 1, "relu": 2}  # fused with training BatchNorm
 DW_ACT_CODES = {**ACT_CODES, "hardswish": 3, "relu6": 4}  # fused with the inference depthwise conv
+SE_ACT_CODES = {**DW_ACT_CODES, "sigmoid": 5, "hardsigmoid": 6}  # squeeze-excite act and gate
 
 
 def _cache_dir() -> str:
@@ -66,7 +67,9 @@ def _build() -> ctypes.CDLL:
     lib.eff_dw_bwd_input.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_bwd_weight.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32, i32]
+    lib.eff_se_gate.argtypes = [p, p, p, p, p, p, p, i64, i64, i64, i64, i32, i32, i32]
     lib.eff_dw_bwd_input.restype = lib.eff_dw_bwd_weight.restype = lib.eff_dw_fwd.restype = None
+    lib.eff_se_gate.restype = None
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
     return lib
 
@@ -221,11 +224,31 @@ def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | 
     return y, sums
 
 
+def se_gate_(x: torch.Tensor, mean: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+             b2: torch.Tensor, act: str, gate: str) -> torch.Tensor:
+    """Squeeze-excite for inference, in place: ``x *= gate(w2 act(w1 mean + b1) + b2)`` per image
+    and channel, ``x`` channels-last float32 (N, C, H, W), ``mean`` (N, C) its spatial means,
+    ``w1`` (R, C), ``w2`` (C, R); ``act``/``gate`` keys of ``SE_ACT_CODES``.  Returns ``x``.
+    Call only where :func:`library` is not None and no gradient is needed."""
+    n, c, h, w = x.shape
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"se_gate_ needs a channels-last float32 CPU tensor, got {x.dtype} on {x.device}")
+    r = w1.shape[0]
+    if tuple(mean.shape) != (n, c) or tuple(w1.shape) != (r, c) or tuple(w2.shape) != (c, r):
+        raise ValueError(f"se_gate_: mean {tuple(mean.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)} do not fit "
+                         f"{c} channels")
+    gates = torch.empty((n, c), dtype=torch.float32)
+    args = [_param(t) for t in (mean, w1, b1, w2, b2)]
+    library().eff_se_gate(x.data_ptr(), *(t.data_ptr() for t in args), gates.data_ptr(), n, h * w, c, r,
+                          SE_ACT_CODES[act], SE_ACT_CODES[gate], torch.get_num_threads())
+    return x
+
+
 def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
     """A depthwise weight (C, 1, K, K) as the (K*K, C) float32 tap table the kernels read."""
     c, _, kh, kw = weight.shape
     return weight.detach().float().reshape(c, kh * kw).t().contiguous()
 
 
-__all__ = ["depthwise_forward", "depthwise_taps", "DW_ACT_CODES", "library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
+__all__ = ["se_gate_", "SE_ACT_CODES", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES", "library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
            "supports_depthwise", "depthwise_backward"]
