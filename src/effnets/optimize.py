@@ -17,7 +17,8 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    other dtypes, under ``torch.compile``/export) the same module runs plain ``F.conv2d`` + activation.
 3. **Squeeze-excite on vectors**: the two 1x1 convolutions on a 1x1 map become matrix products,
    and under ``torch.inference_mode`` the gate multiplies its input in place (the input is
-   the block's own conv output; a forward hook on that conv sees the gated values).
+   the block's own conv output; a forward hook on that conv sees the gated values), the whole
+   squeeze-excite as one native call where the kernels are built (``kernels.se_gate_``).
 4. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
    depthwise convolutions are much faster in it); conv weights **prepacked** once per input
    shape into the blocked layout oneDNN picks for it, instead of reordered on every call.
