@@ -1,9 +1,12 @@
-"""Native CPU kernels, compiled on first use: fused training BatchNorm + activation (forward
-and backward) and SiLU, float32, channels-last or NCHW (``native.c`` says why).
+"""Native CPU kernels, compiled on first use, float32 (``native.c`` says why): fused training
+BatchNorm + activation (forward and backward) and SiLU, channels-last or NCHW; depthwise
+convolution, channels-last (training backward; inference forward with bias, activation and the
+channel sums a squeeze-excite needs); the inference squeeze-excite in one call.
 
-Nothing here is required: :func:`available` is False when there is no C compiler, on a
-non-float32 or non-CPU tensor, or with ``EFFNETS_NO_NATIVE=1``, and callers then run the
-plain PyTorch ops, which compute the same thing (tests hold the two paths to each other).
+Nothing here is required: :func:`library` is None when there is no C compiler or with
+``EFFNETS_NO_NATIVE=1`` (:func:`supports` / :func:`supports_depthwise` also say no for
+non-float32 or non-CPU tensors), and callers then run the plain PyTorch ops, which compute the
+same thing (tests hold the two paths to each other).
 The shared library is built once per source version into ``$EFFNETS_CACHE`` (default
 ``~/.cache/effnets``) with ``$CC`` (default ``cc``), in about a second.
 """
@@ -216,6 +219,7 @@ def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | 
     oh = (h + 2 * padding[0] - k) // stride + 1
     ow = (w + 2 * padding[1] - k) // stride + 1
     x = x.contiguous(memory_format=torch.channels_last)
+    taps = taps.float().contiguous()
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
     sums = torch.empty((n, c), dtype=torch.float32) if channel_sums else None
     bias = _param(bias)
@@ -250,5 +254,6 @@ def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().reshape(c, kh * kw).t().contiguous()
 
 
-__all__ = ["se_gate_", "SE_ACT_CODES", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES", "library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
-           "supports_depthwise", "depthwise_backward"]
+__all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
+           "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
+           "se_gate_", "SE_ACT_CODES"]
