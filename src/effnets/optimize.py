@@ -177,18 +177,21 @@ def _graph_cache(weight: torch.Tensor) -> dict:
     return entry[1]
 
 
+def _graph_taps(weight: torch.Tensor) -> torch.Tensor:
+    """The depthwise weight as the native kernel's tap table, made once per weight version."""
+    cache = _graph_cache(weight)
+    taps = cache.get("taps")
+    if taps is None:
+        taps = cache["taps"] = kernels.depthwise_taps(weight)
+    return taps
+
+
 def _conv2d_act_op(x, weight, bias, padding, stride, dilation, groups, attr, scalars, algorithm):
     x = x.contiguous(memory_format=torch.channels_last)
     cacheable = not weight.requires_grad
     dw_act = _native_dw_act(weight.shape, groups, stride, dilation, attr, scalars)
     if dw_act is not None and kernels.library() is not None:
-        if cacheable:
-            cache = _graph_cache(weight)
-            taps = cache.get("taps")
-            if taps is None:
-                taps = cache["taps"] = kernels.depthwise_taps(weight)
-        else:
-            taps = kernels.depthwise_taps(weight)
+        taps = _graph_taps(weight) if cacheable else kernels.depthwise_taps(weight)
         return kernels.depthwise_forward(x, taps, bias, stride[0], tuple(padding), dw_act)[0]
     w = weight
     if _PREPACK and cacheable:
@@ -222,11 +225,7 @@ _LIB.define("dw_conv_se(Tensor x, Tensor weight, Tensor bias, int[] padding, int
 
 
 def _dw_conv_se_op(x, weight, bias, padding, stride, act, w1, b1, w2, b2, se_act, se_gate):
-    cache = _graph_cache(weight)
-    taps = cache.get("taps")
-    if taps is None:
-        taps = cache["taps"] = kernels.depthwise_taps(weight)
-    y, sums = kernels.depthwise_forward(x, taps, bias, stride, tuple(padding), act, channel_sums=True)
+    y, sums = kernels.depthwise_forward(x, _graph_taps(weight), bias, stride, tuple(padding), act, channel_sums=True)
     mean = sums / (y.shape[2] * y.shape[3])
     if se_act in kernels.SE_ACT_CODES and se_gate in kernels.SE_ACT_CODES:
         return kernels.se_gate_(y, mean, w1, b1, w2, b2, se_act, se_gate)
