@@ -291,3 +291,46 @@ def test_se_gate_rejects_what_it_cannot_read():
     with pytest.raises(ValueError, match="do not fit"):
         K.se_gate_(torch.randn(1, 9, 4, 4).contiguous(memory_format=torch.channels_last), torch.randn(1, 9),
                    w1, b1, w2, b2, "relu", "sigmoid")
+
+
+wino = pytest.mark.skipif(not K.winograd_available(), reason="Winograd kernels need the native build on x86 AVX2")
+
+
+@wino
+@pytest.mark.parametrize("n,ci,co,h,w,pad,rounds", [
+    (2, 8, 16, 9, 7, (1, 1), None),   # output 9x7: the last tiles overhang both edges
+    (1, 16, 8, 4, 4, (1, 1), None),   # one tile
+    (1, 8, 24, 6, 11, (0, 0), None),  # no padding (TF "same" pads before the conv)
+    (3, 24, 32, 13, 13, (1, 1), 5),   # several rounds of 5 tiles, the last one short
+    (1, 64, 64, 40, 40, (1, 1), None),
+])
+@pytest.mark.parametrize("act", ["identity", "silu", "relu", "relu6"])
+def test_winograd_conv3x3_matches_float64(n, ci, co, h, w, pad, rounds, act):
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(n, ci, h, w), torch.randn(co, ci, 3, 3) / ci ** 0.5, torch.randn(co)
+    ref = _ACTS64[act](F.conv2d(x.double(), wt.double(), b.double(), 1, pad))
+    y = K.winograd_conv3x3(x, K.winograd_weight(wt), b, pad, act, tiles_per_round=rounds)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    # F(4x4, 3x3) in float32 loses a few bits to its transforms (entries up to 8); direct
+    # float32 convolution here is ~5e-7, Winograd measured 2e-6 to 4e-6
+    assert _rel(y, ref) < 2e-5
+    y0 = K.winograd_conv3x3(x, K.winograd_weight(wt), None, pad, act)
+    assert _rel(y0, _ACTS64[act](F.conv2d(x.double(), wt.double(), None, 1, pad))) < 2e-5
+
+
+@wino
+def test_winograd_rejects_what_it_cannot_compute():
+    u = K.winograd_weight(torch.randn(16, 8, 3, 3))
+    assert u.shape == (36, 8, 16)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        K.winograd_conv3x3(torch.randn(1, 8, 8, 8, dtype=torch.float64), u, None, (1, 1))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        K.winograd_conv3x3(torch.randn(1, 12, 8, 8), K.winograd_weight(torch.randn(16, 12, 3, 3)), None, (1, 1))
+    with pytest.raises(ValueError, match="C_in = 16"):
+        K.winograd_conv3x3(torch.randn(1, 16, 8, 8), u, None, (1, 1))
+    with pytest.raises(ValueError, match="no output"):
+        K.winograd_conv3x3(torch.randn(1, 8, 2, 2), u, None, (0, 0))
+    with pytest.raises(ValueError, match="act must be"):
+        K.winograd_conv3x3(torch.randn(1, 8, 8, 8), u, None, (1, 1), "gelu")
+    with pytest.raises(ValueError, match=r"\(C_out, C_in, 3, 3\)"):
+        K.winograd_weight(torch.randn(16, 8, 5, 5))

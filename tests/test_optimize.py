@@ -343,3 +343,71 @@ def test_compile_keeps_effnets_conv_kernels_as_one_op(monkeypatch):
     if kernels.library() is not None:  # the depthwise convs ran effnets' kernel inside the graph
         assert len(dw_calls) == sum(1 for m in convs if m.groups > 1) == 16 == n_se
         assert not any("mean" in t for t in targets)  # the squeeze came from the depthwise kernel
+
+
+def _winograd_eligible(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+               and m.stride == (1, 1) and m.groups == 1 and m.in_channels % 8 == 0 and m.out_channels % 8 == 0)
+
+
+@pytest.mark.parametrize("name,size", [("resnet_rs_50", 64), ("efficientnetv2_b0", 96)])
+def test_winograd_convs_match_original(monkeypatch, name, size):
+    """Forced on (EFFNETS_WINOGRAD=1), every eligible 3x3 conv runs Winograd F(4x4, 3x3) and the
+    outputs still match the original's; forced off, none does; on "auto" each layer times both
+    once per input shape and keeps its choice."""
+    from effnets import kernels
+    if not kernels.winograd_available():
+        pytest.skip("Winograd kernels need the native build on x86 AVX2")
+    opt_mod = sys.modules["effnets.optimize"]
+    calls = []
+    real = kernels.winograd_conv3x3
+    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
+    n_eligible = _winograd_eligible(model)
+    assert n_eligible > 0
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        ref = model(x)
+        for mode, expected in (("1", n_eligible), ("0", 0)):
+            monkeypatch.setattr(opt_mod, "_WINOGRAD", mode)
+            calls.clear()
+            out = effnets.optimize(model)(x)
+            assert len(calls) == expected
+            assert _rel_err(out, ref) < 1e-4
+        monkeypatch.setattr(opt_mod, "_WINOGRAD", "auto")
+        opt = effnets.optimize(model)
+        assert _rel_err(opt(x), ref) < 1e-4
+        choices = [m._wino[tuple(m_in.shape)] for m, m_in in _conv_inputs(opt, x) if m.wino_act is not None]
+        assert len(choices) == n_eligible and all(isinstance(c, bool) for c in choices)
+        calls.clear()
+        opt(x)  # the choices are kept: Winograd runs exactly where it was chosen, no more timing
+        assert len(calls) == sum(choices)
+
+
+def _conv_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[FusedConvAct, torch.Tensor]]:
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append((mod, a[0])))
+             for m in model.modules() if isinstance(m, FusedConvAct)]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_compiled_graph_runs_winograd_inside_the_conv_op(monkeypatch):
+    from effnets import kernels
+    if not kernels.winograd_available():
+        pytest.skip("Winograd kernels need the native build on x86 AVX2")
+    monkeypatch.setattr(sys.modules["effnets.optimize"], "_WINOGRAD", "1")
+    calls = []
+    real = kernels.winograd_conv3x3
+    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("resnet_rs_50", num_classes=10)).eval()
+    compiled = effnets.optimize(model, compile=True)
+    graph = torch.compile(compiled._orig_mod, backend=lambda gm, ex: gm.forward, fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert _rel_err(graph(x), model(x)) < 1e-4
+    assert len(calls) == _winograd_eligible(model)

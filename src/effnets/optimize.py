@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import time
 from typing import Callable, Iterable
 
 import torch
@@ -88,6 +89,8 @@ _PREPACK = (_MKLDNN and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 _PACK_SHAPES = 4
 # depthwise convs on effnets' native kernel (EFFNETS_NO_NATIVE_DW=1: oneDNN's, for comparison)
 _NATIVE_DW = os.environ.get("EFFNETS_NO_NATIVE_DW", "0") != "1"
+# 3x3 stride-1 convs by Winograd where it times faster ("auto"), always ("1") or never ("0")
+_WINOGRAD = os.environ.get("EFFNETS_WINOGRAD", "auto")
 
 try:  # oneDNN bf16 convolutions need AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/DQ
     _MKLDNN_BF16 = _MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -122,8 +125,9 @@ def _pack_for(cache: dict, w: torch.Tensor, shape, padding, stride, dilation, gr
     key = tuple(shape)
     packed = cache.get(key)
     if packed is None:
-        if len(cache) >= _PACK_SHAPES:
-            cache.pop(next(iter(cache)))
+        shapes = [k for k in cache if isinstance(k, tuple)]  # other keys: taps, Winograd forms
+        if len(shapes) >= _PACK_SHAPES:
+            cache.pop(shapes[0])
         packed = cache[key] = torch.ops.mkldnn._reorder_convolution_weight(w, padding, stride, dilation, groups,
                                                                            list(key))
     return packed
@@ -140,6 +144,13 @@ def _onednn_conv_act(x, w, bias, padding, stride, dilation, groups, attr, scalar
                                                    algorithm)
 
 
+def _native_act(attr: str, scalars) -> str | None:
+    """The oneDNN post-op as a ``kernels.DW_ACT_CODES`` name, or None if the native kernels lack it."""
+    if attr == "hardtanh":
+        return "relu6" if [float(v) for v in scalars] == [0.0, 6.0] else None
+    return {"none": "identity", "swish": "silu", "relu": "relu", "hardswish": "hardswish"}.get(attr)
+
+
 def _native_dw_act(weight_shape, groups: int, stride, dilation, attr: str, scalars) -> str | None:
     """The activation name for effnets' native depthwise kernel (``kernels.DW_ACT_CODES``) when a
     conv of this weight shape, grouping and post-op can run on it, else None."""
@@ -147,9 +158,55 @@ def _native_dw_act(weight_shape, groups: int, stride, dilation, attr: str, scala
     if not (_NATIVE_DW and groups == c_out and c_in_per_group == 1 and kh == kw <= 11 and stride[0] == stride[1]
             and list(dilation) == [1, 1]):
         return None
-    if attr == "hardtanh":
-        return "relu6" if [float(v) for v in scalars] == [0.0, 6.0] else None
-    return {"none": "identity", "swish": "silu", "relu": "relu", "hardswish": "hardswish"}.get(attr)
+    return _native_act(attr, scalars)
+
+
+def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalars) -> str | None:
+    """The activation name when a conv of this shape may run as Winograd F(4x4, 3x3)
+    (``kernels.winograd_conv3x3``: 3x3, stride 1, no dilation or grouping, channels multiples
+    of 8), else None."""
+    c_out, c_in, kh, kw = weight_shape
+    if not (_WINOGRAD != "0" and groups == 1 and (kh, kw) == (3, 3) and list(stride) == [1, 1]
+            and list(dilation) == [1, 1] and c_in % 8 == 0 and c_out % 8 == 0 and kernels.winograd_available()):
+        return None
+    return _native_act(attr, scalars)
+
+
+def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> bool:
+    """True when ``a`` ran faster than ``b`` by 5% or more (best of ``runs``, alternated, after one
+    warm-up call each)."""
+    a(), b()
+    ta = tb = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        a()
+        ta = min(ta, time.perf_counter() - t)
+        t = time.perf_counter()
+        b()
+        tb = min(tb, time.perf_counter() - t)
+    return ta < 0.95 * tb
+
+
+def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A 3x3 stride-1 conv by Winograd F(4x4, 3x3) or by ``direct()``, whichever ran faster for
+    this input shape.  Winograd does a quarter of the multiplies but its transforms move
+    memory, so it wins on large maps with moderate channels (ResNet-RS and EfficientNetV2 early
+    stages: ~1.3-2x) and loses on 5x5 maps with 512 channels; timing it once per layer and
+    input shape (as ``cudnn.benchmark`` does) decides by the machine, not a rule of thumb.
+    ``cache`` holds the transformed weight and the choices (``EFFNETS_WINOGRAD=1``: always
+    Winograd, ``0``: never)."""
+    u = cache.get("u")
+    if u is None:
+        u = cache["u"] = kernels.winograd_weight(weight)
+
+    def wino() -> torch.Tensor:
+        return kernels.winograd_conv3x3(x, u, bias, tuple(padding), act)
+
+    key = tuple(x.shape)
+    choice = cache.get(key)
+    if choice is None:
+        choice = cache[key] = _WINOGRAD == "1" or _faster(wino, direct)
+    return wino() if choice else direct()
 
 
 def _native_graph_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -196,7 +253,14 @@ def _conv2d_act_op(x, weight, bias, padding, stride, dilation, groups, attr, sca
     w = weight
     if _PREPACK and cacheable:
         w = _pack_for(_graph_cache(weight), weight, x.shape, padding, stride, dilation, groups)
-    return _onednn_conv_act(x, w, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
+
+    def direct() -> torch.Tensor:
+        return _onednn_conv_act(x, w, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
+
+    wino_act = _winograd_act(weight.shape, groups, stride, dilation, attr, scalars) if cacheable else None
+    if wino_act is not None:
+        return _conv3x3(_graph_cache(weight).setdefault("winograd", {}), x, weight, bias, padding, wino_act, direct)
+    return direct()
 
 
 _LIB.impl("conv2d_act", _conv2d_act_op, "CPU")
@@ -275,6 +339,9 @@ class FusedConvAct(nn.Module):
         # depthwise convs run on effnets' native kernel (bias + activation fused; see kernels)
         self.dw_act = _native_dw_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars)
         self._taps: torch.Tensor | None = None
+        # 3x3 stride-1 convs: Winograd where it times faster (see _conv3x3); its weight and choices
+        self.wino_act = _winograd_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars)
+        self._wino: dict = {}
         self.emit_channel_sums = False  # set by fuse_modules when a squeeze-excite reads this output
         self._graph_se: tuple = ()  # (that FastSqueezeExcite,): a tuple, so not a registered child
 
@@ -298,8 +365,15 @@ class FusedConvAct(nn.Module):
             if self.dw_act is not None and x.dtype == torch.float32 and kernels.library() is not None:
                 return self._native_depthwise(x)
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
-            y = _onednn_conv_act(x, w, self.bias, self.padding, self.stride, self.dilation, self.groups,
-                                 self.attr, self.scalars, self.algorithm)
+
+            def direct() -> torch.Tensor:
+                return _onednn_conv_act(x, w, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                                        self.attr, self.scalars, self.algorithm)
+
+            if self.wino_act is not None and x.dtype == torch.float32:
+                y = _conv3x3(self._wino, x, self.weight, self.bias, self.padding, self.wino_act, direct)
+            else:
+                y = direct()
             return y if self.act is None else self.act(y)
         y = self.act_fn(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups))
         return y if self.act is None else self.act(y)
@@ -315,10 +389,9 @@ class FusedConvAct(nn.Module):
         depthwise convs with SiLU and the squeeze-excite's pooling: ~1.5x oneDNN's conv, native
         SiLU and ``mean`` at batch 1, ~1.3x at batch 8, ``benchmarks/kernels.py``).  With ``emit_channel_sums`` the per-channel sums of the
         output ride along on it for the following :class:`FastSqueezeExcite`."""
-        w = self.weight
-        tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
-        if self._taps is None or self._pack_tag != tag:
-            self._packs, self._pack_tag, self._taps = {}, tag, kernels.depthwise_taps(w)
+        self._check_weight()
+        if self._taps is None:
+            self._taps = kernels.depthwise_taps(self.weight)
         sums = self.emit_channel_sums and not self._forward_hooks  # a hook could change the output
         y, s = kernels.depthwise_forward(x, self._taps, self.bias, self.stride[0], tuple(self.padding), self.dw_act,
                                          channel_sums=sums)
@@ -331,16 +404,25 @@ class FusedConvAct(nn.Module):
         instead of on every call (what Inductor's weight freezing does; ~10% of B0's time at
         batch 1).  Cached per input shape (at most ``_PACK_SHAPES``), dropped when the weight
         tensor changes (``load_state_dict``, ``.to()``)."""
+        self._check_weight()
         if not _PREPACK:
             return self.weight
+        return _pack_for(self._packs, self.weight, x.shape, self.padding, self.stride, self.dilation, self.groups)
+
+    def _check_weight(self) -> None:
+        """Drop every form derived from the weight (packs, taps, Winograd) when it has changed."""
         w = self.weight
         tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
         if self._pack_tag != tag:
-            self._packs, self._pack_tag, self._taps = {}, tag, None
-        return _pack_for(self._packs, w, x.shape, self.padding, self.stride, self.dilation, self.groups)
+            self._packs, self._pack_tag, self._taps, self._wino = {}, tag, None, {}
 
     def __getstate__(self):  # packed oneDNN tensors neither pickle nor deep-copy; they are rebuilt
-        return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None}
+        return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None, "_wino": {}}
+
+    def __setstate__(self, state):  # models saved before Winograd existed run direct convs
+        state.setdefault("wino_act", None)
+        state.setdefault("_wino", {})
+        self.__dict__.update(state)
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]

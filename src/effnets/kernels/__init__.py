@@ -73,6 +73,11 @@ def _build() -> ctypes.CDLL:
     lib.eff_se_gate.argtypes = [p, p, p, p, p, p, p, i64, i64, i64, i64, i32, i32, i32]
     lib.eff_dw_bwd_input.restype = lib.eff_dw_bwd_weight.restype = lib.eff_dw_fwd.restype = None
     lib.eff_se_gate.restype = None
+    if hasattr(lib, "eff_wino_in"):  # x86 builds only
+        lib.eff_wino_in.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i32]
+        lib.eff_wino_out.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i32, i32]
+        lib.eff_wino_in.restype = lib.eff_wino_out.restype = None
+    lib.eff_have_avx2.restype = i32
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
     return lib
 
@@ -248,6 +253,73 @@ def se_gate_(x: torch.Tensor, mean: torch.Tensor, w1: torch.Tensor, b1: torch.Te
     return x
 
 
+# Winograd F(4x4, 3x3) (Lavin & Gray 2016, arXiv 1509.09308, points 0, +-1, +-2, infinity): the
+# filter transform G; the data and output transforms B^T and A^T live in native.c
+_WINO_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+           (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+# tiles per transform -> GEMM -> transform round: the transformed tiles of one round stay in cache
+_WINO_BYTES_PER_ROUND = 2 << 20
+
+
+def winograd_available() -> bool:
+    """True where :func:`winograd_conv3x3` can run (the kernels are built, x86 with AVX2 + FMA)."""
+    lib = library()
+    return lib is not None and hasattr(lib, "eff_wino_in") and bool(lib.eff_have_avx2())
+
+
+def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 conv weight (C_out, C_in, 3, 3) as the (36, C_in, C_out) float32 matrices
+    ``G g G^T`` that :func:`winograd_conv3x3` multiplies by, computed in float64."""
+    if weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"winograd_weight needs a (C_out, C_in, 3, 3) weight, got {tuple(weight.shape)}")
+    g = torch.tensor(_WINO_G, dtype=torch.float64)
+    u = torch.einsum("ik,ockl,jl->ijco", g, weight.detach().double().cpu(), g)
+    return u.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+
+
+def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
+                     act: str = "identity", tiles_per_round: int | None = None) -> torch.Tensor:
+    """``act(conv2d(x, weight, bias, stride=1, padding=padding))`` for a 3x3 weight given as
+    ``u = winograd_weight(weight)``, channels-last float32 CPU, by Winograd F(4x4, 3x3): the
+    36 products per tile run as batched matrix products.  Channels must be multiples of 8;
+    ``act`` a key of ``DW_ACT_CODES``.  Float32 error is a few times direct convolution's
+    (transforms with entries up to 8; the tests bound it).  Call only where
+    :func:`winograd_available`."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        raise ValueError(f"winograd_conv3x3 needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
+                         f"on {x.device}")
+    n, c, h, w = x.shape
+    if u.ndim != 3 or u.shape[0] != 36 or u.shape[1] != c or c % 8 or u.shape[2] % 8:
+        raise ValueError(f"u must be (36, C_in, C_out) with C_in = {c} and both multiples of 8, got "
+                         f"{tuple(u.shape)}")
+    if act not in DW_ACT_CODES:
+        raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
+    co = u.shape[2]
+    oh, ow = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a 3x3 convolution of a {h}x{w} input with padding {padding} has no output")
+    th, tw = (oh + 3) // 4, (ow + 3) // 4
+    tiles = n * th * tw
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.empty((n, co, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
+    per_round = tiles_per_round or max(64, _WINO_BYTES_PER_ROUND // (36 * 4 * (c + co)))
+    per_round = min(per_round, tiles)
+    v = torch.empty((36, per_round, c), dtype=torch.float32)
+    m = torch.empty((36, per_round, co), dtype=torch.float32)
+    bias = _param(bias)
+    lib, nt = library(), torch.get_num_threads()
+    for t0 in range(0, tiles, per_round):
+        t1 = min(t0 + per_round, tiles)
+        vv, mm = (v, m) if t1 - t0 == per_round else (v[:, :t1 - t0], m[:, :t1 - t0])
+        if vv is not v:
+            vv, mm = vv.contiguous(), mm.contiguous()
+        lib.eff_wino_in(x.data_ptr(), vv.data_ptr(), n, h, w, c, th, tw, padding[0], padding[1], t0, t1, nt)
+        torch.bmm(vv, u, out=mm)
+        lib.eff_wino_out(mm.data_ptr(), _ptr(bias), y.data_ptr(), n, oh, ow, co, th, tw, t0, t1, DW_ACT_CODES[act],
+                         nt)
+    return y
+
+
 def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
     """A depthwise weight (C, 1, K, K) as the (K*K, C) float32 tap table the kernels read."""
     c, _, kh, kw = weight.shape
@@ -256,4 +328,4 @@ def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
 
 __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
-           "se_gate_", "SE_ACT_CODES"]
+           "se_gate_", "SE_ACT_CODES", "winograd_available", "winograd_weight", "winograd_conv3x3"]

@@ -728,4 +728,98 @@ void eff_se_gate(float* x, const float* mean, const float* w1, const float* b1, 
     }
 }
 
-int eff_abi_version(void) { return 4; }
+/* ---- Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions, channels-last (Lavin & Gray 2016,
+ * "Fast Algorithms for Convolutional Neural Networks", arXiv 1509.09308; interpolation points
+ * 0, 1, -1, 2, -2 and infinity).  Each 4x4 output tile is A^T [(G g G^T) . (B^T d B)] A for its
+ * 6x6 input patch d: 36 products per tile and channel pair where direct convolution needs 144.
+ * The products are 36 matrix products (tiles x C_in) @ (C_in x C_out), done by the caller
+ * (torch.bmm, whose GEMM runs near the machine's peak); these two routines are the transforms on
+ * either side, vectorised across channels (C % 8 == 0, AVX2). */
+#ifdef EFF_X86
+/* B^T applied to six vectors (a column or row of the patch) */
+#define WINO_BT(d0, d1, d2, d3, d4, d5, o)                                                          \
+    do {                                                                                            \
+        __m256 f4 = _mm256_set1_ps(4.0f), f5 = _mm256_set1_ps(5.0f), f2 = _mm256_set1_ps(2.0f);      \
+        __m256 t13 = _mm256_fnmadd_ps(f4, d2, d4), t14 = _mm256_fnmadd_ps(f4, d1, d3);              \
+        __m256 t23 = _mm256_sub_ps(d4, d2), t24 = _mm256_mul_ps(f2, _mm256_sub_ps(d1, d3));          \
+        o[0] = _mm256_add_ps(_mm256_fnmadd_ps(f5, d2, _mm256_mul_ps(f4, d0)), d4);                  \
+        o[1] = _mm256_add_ps(t13, t14);                                                             \
+        o[2] = _mm256_sub_ps(t13, t14);                                                             \
+        o[3] = _mm256_sub_ps(t23, t24);                                                             \
+        o[4] = _mm256_add_ps(t23, t24);                                                             \
+        o[5] = _mm256_add_ps(_mm256_fnmadd_ps(f5, d3, _mm256_mul_ps(f4, d1)), d5);                  \
+    } while (0)
+/* A^T applied to six vectors -> four */
+#define WINO_AT(m0, m1, m2, m3, m4, m5, o)                                                          \
+    do {                                                                                            \
+        __m256 s12 = _mm256_add_ps(m1, m2), d12 = _mm256_sub_ps(m1, m2);                            \
+        __m256 s34 = _mm256_add_ps(m3, m4), d34 = _mm256_sub_ps(m3, m4);                            \
+        o[0] = _mm256_add_ps(_mm256_add_ps(m0, s12), s34);                                          \
+        o[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), d34, d12);                                     \
+        o[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), s34, s12);                                     \
+        o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34, d12), m5);                  \
+    } while (0)
+
+/* x (N, H, W, C) -> v (36, t1 - t0, C) for tiles t0 <= t < t1, tile t = (n, ty, tx) row-major over
+ * (N, TH, TW); tile (ty, tx) reads input rows 4ty - PH .. 4ty - PH + 5 (zero outside) */
+AVX2 void eff_wino_in(const float* x, float* v, i64 N, i64 H, i64 W, i64 C, i64 TH, i64 TW, int PH, int PW,
+                      i64 t0, i64 t1, int nt) {
+    const i64 T = t1 - t0;
+    (void)N;
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 t = t0; t < t1; t++) {
+        const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
+        const i64 r0 = ty * 4 - PH, c0 = tx * 4 - PW;
+        const float* src[36];
+        for (int i = 0; i < 6; i++)
+            for (int j = 0; j < 6; j++) {
+                i64 r = r0 + i, c = c0 + j;
+                src[i * 6 + j] = (r >= 0 && r < H && c >= 0 && c < W) ? x + ((n * H + r) * W + c) * C : NULL;
+            }
+        float* dst = v + (t - t0) * C;
+        for (i64 ch = 0; ch < C; ch += 8) {
+            __m256 d[36], u[36], o[6];
+            for (int k = 0; k < 36; k++) d[k] = src[k] ? _mm256_loadu_ps(src[k] + ch) : _mm256_setzero_ps();
+            for (int j = 0; j < 6; j++) {  /* columns: u = B^T d */
+                WINO_BT(d[j], d[6 + j], d[12 + j], d[18 + j], d[24 + j], d[30 + j], o);
+                for (int i = 0; i < 6; i++) u[i * 6 + j] = o[i];
+            }
+            for (int i = 0; i < 6; i++) {  /* rows: v = u B */
+                WINO_BT(u[i * 6], u[i * 6 + 1], u[i * 6 + 2], u[i * 6 + 3], u[i * 6 + 4], u[i * 6 + 5], o);
+                for (int j = 0; j < 6; j++) _mm256_storeu_ps(dst + (i64)(i * 6 + j) * T * C + ch, o[j]);
+            }
+        }
+    }
+}
+
+/* m (36, t1 - t0, C) -> y (N, OH, OW, C): A^T m A per tile, + bias, activation; rows and columns
+ * past the output's edge (the last tiles overhang it) are dropped */
+AVX2 void eff_wino_out(const float* m, const float* bias, float* y, i64 N, i64 OH, i64 OW, i64 C, i64 TH, i64 TW,
+                       i64 t0, i64 t1, int act, int nt) {
+    const i64 T = t1 - t0;
+    (void)N;
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 t = t0; t < t1; t++) {
+        const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
+        const float* src = m + (t - t0) * C;
+        const int rows = OH - ty * 4 < 4 ? (int)(OH - ty * 4) : 4, cols = OW - tx * 4 < 4 ? (int)(OW - tx * 4) : 4;
+        for (i64 ch = 0; ch < C; ch += 8) {
+            __m256 a[36], w[24], o[4];
+            for (int k = 0; k < 36; k++) a[k] = _mm256_loadu_ps(src + (i64)k * T * C + ch);
+            for (int j = 0; j < 6; j++) {  /* columns: w = A^T m */
+                WINO_AT(a[j], a[6 + j], a[12 + j], a[18 + j], a[24 + j], a[30 + j], o);
+                for (int r = 0; r < 4; r++) w[r * 6 + j] = o[r];
+            }
+            __m256 b = bias ? _mm256_loadu_ps(bias + ch) : _mm256_setzero_ps();
+            for (int r = 0; r < rows; r++) {  /* rows: y = w A */
+                WINO_AT(w[r * 6], w[r * 6 + 1], w[r * 6 + 2], w[r * 6 + 3], w[r * 6 + 4], w[r * 6 + 5], o);
+                float* yr = y + ((n * OH + ty * 4 + r) * OW + tx * 4) * C + ch;
+                for (int s = 0; s < cols; s++) _mm256_storeu_ps(yr + s * C, act_v(_mm256_add_ps(o[s], b), act));
+            }
+        }
+    }
+}
+#endif
+int eff_have_avx2(void) { return have_avx2(); }
+
+int eff_abi_version(void) { return 5; }
