@@ -284,6 +284,23 @@ def test_se_gate_matches_float64(n, c, r, hw, act, gate):
 
 
 @native
+@pytest.mark.parametrize("n,c,r,hw", [(1, 64, 16, 10), (3, 19, 5, 9), (2, 256, 64, 5)])
+@pytest.mark.parametrize("out_act", ["relu", "identity", "silu"])
+def test_se_gate_with_residual_and_own_means_matches_float64(n, c, r, hw, out_act):
+    """mean=None: the kernel pools; residual: x = out_act(x * gate + residual) in the same pass."""
+    torch.manual_seed(0)
+    x = (torch.randn(n, c, hw, hw) * 2).contiguous(memory_format=torch.channels_last)
+    res = torch.randn(n, c, hw, hw).contiguous(memory_format=torch.channels_last)
+    w1, b1, w2, b2 = torch.randn(r, c) / c ** 0.5, torch.randn(r), torch.randn(c, r), torch.randn(c) * 3
+    mean = x.double().mean((2, 3))
+    h = F.relu(mean @ w1.double().t() + b1.double())
+    ref = _SE64[out_act](x.double() * torch.sigmoid(h @ w2.double().t() + b2.double())[:, :, None, None]
+                         + res.double())
+    out = K.se_gate_(x, None, w1, b1, w2, b2, "relu", "sigmoid", residual=res, out_act=out_act)
+    assert out is x and _rel(out, ref) < 1e-5
+
+
+@native
 def test_se_gate_rejects_what_it_cannot_read():
     w1, b1, w2, b2 = torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8)
     with pytest.raises(ValueError, match="channels-last"):
@@ -291,6 +308,11 @@ def test_se_gate_rejects_what_it_cannot_read():
     with pytest.raises(ValueError, match="do not fit"):
         K.se_gate_(torch.randn(1, 9, 4, 4).contiguous(memory_format=torch.channels_last), torch.randn(1, 9),
                    w1, b1, w2, b2, "relu", "sigmoid")
+    x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="residual"):
+        K.se_gate_(x, None, w1, b1, w2, b2, "relu", "sigmoid", residual=torch.randn(1, 8, 2, 2))
+    with pytest.raises(ValueError, match="out_act"):
+        K.se_gate_(x, None, w1, b1, w2, b2, "relu", "sigmoid", residual=x.clone(), out_act="gelu")
 
 
 wino = pytest.mark.skipif(not K.winograd_available(), reason="Winograd kernels need the native build on x86 AVX2")

@@ -411,3 +411,31 @@ def test_compiled_graph_runs_winograd_inside_the_conv_op(monkeypatch):
     with torch.inference_mode():
         assert _rel_err(graph(x), model(x)) < 1e-4
     assert len(calls) == _winograd_eligible(model)
+
+
+def test_resnet_rs_block_tail_runs_as_one_native_call(monkeypatch):
+    """In the optimized ResNet-RS every bottleneck's squeeze-excite, shortcut sum and ReLU run as
+    one native call; outputs match the original; a hook on a squeeze-excite puts that block
+    back on the module-by-module path (the hook sees the gated values)."""
+    from effnets import kernels
+    if kernels.library() is None:
+        pytest.skip(f"native kernels unavailable: {kernels.why_unavailable}")
+    tails = []
+    real = kernels.se_gate_
+    monkeypatch.setattr(kernels, "se_gate_", lambda *a, **kw: tails.append(kw.get("residual") is not None)
+                        or real(*a, **kw))
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("resnet_rs_50", num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    x = torch.randn(2, 3, 64, 64)
+    n_blocks = sum(1 for m in model.modules() if type(m).__name__ == "Bottleneck")
+    with torch.inference_mode():
+        ref = model(x)
+        assert _rel_err(opt(x), ref) < 1e-4
+        assert tails == [True] * n_blocks
+        seen = []
+        for m in (model, opt):
+            m.get_submodule("stages.1.0.se").register_forward_hook(lambda mod, a, out: seen.append(out.clone()))
+        tails.clear()
+        assert _rel_err(opt(x), model(x)) < 1e-4
+        assert tails.count(True) == n_blocks - 1 and _rel_err(seen[0], seen[1]) < 1e-4

@@ -465,6 +465,20 @@ class FastSqueezeExcite(nn.Module):
         # in place: x is the block's fresh conv output, so no new buffer
         return _se_apply(x, s, self.w1, self.b1, self.w2, self.b2, self.act, self.gate, inplace)
 
+    def gate_residual_(self, x: torch.Tensor, shortcut: torch.Tensor, act: nn.Module) -> torch.Tensor | None:
+        """``act(self(x) + shortcut)`` in place on ``x`` as one native call (means, gates, product,
+        sum and activation: two passes over ``x`` instead of five), or None where that cannot run
+        (no native kernels, an activation they lack, hooks on this module, not plain inference);
+        the caller then runs the modules one by one.  ResNet-RS blocks use it."""
+        out_act = _SE_FNS.get(type(act), (None,))[0] if type(act) is not nn.Identity else "identity"
+        if (self.native_names is None or out_act not in kernels.SE_ACT_CODES or _plain_mode()
+                or self._forward_hooks or self._forward_pre_hooks or not torch.is_inference_mode_enabled()
+                or not x.is_inference() or x.dtype != torch.float32 or x.device.type != "cpu"
+                or shortcut.shape != x.shape or not x.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        return kernels.se_gate_(x, None, self.w1, self.b1, self.w2, self.b2, *self.native_names, residual=shortcut,
+                                out_act=out_act)
+
 
 def fuse_modules(model: nn.Module) -> nn.Module:
     """In place: every ConvNormAct -> FusedConvAct (BN folded, act fused), every other plain

@@ -46,9 +46,15 @@ class Bottleneck(ResidualBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv3(self.conv2(self.conv1(x)))
+        sc = x if self.shortcut is None else self.shortcut(x)
+        # effnets.optimize's squeeze-excite can gate, add the shortcut and activate in one pass
+        tail = getattr(self.se, "gate_residual_", None)
+        if tail is not None and not self.training:
+            out = tail(y, sc, self.act)
+            if out is not None:
+                return out
         if self.se is not None:
             y = self.se(y)
-        sc = x if self.shortcut is None else self.shortcut(x)
         y = add_residual(self.drop_path(y), sc)
         if type(self.act) is nn.ReLU and inplace_ok(y):
             return y.relu_()  # inference: y is this block's own buffer

@@ -70,7 +70,7 @@ def _build() -> ctypes.CDLL:
     lib.eff_dw_bwd_input.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_bwd_weight.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32, i32]
-    lib.eff_se_gate.argtypes = [p, p, p, p, p, p, p, i64, i64, i64, i64, i32, i32, i32]
+    lib.eff_se_gate.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i64, i32, i32, i32, i32]
     lib.eff_dw_bwd_input.restype = lib.eff_dw_bwd_weight.restype = lib.eff_dw_fwd.restype = None
     lib.eff_se_gate.restype = None
     if hasattr(lib, "eff_wino_in"):  # x86 builds only
@@ -233,23 +233,34 @@ def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | 
     return y, sums
 
 
-def se_gate_(x: torch.Tensor, mean: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-             b2: torch.Tensor, act: str, gate: str) -> torch.Tensor:
+def se_gate_(x: torch.Tensor, mean: torch.Tensor | None, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+             b2: torch.Tensor, act: str, gate: str, residual: torch.Tensor | None = None,
+             out_act: str = "identity") -> torch.Tensor:
     """Squeeze-excite for inference, in place: ``x *= gate(w2 act(w1 mean + b1) + b2)`` per image
-    and channel, ``x`` channels-last float32 (N, C, H, W), ``mean`` (N, C) its spatial means,
-    ``w1`` (R, C), ``w2`` (C, R); ``act``/``gate`` keys of ``SE_ACT_CODES``.  Returns ``x``.
-    Call only where :func:`library` is not None and no gradient is needed."""
+    and channel, ``x`` channels-last float32 (N, C, H, W), ``mean`` (N, C) its spatial means
+    (None: taken here, in one pass), ``w1`` (R, C), ``w2`` (C, R); ``act``/``gate`` keys of
+    ``SE_ACT_CODES``.  With ``residual`` (shaped like ``x``) the same pass computes
+    ``x = out_act(x * gate + residual)``.  Returns ``x``.  Call only where :func:`library` is
+    not None and no gradient is needed."""
     n, c, h, w = x.shape
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError(f"se_gate_ needs a channels-last float32 CPU tensor, got {x.dtype} on {x.device}")
     r = w1.shape[0]
-    if tuple(mean.shape) != (n, c) or tuple(w1.shape) != (r, c) or tuple(w2.shape) != (c, r):
-        raise ValueError(f"se_gate_: mean {tuple(mean.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)} do not fit "
-                         f"{c} channels")
+    if (mean is not None and tuple(mean.shape) != (n, c)) or tuple(w1.shape) != (r, c) or tuple(w2.shape) != (c, r):
+        raise ValueError(f"se_gate_: mean {None if mean is None else tuple(mean.shape)}, w1 {tuple(w1.shape)}, "
+                         f"w2 {tuple(w2.shape)} do not fit {c} channels")
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"se_gate_: residual {tuple(residual.shape)} does not match x {tuple(x.shape)}")
+        residual = residual.float().contiguous(memory_format=torch.channels_last)
+    if out_act not in SE_ACT_CODES:
+        raise ValueError(f"out_act must be one of {sorted(SE_ACT_CODES)}, got {out_act!r}")
     gates = torch.empty((n, c), dtype=torch.float32)
-    args = [_param(t) for t in (mean, w1, b1, w2, b2)]
-    library().eff_se_gate(x.data_ptr(), *(t.data_ptr() for t in args), gates.data_ptr(), n, h * w, c, r,
-                          SE_ACT_CODES[act], SE_ACT_CODES[gate], torch.get_num_threads())
+    mean = _param(mean)
+    args = [_param(t) for t in (w1, b1, w2, b2)]
+    library().eff_se_gate(x.data_ptr(), _ptr(mean), *(t.data_ptr() for t in args), gates.data_ptr(), _ptr(residual),
+                          n, h * w, c, r, SE_ACT_CODES[act], SE_ACT_CODES[gate], SE_ACT_CODES[out_act],
+                          torch.get_num_threads())
     return x
 
 

@@ -670,7 +670,10 @@ void eff_dw_fwd(const float* x, const float* wt, const float* bias, float* y, fl
 /* ---- squeeze-excite for inference: gates from the pooled means, then x *= gate in place ----
  * g[n] = gate(W2 act(W1 mean[n] + b1) + b2); x is channels-last (N*HW rows x C).  One call
  * instead of seven small PyTorch ops (two linears, act, gate, broadcast, multiply), whose
- * dispatch costs more than their arithmetic at batch 1 (~50 us per block here). */
+ * dispatch costs more than their arithmetic at batch 1 (~50 us per block here).  With
+ * mean == NULL the means are taken here (one pass); with res != NULL the gated value gets the
+ * residual added and out_act applied in the same pass (ResNet-RS: SE, + shortcut, ReLU: two
+ * passes over the block's output instead of five). */
 #ifdef EFF_X86
 AVX2 static float dot_v(const float* a, const float* b, i64 n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0;
@@ -685,11 +688,18 @@ AVX2 static float dot_v(const float* a, const float* b, i64 n) {
     for (; i < n; i++) r += a[i] * b[i];
     return r;
 }
-AVX2 static void scale_rows_v(float* x, const float* g, i64 rows, i64 C) {
+AVX2 static void scale_rows_v(float* x, const float* g, const float* res, i64 rows, i64 C, int act) {
     for (i64 j = 0; j < rows; j++) {
         float* r = x + j * C; i64 c = 0;
-        for (; c + 8 <= C; c += 8) _mm256_storeu_ps(r + c, _mm256_mul_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(g + c)));
-        for (; c < C; c++) r[c] *= g[c];
+        if (res) {
+            const float* q = res + j * C;
+            for (; c + 8 <= C; c += 8)
+                _mm256_storeu_ps(r + c, act_v(_mm256_fmadd_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(g + c), _mm256_loadu_ps(q + c)), act));
+            for (; c < C; c++) r[c] = act_s(r[c] * g[c] + q[c], act);
+        } else {
+            for (; c + 8 <= C; c += 8) _mm256_storeu_ps(r + c, _mm256_mul_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(g + c)));
+            for (; c < C; c++) r[c] *= g[c];
+        }
     }
 }
 #endif
@@ -701,28 +711,49 @@ static float dot(const float* a, const float* b, i64 n) {
     for (i64 i = 0; i < n; i++) r += a[i] * b[i];
     return r;
 }
-static void scale_rows(float* x, const float* g, i64 rows, i64 C) {
+static void scale_rows(float* x, const float* g, const float* res, i64 rows, i64 C, int act) {
 #ifdef EFF_X86
-    if (have_avx2()) { scale_rows_v(x, g, rows, C); return; }
+    if (have_avx2()) { scale_rows_v(x, g, res, rows, C, act); return; }
 #endif
-    for (i64 j = 0; j < rows; j++) for (i64 c = 0; c < C; c++) x[j * C + c] *= g[c];
+    for (i64 j = 0; j < rows; j++)
+        for (i64 c = 0; c < C; c++) x[j * C + c] = res ? act_s(x[j * C + c] * g[c] + res[j * C + c], act) : x[j * C + c] * g[c];
 }
 
 void eff_se_gate(float* x, const float* mean, const float* w1, const float* b1, const float* w2, const float* b2,
-                 float* gates, i64 N, i64 HW, i64 C, i64 R, int act, int gate, int nt) {
+                 float* gates, const float* res, i64 N, i64 HW, i64 C, i64 R, int act, int gate, int out_act, int nt) {
+    float* own_mean = NULL;
+    if (!mean) {  /* channel means, one pass: per-thread sums over chunks of rows of one image */
+        own_mean = (float*)calloc((size_t)(N * C), sizeof(float));
+        #pragma omp parallel num_threads(nt)
+        {
+            float* acc = (float*)calloc((size_t)(N * C), sizeof(float));
+            #pragma omp for collapse(2) schedule(static)
+            for (i64 n = 0; n < N; n++)
+                for (i64 k = 0; k < (HW + 63) / 64; k++) {
+                    i64 s = k * 64, e = s + 64 < HW ? s + 64 : HW;
+                    add_rows(acc + n * C, x + (n * HW + s) * C, e - s, C);
+                }
+            #pragma omp critical
+            for (i64 i = 0; i < N * C; i++) own_mean[i] += acc[i];
+            free(acc);
+        }
+        for (i64 i = 0; i < N * C; i++) own_mean[i] /= (float)HW;
+        mean = own_mean;
+    }
     float* h = (float*)malloc(sizeof(float) * (size_t)(R > 0 ? R : 1));
     for (i64 n = 0; n < N; n++) {  /* N*C*R*2 multiply-adds: tiny next to the N*HW*C product */
         for (i64 r = 0; r < R; r++) h[r] = act_s(b1[r] + dot(w1 + r * C, mean + n * C, C), act);
         for (i64 c = 0; c < C; c++) gates[n * C + c] = act_s(b2[c] + dot(w2 + c * R, h, R), gate);
     }
     free(h);
+    free(own_mean);
     const i64 rows = N * HW, chunk = 64, nchunks = (rows + chunk - 1) / chunk;
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 k = 0; k < nchunks; k++) {  /* chunks of pixel rows, split where the image changes */
         i64 s = k * chunk, e = s + chunk < rows ? s + chunk : rows;
         while (s < e) {
             i64 n = s / HW, end = (n + 1) * HW < e ? (n + 1) * HW : e;
-            scale_rows(x + s * C, gates + n * C, end - s, C);
+            scale_rows(x + s * C, gates + n * C, res ? res + s * C : NULL, end - s, C, out_act);
             s = end;
         }
     }
@@ -822,4 +853,4 @@ AVX2 void eff_wino_out(const float* m, const float* bias, float* y, i64 N, i64 O
 #endif
 int eff_have_avx2(void) { return have_avx2(); }
 
-int eff_abi_version(void) { return 5; }
+int eff_abi_version(void) { return 6; }
