@@ -6,7 +6,9 @@ the depthwise-conv backward (input + weight gradients) summed over efficientnet_
 distinct depthwise shapes at batch 16, and the inference depthwise conv + bias + SiLU + channel
 means (what ``effnets.optimize`` runs for a depthwise conv and its squeeze-excite's pooling)
 over the same shapes at batch 1 and 8, against oneDNN's conv (weights prepacked), SiLU and
-``mean``; each figure the median of timed calls, in one process."""
+``mean``; and the 3x3 stride-1 convs of resnet_rs_50 and efficientnetv2_s by Winograd
+F(4x4, 3x3) (``kernels.winograd_conv3x3``) against oneDNN's direct conv (prepacked, ReLU fused,
+native SiLU after); each figure the median of timed calls, in one process."""
 from __future__ import annotations
 
 import statistics
@@ -80,12 +82,43 @@ def main() -> int:
                     K.depthwise_forward(xb, taps, bi, s, (p, p), "silu", channel_sums=True)
         return onednn, native
 
+    def conv3x3(model_shapes, batch):
+        """3x3 stride-1 convs + ReLU/SiLU: oneDNN (prepacked; native SiLU after) vs Winograd F(4x4, 3x3)."""
+        shapes = []
+        for ci, co, hw, act in model_shapes:
+            xb = torch.randn(batch, ci, hw, hw).contiguous(memory_format=torch.channels_last)
+            wi = (torch.randn(co, ci, 3, 3) / (9 * ci) ** 0.5).contiguous(memory_format=torch.channels_last)
+            packed = torch.ops.mkldnn._reorder_convolution_weight(wi, [1, 1], [1, 1], [1, 1], 1, list(xb.shape))
+            shapes.append((xb, packed, K.winograd_weight(wi), torch.randn(co), act))
+
+        def onednn():
+            with torch.inference_mode():
+                for xb, packed, _, bi, act in shapes:
+                    yb = torch.ops.mkldnn._convolution_pointwise(xb, packed, bi, [1, 1], [1, 1], [1, 1], 1,
+                                                                 "relu" if act == "relu" else "none", [], "")
+                    if act == "silu":
+                        K.silu_(yb)
+
+        def winograd():
+            with torch.inference_mode():
+                for xb, _, u, bi, act in shapes:
+                    K.winograd_conv3x3(xb, u, bi, (1, 1), act)
+        return onednn, winograd
+
+    # the distinct 3x3 stride-1 convs (C_in, C_out, size, act) of resnet_rs_50 at 160 (stem and
+    # stages) and of efficientnetv2_s at 300 (Fused-MBConv stages 1-3)
+    rs50 = [(32, 32, 80, "relu"), (32, 64, 80, "relu"), (64, 64, 40, "relu"), (128, 128, 20, "relu"),
+            (256, 256, 10, "relu"), (512, 512, 5, "relu")]
+    v2s = [(24, 24, 150, "silu"), (48, 192, 75, "silu"), (64, 256, 38, "silu")]
     x = torch.randn(9_600_000)
     rows = [("BN+SiLU fwd+bwd 16x96x112x112", plain, native),
             ("SiLU in place, 9.6M elements", lambda: F.silu(x, inplace=True), lambda: K.silu_(x)),
             ("depthwise bwd, B0's 12 shapes b16", dw_aten, dw_native),
             ("dw+SiLU+mean inference, b1", *dw_inference(1)),
             ("dw+SiLU+mean inference, b8", *dw_inference(8))]
+    if K.winograd_available():
+        rows += [("3x3 convs RS-50@160, b1", *conv3x3(rs50, 1)), ("3x3 convs RS-50@160, b8", *conv3x3(rs50, 8)),
+                 ("3x3 convs V2-S@300, b1", *conv3x3(v2s, 1)), ("3x3 convs V2-S@300, b8", *conv3x3(v2s, 8))]
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, a, n in rows:
         ta = statistics.median(time_calls(a, cpu, 2, 7)) * 1e3  # PyTorch = its oneDNN kernels here

@@ -19,10 +19,18 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    and under ``torch.inference_mode`` the gate multiplies its input in place (the input is
    the block's own conv output; a forward hook on that conv sees the gated values), the whole
    squeeze-excite as one native call where the kernels are built (``kernels.se_gate_``).
-4. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
+   ResNet-RS blocks hand their squeeze-excite the shortcut: pooling, gate, product, sum and ReLU
+   in one native call (two passes over the block output instead of five).
+4. **Winograd F(4x4, 3x3)** (Lavin & Gray 2016, arXiv 1509.09308) for 3x3 stride-1 dense convs
+   (``kernels.winograd_conv3x3``: native transforms, ``torch.bmm`` for the 36 products, bias and
+   activation in the output transform): a quarter of the multiplies, so ResNet-RS and
+   EfficientNetV2's Fused-MBConv stages run ~1.5-2x faster per conv.  Each layer times both
+   algorithms once per input shape and keeps the faster (``EFFNETS_WINOGRAD=1``/``0``: always/never);
+   float32 error ~4e-6 relative per conv, a few times direct convolution's.
+5. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
    depthwise convolutions are much faster in it); conv weights **prepacked** once per input
    shape into the blocked layout oneDNN picks for it, instead of reordered on every call.
-5. Optionally **torch.compile** (Inductor, with weight freezing for inference; each fused conv
+6. Optionally **torch.compile** (Inductor, with weight freezing for inference; each fused conv
    stays one opaque ``effnets::conv2d_act`` op, a depthwise conv and its squeeze-excite one
    ``effnets::dw_conv_se`` op), **bf16** weights and activations, or **int8**
    post-training quantization calibrated on images (``dtype="int8"``, see :func:`quantize_int8`).

@@ -1,7 +1,8 @@
 /* effnets native CPU kernels, float32: fused BatchNorm (training statistics) + activation,
  * forward and backward, and SiLU, for channels-last (N*H*W rows x C) and NCHW (planes of H*W)
  * tensors; depthwise convolution, channels-last: the training backward and the inference
- * forward (bias + activation fused, optional channel sums for a squeeze-excite).  Compiled on
+ * forward (bias + activation fused, optional channel sums for a squeeze-excite); the inference
+ * squeeze-excite; the Winograd F(4x4, 3x3) input and output transforms.  Compiled on
  * first use by effnets/kernels/__init__.py; every caller has a plain PyTorch path, used when no
  * C compiler is found, and tests hold the two to each other.
  *
