@@ -383,6 +383,13 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
         calls.clear()
         opt(x)  # the choices are kept: Winograd runs exactly where it was chosen, no more timing
         assert len(calls) == sum(choices)
+        # the transformed weight (4x the weight) is held only by layers that chose Winograd
+        convs = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.wino_act is not None]
+        assert all(("u" in m._wino) == any(v is True for v in m._wino.values()) for m in convs)
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)
+        lean = effnets.optimize(model)
+        assert _rel_err(lean(x), ref) < 1e-4
+        assert not any("u" in m._wino for m in lean.modules() if isinstance(m, FusedConvAct))
 
 
 def _conv_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[FusedConvAct, torch.Tensor]]:

@@ -201,8 +201,13 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
     memory, so it wins on large maps with moderate channels (ResNet-RS and EfficientNetV2 early
     stages: ~1.3-2x) and loses on 5x5 maps with 512 channels; timing it once per layer and
     input shape (as ``cudnn.benchmark`` does) decides by the machine, not a rule of thumb.
-    ``cache`` holds the transformed weight and the choices (``EFFNETS_WINOGRAD=1``: always
-    Winograd, ``0``: never)."""
+    ``cache`` holds the choices and, while some input shape uses Winograd, the transformed
+    weight (4x the weight's size: dropped when every shape so far chose direct)
+    (``EFFNETS_WINOGRAD=1``: always Winograd, ``0``: never)."""
+    key = tuple(x.shape)
+    choice = cache.get(key)
+    if choice is False:
+        return direct()
     u = cache.get("u")
     if u is None:
         u = cache["u"] = kernels.winograd_weight(weight)
@@ -210,10 +215,10 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
     def wino() -> torch.Tensor:
         return kernels.winograd_conv3x3(x, u, bias, tuple(padding), act)
 
-    key = tuple(x.shape)
-    choice = cache.get(key)
     if choice is None:
         choice = cache[key] = _WINOGRAD == "1" or _faster(wino, direct)
+        if not choice and not any(v is True for v in cache.values()):
+            del cache["u"]
     return wino() if choice else direct()
 
 
