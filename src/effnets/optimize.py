@@ -25,7 +25,8 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    (``kernels.winograd_conv3x3``: native transforms, ``torch.bmm`` for the 36 products, bias and
    activation in the output transform): a quarter of the multiplies, so ResNet-RS and
    EfficientNetV2's Fused-MBConv stages run ~1.5-2x faster per conv.  Each layer times both
-   algorithms once per input shape and keeps the faster (``EFFNETS_WINOGRAD=1``/``0``: always/never);
+   algorithms once per input shape and keeps the faster, which makes the first call per shape
+   slower (V2-S batch 8: ~5 s instead of ~1.3 s) (``EFFNETS_WINOGRAD=1``/``0``: always/never);
    float32 error ~4e-6 relative per conv, a few times direct convolution's.
 5. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
    depthwise convolutions are much faster in it); conv weights **prepacked** once per input
