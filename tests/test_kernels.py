@@ -354,5 +354,7 @@ def test_winograd_rejects_what_it_cannot_compute():
         K.winograd_conv3x3(torch.randn(1, 8, 2, 2), u, None, (0, 0))
     with pytest.raises(ValueError, match="act must be"):
         K.winograd_conv3x3(torch.randn(1, 8, 8, 8), u, None, (1, 1), "gelu")
+    with pytest.raises(ValueError, match="tiles_per_round"):
+        K.winograd_conv3x3(torch.randn(1, 8, 8, 8), u, None, (1, 1), tiles_per_round=0)
     with pytest.raises(ValueError, match=r"\(C_out, C_in, 3, 3\)"):
         K.winograd_weight(torch.randn(16, 8, 5, 5))

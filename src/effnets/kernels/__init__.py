@@ -306,6 +306,9 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
                          f"{tuple(u.shape)}")
     if act not in DW_ACT_CODES:
         raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
+    if tiles_per_round is not None and tiles_per_round < 1:
+        raise ValueError(f"tiles_per_round must be a positive number of tiles (or None: sized to the cache), "
+                         f"got {tiles_per_round}")
     co = u.shape[2]
     oh, ow = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
     if oh < 1 or ow < 1:
