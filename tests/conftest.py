@@ -19,6 +19,19 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def record_calls(monkeypatch, module, name: str, note=lambda *a, **kw: True) -> list:
+    """Wrap ``module.name`` (for the test's duration) so that each call appends
+    ``note(*args, **kwargs)`` to the returned list and then runs the real function."""
+    real = getattr(module, name)
+    calls: list = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(note(*args, **kwargs))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import effnets
+from conftest import record_calls
 from effnets import kernels as K
 from effnets.layers import memory as M
 
@@ -169,9 +170,7 @@ def test_depthwise_backward_matches_float64(n, c, h, w, k, stride, pad, channels
 def test_training_depthwise_convs_use_native_backward(monkeypatch):
     """In memory-efficient training every depthwise ConvNormAct of B0 runs the native backward,
     and parameter gradients match the plain modules'."""
-    calls = []
-    real = K.depthwise_backward
-    monkeypatch.setattr(K, "depthwise_backward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = record_calls(monkeypatch, K, "depthwise_backward")
     torch.manual_seed(0)
     model = effnets.create_model("efficientnet_b0", num_classes=10).train()
     x = torch.randn(2, 3, 64, 64)
@@ -222,10 +221,8 @@ def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatc
     """Every depthwise conv of the optimized model runs the native kernel; those followed by a
     squeeze-excite hand it their channel sums, the squeeze-excite runs natively, and the outputs
     still equal the original's."""
-    calls, se_calls = [], []
-    real, real_se = K.depthwise_forward, K.se_gate_
-    monkeypatch.setattr(K, "depthwise_forward", lambda *a, **kw: calls.append(kw.get("channel_sums")) or real(*a, **kw))
-    monkeypatch.setattr(K, "se_gate_", lambda *a: se_calls.append(1) or real_se(*a))
+    calls = record_calls(monkeypatch, K, "depthwise_forward", lambda *a, **kw: kw.get("channel_sums"))
+    se_calls = record_calls(monkeypatch, K, "se_gate_")
     torch.manual_seed(0)
     model = effnets.create_model(name).eval()
     opt = effnets.optimize(model)

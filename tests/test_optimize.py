@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import effnets
+from conftest import record_calls
 from effnets.optimize import FusedConvAct, fold_bn, quantize_int8
 
 
@@ -316,9 +317,7 @@ def test_compile_keeps_effnets_conv_kernels_as_one_op(monkeypatch):
     kernel); the graph computes the original's outputs and holds no plain convolution.
     (Inductor itself: the slow test above.)"""
     from effnets import kernels
-    dw_calls = []
-    real_dw = kernels.depthwise_forward
-    monkeypatch.setattr(kernels, "depthwise_forward", lambda *a, **kw: dw_calls.append(1) or real_dw(*a, **kw))
+    dw_calls = record_calls(monkeypatch, kernels, "depthwise_forward")
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
     compiled = effnets.optimize(model, compile=True)
@@ -359,9 +358,7 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
     if not kernels.winograd_available():
         pytest.skip("Winograd kernels need the native build on x86 AVX2")
     opt_mod = sys.modules["effnets.optimize"]
-    calls = []
-    real = kernels.winograd_conv3x3
-    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = record_calls(monkeypatch, kernels, "winograd_conv3x3")
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
     n_eligible = _winograd_eligible(model)
@@ -407,9 +404,7 @@ def test_compiled_graph_runs_winograd_inside_the_conv_op(monkeypatch):
     if not kernels.winograd_available():
         pytest.skip("Winograd kernels need the native build on x86 AVX2")
     monkeypatch.setattr(sys.modules["effnets.optimize"], "_WINOGRAD", "1")
-    calls = []
-    real = kernels.winograd_conv3x3
-    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = record_calls(monkeypatch, kernels, "winograd_conv3x3")
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model("resnet_rs_50", num_classes=10)).eval()
     compiled = effnets.optimize(model, compile=True)
@@ -427,10 +422,7 @@ def test_resnet_rs_block_tail_runs_as_one_native_call(monkeypatch):
     from effnets import kernels
     if kernels.library() is None:
         pytest.skip(f"native kernels unavailable: {kernels.why_unavailable}")
-    tails = []
-    real = kernels.se_gate_
-    monkeypatch.setattr(kernels, "se_gate_", lambda *a, **kw: tails.append(kw.get("residual") is not None)
-                        or real(*a, **kw))
+    tails = record_calls(monkeypatch, kernels, "se_gate_", lambda *a, **kw: kw.get("residual") is not None)
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model("resnet_rs_50", num_classes=10)).eval()
     opt = effnets.optimize(model)

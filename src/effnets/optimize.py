@@ -267,14 +267,12 @@ def _conv2d_act_op(x, weight, bias, padding, stride, dilation, groups, attr, sca
     w = weight
     if _PREPACK and cacheable:
         w = _pack_for(_graph_cache(weight), weight, x.shape, padding, stride, dilation, groups)
-
-    def direct() -> torch.Tensor:
-        return _onednn_conv_act(x, w, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
-
     wino_act = _winograd_act(weight.shape, groups, stride, dilation, attr, scalars) if cacheable else None
     if wino_act is not None:
+        direct = functools.partial(_onednn_conv_act, x, w, bias, padding, stride, dilation, groups, attr, scalars,
+                                   algorithm)
         return _conv3x3(_graph_cache(weight).setdefault("winograd", {}), x, weight, bias, padding, wino_act, direct)
-    return direct()
+    return _onednn_conv_act(x, w, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
 
 
 _LIB.impl("conv2d_act", _conv2d_act_op, "CPU")
@@ -379,15 +377,13 @@ class FusedConvAct(nn.Module):
             if self.dw_act is not None and x.dtype == torch.float32 and kernels.library() is not None:
                 return self._native_depthwise(x)
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
-
-            def direct() -> torch.Tensor:
-                return _onednn_conv_act(x, w, self.bias, self.padding, self.stride, self.dilation, self.groups,
-                                        self.attr, self.scalars, self.algorithm)
-
+            args = (x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, self.scalars,
+                    self.algorithm)
             if self.wino_act is not None and x.dtype == torch.float32:
-                y = _conv3x3(self._wino, x, self.weight, self.bias, self.padding, self.wino_act, direct)
+                y = _conv3x3(self._wino, x, self.weight, self.bias, self.padding, self.wino_act,
+                             functools.partial(_onednn_conv_act, *args))
             else:
-                y = direct()
+                y = _onednn_conv_act(*args)
             return y if self.act is None else self.act(y)
         y = self.act_fn(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups))
         return y if self.act is None else self.act(y)

@@ -319,15 +319,14 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     y = torch.empty((n, co, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
     per_round = tiles_per_round or max(64, _WINO_BYTES_PER_ROUND // (36 * 4 * (c + co)))
     per_round = min(per_round, tiles)
-    v = torch.empty((36, per_round, c), dtype=torch.float32)
-    m = torch.empty((36, per_round, co), dtype=torch.float32)
+    v_buf = torch.empty(36 * per_round * c, dtype=torch.float32)  # reused by every round; the last,
+    m_buf = torch.empty(36 * per_round * co, dtype=torch.float32)  # shorter one views their front
     bias = _param(bias)
     lib, nt = library(), torch.get_num_threads()
     for t0 in range(0, tiles, per_round):
         t1 = min(t0 + per_round, tiles)
-        vv, mm = (v, m) if t1 - t0 == per_round else (v[:, :t1 - t0], m[:, :t1 - t0])
-        if vv is not v:
-            vv, mm = vv.contiguous(), mm.contiguous()
+        vv = v_buf[:36 * (t1 - t0) * c].view(36, t1 - t0, c)
+        mm = m_buf[:36 * (t1 - t0) * co].view(36, t1 - t0, co)
         lib.eff_wino_in(x.data_ptr(), vv.data_ptr(), n, h, w, c, th, tw, padding[0], padding[1], t0, t1, nt)
         torch.bmm(vv, u, out=mm)
         lib.eff_wino_out(mm.data_ptr(), _ptr(bias), y.data_ptr(), n, oh, ow, co, th, tw, t0, t1, DW_ACT_CODES[act],
