@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench bench-lowprec clean
+.PHONY: install demo test test-all bench bench-lowprec bench-alloc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
 
-# Speed / memory comparison with timm and torchvision (benchmarks/bench.py; ~35 min on 2 cores,
+# Speed / memory comparison with timm and torchvision (benchmarks/bench.py; ~17 min on 2 cores,
 # BENCH_ARGS=--quick: ~3 min).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 # bf16 / int8 / ONNX Runtime on a trained efficientnet_b0 (trains it on digits first; ~15 min).
 bench-lowprec: $(STAMP)
 	$(BIN)/python benchmarks/lowprec.py $(BENCH_ARGS)
+
+# What glibc's allocator costs effnets, timm and torchvision (benchmarks/allocator.py; ~9 min).
+bench-alloc: $(STAMP)
+	$(BIN)/python benchmarks/allocator.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

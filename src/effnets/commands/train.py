@@ -34,6 +34,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-stages", type=int, default=None, help="--finetune: freeze the stem and first N stages")
     p.add_argument("--show-recipe", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                   help="leave glibc's malloc as it is (default: keep freed memory for reuse, which saves the page "
+                        "faults of re-allocated large buffers; see effnets.allocator)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint with the model card's preprocessing")
@@ -75,6 +78,9 @@ def cmd_train(args) -> int:
     if args.show_recipe:
         print(dump_recipe(recipe), end="")
         return 0
+    if args.keep_freed_memory:  # this process only trains: reuse freed buffers (effnets.allocator)
+        from ..allocator import keep_freed_memory
+        keep_freed_memory()
     from ..train import fit
     result = fit(args.name, recipe, out_dir=args.out, resume=args.resume, progress=not args.no_progress)
     return 0 if result is not None else 1
