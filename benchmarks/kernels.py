@@ -8,7 +8,9 @@ means (what ``effnets.optimize`` runs for a depthwise conv and its squeeze-excit
 over the same shapes at batch 1 and 8, against oneDNN's conv (weights prepacked), SiLU and
 ``mean``; and the 3x3 stride-1 convs of resnet_rs_50 and efficientnetv2_s by Winograd
 F(4x4, 3x3) (``kernels.winograd_conv3x3``) against oneDNN's direct conv (prepacked, ReLU fused,
-native SiLU after); each figure the median of timed calls, in one process."""
+native SiLU after); the backward of the squeeze-excite gate product over B0's expanded shapes at
+batch 16 (``kernels.gate_backward``: dx and the gate's sums in one pass, against ``dy * g`` and
+``(dy * x).sum``); each figure the median of timed calls, in one process."""
 from __future__ import annotations
 
 import statistics
@@ -110,10 +112,26 @@ def main() -> int:
     rs50 = [(32, 32, 80, "relu"), (32, 64, 80, "relu"), (64, 64, 40, "relu"), (128, 128, 20, "relu"),
             (256, 256, 10, "relu"), (512, 512, 5, "relu")]
     v2s = [(24, 24, 150, "silu"), (48, 192, 75, "silu"), (64, 256, 38, "silu")]
+    # squeeze-excite gate backward over efficientnet_b0's gated shapes (channels, size) at batch 16
+    gates = []
+    for ch, hw in [(32, 112), (96, 56), (144, 56), (144, 28), (240, 28), (240, 14), (480, 14), (672, 14),
+                   (672, 7), (1152, 7)]:
+        xi = torch.randn(16, ch, hw, hw).contiguous(memory_format=torch.channels_last)
+        gates.append((torch.randn_like(xi), xi, torch.rand(16, ch, 1, 1)))
+
+    def gate_aten():
+        for dy, xi, gi in gates:
+            dy * gi, (dy * xi).sum((2, 3), keepdim=True)
+
+    def gate_native():
+        for dy, xi, gi in gates:
+            K.gate_backward(dy, xi, gi)
+
     x = torch.randn(9_600_000)
     rows = [("BN+SiLU fwd+bwd 16x96x112x112", plain, native),
             ("SiLU in place, 9.6M elements", lambda: F.silu(x, inplace=True), lambda: K.silu_(x)),
             ("depthwise bwd, B0's 12 shapes b16", dw_aten, dw_native),
+            ("SE gate bwd, B0's shapes b16", gate_aten, gate_native),
             ("dw+SiLU+mean inference, b1", *dw_inference(1)),
             ("dw+SiLU+mean inference, b8", *dw_inference(8))]
     if K.winograd_available():

@@ -128,6 +128,71 @@ def test_gated_conv_gradcheck():
         assert torch.allclose(f(x, s, w, b), F.conv2d(x * gate, w, b))
 
 
+@native
+@pytest.mark.parametrize("n,c,h,w", [(2, 13, 9, 11), (3, 96, 56, 56), (1, 1152, 7, 7), (2, 40, 1, 1)])
+def test_gate_backward_matches_float64(n, c, h, w):
+    """Backward of x * gate in one pass: dx = dy * gate, and the per-image channel sums of dy * x
+    (odd channel counts take the scalar tail; 56x56 spans many row chunks)."""
+    torch.manual_seed(0)
+    dy = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    g = torch.rand(n, c, 1, 1)
+    ref_dx = dy.double() * g.double()
+    ref_dg = (dy.double() * x.double()).sum((2, 3))
+    dx, dg = K.gate_backward(dy, x, g)
+    assert dx.is_contiguous(memory_format=torch.channels_last) and dg.shape == (n, c)
+    assert (dx.double() - ref_dx).abs().max() <= 1e-6 * ref_dx.abs().max()
+    assert (dg.double() - ref_dg).abs().max() <= 1e-5 * ref_dg.abs().max()
+    dx2, dg2 = K.gate_backward(dy, x, g.view(n, c), out=dy)  # in place on dy
+    assert dx2.data_ptr() == dy.data_ptr()
+    assert torch.equal(dy, dx) and torch.equal(dg2, dg)
+
+
+@native
+def test_gate_backward_rejects_what_it_cannot_read():
+    cl = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels-last"):
+        K.gate_backward(torch.randn(2, 8, 4, 4), cl, torch.rand(2, 8))  # NCHW dy
+    with pytest.raises(ValueError, match="one value per image and channel"):
+        K.gate_backward(cl, cl, torch.rand(2, 7))
+    with pytest.raises(ValueError, match="out must be"):
+        K.gate_backward(cl, cl, torch.rand(2, 8), out=torch.empty(2, 8, 4, 4))
+
+
+@native
+def test_gated_conv_native_backward_matches_plain_ops(monkeypatch):
+    """_GatedConv's backward on the native gate kernel (in place on its own conv gradient) gives
+    the PyTorch ops' gradients, and the native kernel really ran."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    s = torch.randn(2, 16, 1, 1, requires_grad=True)
+    w = (torch.randn(8, 16, 1, 1) * 0.1).contiguous(memory_format=torch.channels_last).requires_grad_()
+    go = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+
+    def grads():
+        y = M._GatedConv.apply(x, s, w, None, (1, 1), (0, 0), (1, 1), 1, "sigmoid")
+        return torch.autograd.grad(y, (x, s, w), go)
+
+    calls = record_calls(monkeypatch, K, "gate_backward")
+    native = grads()
+    assert len(calls) == 1
+    monkeypatch.setattr(K, "supports_gate_backward", lambda *a: False)
+    plain = grads()
+    for a, b in zip(native, plain):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_channel_mean_gradient_is_a_broadcast_view():
+    """The SE's pooled mean in memory-efficient training: exact gradient (float64 gradcheck),
+    handed back as a stride-0 view instead of a full-size tensor."""
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(M.channel_mean, (x,))
+    y = M.channel_mean(x)
+    assert torch.allclose(y, x.mean((2, 3), keepdim=True))
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert gx.stride()[2:] == (0, 0) and torch.allclose(gx, torch.full_like(x, 1 / 12))
+
+
 def test_se_conv_saves_less_than_se_then_conv(monkeypatch):
     """The gated tensor is not kept for backward in memory-efficient training."""
     import effnets.blocks.mbconv as mb

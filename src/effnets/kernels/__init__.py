@@ -74,6 +74,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_se_gate.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i64, i32, i32, i32, i32]
     lib.eff_dw_bwd_input.restype = lib.eff_dw_bwd_weight.restype = lib.eff_dw_fwd.restype = None
     lib.eff_se_gate.restype = None
+    lib.eff_gate_bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i32]
+    lib.eff_gate_bwd.restype = None
     if hasattr(lib, "eff_wino_in"):  # x86 builds only
         lib.eff_wino_in.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i32]
         lib.eff_wino_out.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i32, i32]
@@ -265,6 +267,37 @@ def se_gate_(x: torch.Tensor, mean: torch.Tensor | None, w1: torch.Tensor, b1: t
     return x
 
 
+def supports_gate_backward(dy: torch.Tensor, x: torch.Tensor) -> bool:
+    """True when :func:`gate_backward` applies: float32 CPU tensors of one 4-D shape, both
+    channels-last, and the kernels are built."""
+    return (dy.ndim == 4 and dy.shape == x.shape and dy.dtype == x.dtype == torch.float32
+            and dy.device.type == x.device.type == "cpu" and dy.is_contiguous(memory_format=torch.channels_last)
+            and x.is_contiguous(memory_format=torch.channels_last) and library() is not None)
+
+
+def gate_backward(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of ``y = x * gate`` (``gate`` one value per image and channel, (N, C) or
+    (N, C, 1, 1)) in one pass: ``dx = dy * gate`` (into ``out``, which may be ``dy`` itself) and
+    the (N, C) sums over pixels of ``dy * x`` (the gate's gradient), summed in float64.
+    Call only where :func:`supports_gate_backward`."""
+    n, c, h, w = x.shape
+    if not supports_gate_backward(dy, x):
+        raise ValueError(f"gate_backward needs float32 CPU channels-last dy and x of one shape, got "
+                         f"{dy.dtype} {tuple(dy.shape)} and {x.dtype} {tuple(x.shape)}")
+    if gate.numel() != n * c:
+        raise ValueError(f"gate must hold one value per image and channel ({n} x {c}), got {tuple(gate.shape)}")
+    if out is None:
+        out = torch.empty_like(dy, memory_format=torch.channels_last)
+    elif out.shape != dy.shape or not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"out must be a channels-last tensor shaped {tuple(dy.shape)}")
+    g = gate.detach().reshape(n, c).float().contiguous()
+    dg = torch.empty((n, c), dtype=torch.float64)
+    library().eff_gate_bwd(dy.data_ptr(), x.data_ptr(), g.data_ptr(), out.data_ptr(), dg.data_ptr(), n, h * w, c,
+                           torch.get_num_threads())
+    return out, dg.float()
+
+
 # Winograd F(4x4, 3x3) (Lavin & Gray 2016, arXiv 1509.09308, points 0, +-1, +-2, infinity): the
 # filter transform G; the data and output transforms B^T and A^T live in native.c
 _WINO_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
@@ -342,4 +375,5 @@ def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
 
 __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
-           "se_gate_", "SE_ACT_CODES", "winograd_available", "winograd_weight", "winograd_conv3x3"]
+           "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
+           "winograd_weight", "winograd_conv3x3"]

@@ -852,6 +852,62 @@ AVX2 void eff_wino_out(const float* m, const float* bias, float* y, i64 N, i64 O
     }
 }
 #endif
+/* ---- backward of a per-image, per-channel gate y = x * g (squeeze-excite), channels-last ----
+ * One pass over dy and x: dx = dy * g (dx may alias dy) and dg[n][c] = sum over pixels of
+ * dy * x, summed per chunk of rows in float and across chunks in double.  PyTorch needs three
+ * passes and a temporary (dy * g, dy * x, sum). */
+#ifdef EFF_X86
+AVX2 static void gate_bwd_rows_v(const float* dy, const float* x, const float* g, float* dx, float* acc, i64 rows,
+                                 i64 C) {
+    i64 c = 0;
+    for (; c + 8 <= C; c += 8) {
+        __m256 vg = _mm256_loadu_ps(g + c), a = _mm256_setzero_ps();
+        for (i64 j = 0; j < rows; j++) {
+            __m256 d = _mm256_loadu_ps(dy + j * C + c);
+            a = _mm256_fmadd_ps(d, _mm256_loadu_ps(x + j * C + c), a);
+            _mm256_storeu_ps(dx + j * C + c, _mm256_mul_ps(d, vg));
+        }
+        _mm256_storeu_ps(acc + c, a);
+    }
+    for (; c < C; c++) {
+        float a = 0.0f;
+        for (i64 j = 0; j < rows; j++) { float d = dy[j * C + c]; a += d * x[j * C + c]; dx[j * C + c] = d * g[c]; }
+        acc[c] = a;
+    }
+}
+#endif
+static void gate_bwd_rows(const float* dy, const float* x, const float* g, float* dx, float* acc, i64 rows, i64 C) {
+#ifdef EFF_X86
+    if (have_avx2()) { gate_bwd_rows_v(dy, x, g, dx, acc, rows, C); return; }
+#endif
+    for (i64 c = 0; c < C; c++) {
+        float a = 0.0f;
+        for (i64 j = 0; j < rows; j++) { float d = dy[j * C + c]; a += d * x[j * C + c]; dx[j * C + c] = d * g[c]; }
+        acc[c] = a;
+    }
+}
+
+void eff_gate_bwd(const float* dy, const float* x, const float* g, float* dx, double* dg, i64 N, i64 HW, i64 C,
+                  int nt) {
+    const i64 chunk = 32, per_image = (HW + chunk - 1) / chunk;
+    for (i64 i = 0; i < N * C; i++) dg[i] = 0.0;
+    #pragma omp parallel num_threads(nt)
+    {
+        double* mine = (double*)calloc((size_t)(N * C), sizeof(double));
+        float* acc = (float*)malloc(sizeof(float) * (size_t)C);
+        #pragma omp for collapse(2) schedule(static)
+        for (i64 n = 0; n < N; n++)
+            for (i64 k = 0; k < per_image; k++) {
+                i64 s = k * chunk, e = s + chunk < HW ? s + chunk : HW, off = (n * HW + s) * C;
+                gate_bwd_rows(dy + off, x + off, g + n * C, dx + off, acc, e - s, C);
+                for (i64 c = 0; c < C; c++) mine[n * C + c] += acc[c];
+            }
+        #pragma omp critical
+        for (i64 i = 0; i < N * C; i++) dg[i] += mine[i];
+        free(acc);
+        free(mine);
+    }
+}
 int eff_have_avx2(void) { return have_avx2(); }
 
-int eff_abi_version(void) { return 6; }
+int eff_abi_version(void) { return 7; }

@@ -228,6 +228,16 @@ def _gate_and_grad(kind: str, s: torch.Tensor, dgate: torch.Tensor | None = None
     return F.hardsigmoid(s) if dgate is None else torch.ops.aten.hardsigmoid_backward(dgate, s)
 
 
+def _gate_grads(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor, need_dx: bool, inplace: bool):
+    """Gradients of ``x * g`` (``g`` B x C x 1 x 1): ``dy * g`` (None unless ``need_dx``) and the
+    B x C x 1 x 1 sums of ``dy * x``; one native pass on CPU channels-last float32 (in place on
+    ``dy`` when ``inplace``), else the PyTorch ops."""
+    if kernels.supports_gate_backward(dy, x):
+        dx, dgate = kernels.gate_backward(dy, x, g, out=dy if inplace else None)
+        return (dx if need_dx else None), dgate.view(g.shape).to(g.dtype)
+    return (dy * g if need_dx else None), (dy * x).sum((2, 3), keepdim=True)
+
+
 class _GateMul(torch.autograd.Function):
     """``x * gate(s)`` saving ``x`` and the logits ``s`` (B x C x 1 x 1), not the gate."""
 
@@ -241,9 +251,30 @@ class _GateMul(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, go):
         x, s = ctx.saved_tensors
-        ds = _gate_and_grad(ctx.kind, s, (go * x).sum((2, 3), keepdim=True))
-        dx = go * _gate_and_grad(ctx.kind, s) if ctx.needs_input_grad[0] else None
-        return dx, ds, None
+        dx, dgate = _gate_grads(go, x, _gate_and_grad(ctx.kind, s), ctx.needs_input_grad[0], inplace=False)
+        return dx, _gate_and_grad(ctx.kind, s, dgate), None
+
+
+class _ChannelMean(torch.autograd.Function):
+    """``x.mean((2, 3), keepdim=True)`` whose gradient is the B x C x 1 x 1 output gradient / (H W)
+    broadcast as a view: PyTorch's own backward divides the broadcast gradient, which writes a
+    full-size tensor that autograd then adds to the input's other gradient (two passes over the
+    block's largest tensor instead of one)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.mean((2, 3), keepdim=True)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return (g / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)
+
+
+def channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Per-image channel means (B x C x 1 x 1) for memory-efficient training (see _ChannelMean)."""
+    return _ChannelMean.apply(x) if x.ndim == 4 and x.requires_grad else x.mean((2, 3), keepdim=True)
 
 
 def gate_mul(x: torch.Tensor, s: torch.Tensor, gate: nn.Module) -> torch.Tensor | None:
@@ -275,8 +306,8 @@ class _GatedConv(torch.autograd.Function):
         dh, dw, db = torch.ops.aten.convolution_backward(
             go, x * g, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
             False, [0, 0], groups, [need_x or need_s, need_w, need_b and has_bias])
-        dx = dh * g if need_x else None
-        ds = _gate_and_grad(kind, s, (dh * x).sum((2, 3), keepdim=True)) if need_s else None
+        dx, dgate = _gate_grads(dh, x, g, need_x, inplace=True)  # dh is this function's own buffer
+        ds = _gate_and_grad(kind, s, dgate) if need_s else None
         return dx, ds, dw, db if has_bias else None, None, None, None, None, None
 
 
@@ -298,7 +329,7 @@ def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module) -> torch.Tens
 
 
 __all__ = ["set_memory_efficient", "memory_efficient_enabled", "memory_efficient", "use_memory_efficient",
-           "batch_norm_act", "gate_mul", "se_conv", "depthwise_conv"]
+           "batch_norm_act", "channel_mean", "gate_mul", "se_conv", "depthwise_conv"]
 
 
 # -- activation checkpointing ------------------------------------------------------------------

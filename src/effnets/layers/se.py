@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .act import make_act
-from .memory import gate_mul, use_memory_efficient
+from .memory import channel_mean, gate_mul, use_memory_efficient
 
 
 class SqueezeExcite(nn.Module):
@@ -22,7 +22,8 @@ class SqueezeExcite(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-gate logits (B x C x 1 x 1)."""
-        return self.conv_expand(self.act(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+        mean = channel_mean(x) if use_memory_efficient(self) else x.mean((2, 3), keepdim=True)
+        return self.conv_expand(self.act(self.conv_reduce(mean)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.logits(x)
