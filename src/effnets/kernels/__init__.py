@@ -2,7 +2,8 @@
 BatchNorm + activation (forward and backward) and SiLU, channels-last or NCHW; depthwise
 convolution, channels-last (training backward; inference forward with bias, activation and the
 channel sums a squeeze-excite needs); the inference squeeze-excite in one call (optionally with
-the residual sum and output activation); the transforms of Winograd F(4x4, 3x3) convolution.
+the residual sum and output activation); the training backward of the squeeze-excite gate
+product; the transforms of Winograd F(4x4, 3x3) convolution.
 
 Nothing here is required: :func:`library` is None when there is no C compiler or with
 ``EFFNETS_NO_NATIVE=1`` (:func:`supports` / :func:`supports_depthwise` also say no for
