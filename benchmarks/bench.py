@@ -1,7 +1,9 @@
 """effnets vs timm vs torchvision, side by side, in one process (``make bench``).
 
-Same inputs (seeded), same thread count, same timing procedure (effnets.measure: warm-up,
-then the median of timed calls) for every implementation:
+Same inputs (seeded), same thread count, same timing procedure (warm-up, then the median of
+timed calls) for every implementation, and every configuration of a model and batch timed *in
+turns* (5 rounds, each running every contender's share of the calls: ``interleaved_rates``),
+so that a slow minute of a shared host falls on all of them alike:
 
 * inference throughput at batch 1 and 8: effnets_b0@224, mobilenet_v3_large@224,
   efficientnetv2_s@300, resnet_rs_50@160.  Peers run in their best plain configuration (eval,
@@ -22,6 +24,7 @@ ours / best peer.  ``--quick``: fewer iterations, no compilation, no training.""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -34,7 +37,7 @@ import warnings
 import torch
 
 import effnets
-from effnets.measure import measure_inference, measure_training, time_calls
+from effnets.measure import measure_training, time_calls
 from effnets.profiling import count_macs
 
 MODELS = [  # key, size, effnets name, timm name, torchvision name
@@ -68,18 +71,22 @@ def macs_of(model, size) -> int:
     return count_macs(model, torch.zeros(1, 3, size, size))
 
 
-def infer(model, size, batch, iters, channels_last) -> float:
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return measure_inference(model, size, batch, iters=iters, warmup=3, channels_last=channels_last,
-                             memory=False).images_per_s
-
-
-def best_plain(model, size, batch, iters):
-    """Peer in its best plain configuration: the faster of NCHW and channels_last."""
-    nchw = infer(model, size, batch, iters, False)
-    cl = infer(model, size, batch, iters, True)
-    return (cl, "channels_last") if cl >= nchw else (nchw, "nchw")
+def interleaved_rates(contenders: dict, iters: int, rounds: int = 5) -> dict:
+    """Images/s of each contender (name -> (callable, input)): 3 warm-up calls each, then
+    ``iters`` timed calls each, spread over ``rounds`` rounds in which the contenders take turns,
+    so that a slow minute of a shared host falls on all of them alike; the median call counts.
+    (Measured one after the other, two implementations of the same model once differed by 30%
+    on this host while an identical model measured twice also moved by 30%.)"""
+    times = {name: [] for name in contenders}
+    with torch.inference_mode():
+        for fn, x in contenders.values():
+            for _ in range(3):
+                fn(x)
+        per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
+        for n in per_round:
+            for name, (fn, x) in contenders.items():
+                times[name] += time_calls(lambda: fn(x), torch.device("cpu"), 0, n) if n else []
+    return {name: contenders[name][1].shape[0] / statistics.median(ts) for name, ts in times.items()}
 
 
 class CompileTimeout(Exception):
@@ -99,8 +106,8 @@ def _is_timeout(e: BaseException | None) -> bool:
     return False
 
 
-def compiled(impl, model, size, batch, iters, limit_s: int):
-    """(images/s, compile seconds) under torch.compile; (None, limit) when compiling and the
+def compiled(impl, model, size, batch, limit_s: int):
+    """(compiled model, compile seconds) under torch.compile; (None, limit) when compiling and the
     first call take longer than ``limit_s`` (Inductor can spend many minutes in its symbolic
     shape analysis on some models, e.g. timm's tf_efficientnetv2_s with dynamic SAME padding)."""
     model.eval()
@@ -126,14 +133,7 @@ def compiled(impl, model, size, batch, iters, limit_s: int):
         if use_alarm:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
-    ctime = time.perf_counter() - t0
-    return infer_fn(cm, x, iters), ctime
-
-
-def infer_fn(fn, x, iters):
-    with torch.inference_mode():
-        ts = time_calls(lambda: fn(x), torch.device("cpu"), 2, iters)
-    return x.shape[0] / statistics.median(ts)
+    return cm, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -168,33 +168,60 @@ def main(argv=None) -> int:
 
     for key, size, en, tn, vn in models:
         impls = [("effnets", en), ("timm", tn)] + ([("torchvision", vn)] if vn else [])
-        for impl, name in impls:
-            model = build(impl, name).eval()
-            macs = macs_of(model, size)
-            ort_model = None
-            if impl == "effnets" and not args.no_ort:
-                try:
-                    ort_model = effnets.optimize(model, backend="onnxruntime")
-                except effnets.errors.EffnetsError as e:
-                    print(f"  (no ONNX Runtime row: {e})")
-            for batch in (1, 8):
-                row = dict(model=key, impl=impl, size=size, batch=batch, macs_per_image=macs)
+        built = {impl: build(impl, name).eval() for impl, name in impls}
+        macs = {impl: macs_of(m, size) for impl, m in built.items()}
+        # every configuration of every implementation, each its own copy (.to() converts in place)
+        plain = {"effnets": [("effnets:plain", built["effnets"], True)]}
+        for impl in built:
+            if impl != "effnets":
+                plain[impl] = [(f"{impl}:nchw", built[impl], False),
+                               (f"{impl}:channels_last", copy.deepcopy(built[impl]).to(memory_format=torch.channels_last),
+                                True)]
+        ort_model = None
+        if not args.no_ort:
+            try:
+                ort_model = effnets.optimize(built["effnets"], backend="onnxruntime")
+            except effnets.errors.EffnetsError as e:
+                print(f"  (no ONNX Runtime row: {e})")
+        fast = effnets.optimize(built["effnets"])
+        built["effnets"].to(memory_format=torch.channels_last)  # the un-optimized model, for eager_plain
+        for batch in (1, 8):
+            torch.manual_seed(0)
+            x = torch.randn(batch, 3, size, size)
+            xcl = x.contiguous(memory_format=torch.channels_last)
+            contenders = {"effnets:optimize": (fast, xcl)}
+            contenders.update({name: (m, xcl if cl else x) for group in plain.values() for name, m, cl in group})
+            if ort_model is not None:  # a different runtime: reported apart, not in "eager"
+                contenders["effnets:onnxruntime"] = (ort_model, x)
+            rates = interleaved_rates(contenders, iters)
+            compiled_rates, compile_s = {}, {}
+            if batch in cbatches:  # compile each, then time the compiled models in turns too
+                cms = {}
+                for impl, name in impls:
+                    cm, compile_s[impl] = compiled(impl, built[impl] if impl == "effnets" else build(impl, name),
+                                                   size, batch, args.compile_limit)
+                    if cm is not None:
+                        cms[impl] = (cm, xcl)
+                compiled_rates = interleaved_rates(cms, iters) if cms else {}
+                del cms
+                torch._dynamo.reset()
+            for impl, _ in impls:
+                row = dict(model=key, impl=impl, size=size, batch=batch, macs_per_image=macs[impl])
                 if impl == "effnets":
-                    row["eager_plain"] = infer(model, size, batch, iters, True)
-                    row["eager"] = infer(effnets.optimize(model), size, batch, iters, True)
-                    row["eager_config"] = "effnets.optimize"
-                    if ort_model is not None:  # a different runtime: reported apart, not in "eager"
-                        row["onnxruntime"] = infer(ort_model, size, batch, iters, False)
+                    row["eager_plain"] = rates["effnets:plain"]
+                    row["eager"], row["eager_config"] = rates["effnets:optimize"], "effnets.optimize"
+                    if "effnets:onnxruntime" in rates:
+                        row["onnxruntime"] = rates["effnets:onnxruntime"]
                 else:
-                    row["eager"], row["eager_config"] = best_plain(model, size, batch, iters)
-                if batch in cbatches:
-                    c, row["compile_s"] = compiled(impl, build(impl, name) if impl != "effnets" else model, size,
-                                                   batch, iters, args.compile_limit)
-                    if c is None:
-                        row["compile_timeout"] = True
+                    nchw, cl = rates[f"{impl}:nchw"], rates[f"{impl}:channels_last"]
+                    row["eager"], row["eager_config"] = (cl, "channels_last") if cl >= nchw else (nchw, "nchw")
+                if impl in compile_s:
+                    row["compile_s"] = compile_s[impl]
+                    if impl in compiled_rates:
+                        row["compiled"] = compiled_rates[impl]
                     else:
-                        row["compiled"] = c
-                row["gflops"] = 2 * macs * row["eager"] / 1e9
+                        row["compile_timeout"] = True
+                row["gflops"] = 2 * macs[impl] * row["eager"] / 1e9
                 res["inference"].append(row)
                 print(f"  {key:<19} {impl:<12} b{batch}  eager {row['eager']:8.1f} img/s ({row['eager_config']})"
                       + (f"  onnxruntime {row['onnxruntime']:8.1f} img/s" if "onnxruntime" in row else "")

@@ -29,8 +29,8 @@ def cycle():  # 64 MiB: above glibc's largest dynamic mmap threshold (32 MiB)
     t.fill_(1.0)
     del t
 
-for _ in range(8):  # steady state: torch's aligned allocations settle into reusable free chunks
-    cycle()
+for _ in range(24):  # steady state: torch's 64-byte-aligned blocks do not fit the chunk just freed
+    cycle()          # at first, so glibc grows its heap a few times (here up to 8 x 64 MiB) until they do
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 cycle()
 cycle()
