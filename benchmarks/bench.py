@@ -168,6 +168,7 @@ def main(argv=None) -> int:
 
     for key, size, en, tn, vn in models:
         impls = [("effnets", en), ("timm", tn)] + ([("torchvision", vn)] if vn else [])
+        torch.manual_seed(0)  # the same random weights every run (the ONNX export check depends on them)
         built = {impl: build(impl, name).eval() for impl, name in impls}
         macs = {impl: macs_of(m, size) for impl, m in built.items()}
         # every configuration of every implementation, each its own copy (.to() converts in place)
@@ -191,9 +192,10 @@ def main(argv=None) -> int:
             xcl = x.contiguous(memory_format=torch.channels_last)
             contenders = {"effnets:optimize": (fast, xcl)}
             contenders.update({name: (m, xcl if cl else x) for group in plain.values() for name, m, cl in group})
-            if ort_model is not None:  # a different runtime: reported apart, not in "eager"
-                contenders["effnets:onnxruntime"] = (ort_model, x)
             rates = interleaved_rates(contenders, iters)
+            if ort_model is not None:  # a different runtime: reported apart, not in "eager", and timed
+                # alone: its worker threads spin after each call and would slow whatever runs next
+                rates.update(interleaved_rates({"effnets:onnxruntime": (ort_model, x)}, iters))
             compiled_rates, compile_s = {}, {}
             if batch in cbatches:  # compile each, then time the compiled models in turns too
                 cms = {}

@@ -180,6 +180,10 @@ def test_gated_conv_native_backward_matches_plain_ops(monkeypatch):
     plain = grads()
     for a, b in zip(native, plain):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    # only the weight needs a gradient (frozen SE, input without grad): no gate pass at all
+    y = M._GatedConv.apply(x.detach(), s.detach(), w, None, (1, 1), (0, 0), (1, 1), 1, "sigmoid")
+    (gw,) = torch.autograd.grad(y, (w,), go)
+    assert (gw - plain[2]).abs().max() <= 1e-5 * plain[2].abs().max()
 
 
 def test_channel_mean_gradient_is_a_broadcast_view():

@@ -306,8 +306,10 @@ class _GatedConv(torch.autograd.Function):
         dh, dw, db = torch.ops.aten.convolution_backward(
             go, x * g, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
             False, [0, 0], groups, [need_x or need_s, need_w, need_b and has_bias])
-        dx, dgate = _gate_grads(dh, x, g, need_x, inplace=True)  # dh is this function's own buffer
-        ds = _gate_and_grad(kind, s, dgate) if need_s else None
+        dx = ds = None
+        if need_x or need_s:  # dh is this function's own buffer: dx may overwrite it
+            dx, dgate = _gate_grads(dh, x, g, need_x, inplace=True)
+            ds = _gate_and_grad(kind, s, dgate) if need_s else None
         return dx, ds, dw, db if has_bias else None, None, None, None, None, None
 
 
