@@ -27,7 +27,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
 
-# Speed / memory comparison with timm and torchvision (benchmarks/bench.py; ~17 min on 2 cores,
+# Speed / memory comparison with timm and torchvision (benchmarks/bench.py; ~15 min on 2 cores,
 # BENCH_ARGS=--quick: ~3 min).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)

@@ -12,7 +12,7 @@ so that a slow minute of a shared host falls on all of them alike:
   (Inductor, same options for all: weight freezing) at the batch sizes in ``--compile-batch``,
   and effnets exported to ONNX Runtime (``optimize(model, backend="onnxruntime")``; a different
   runtime, so its own column, not counted as "eager").
-* training: efficientnet_b0, batch 16 at 224, SGD-momentum steps, images/s and peak tensor
+* training: efficientnet_b0, batch 16 at 224, SGD-momentum steps (timed in turns too), images/s and peak tensor
   memory (effnets: memory-efficient blocks on, channels_last; peers: the faster layout).
 * achieved GFLOP/s of every model (2 x MACs counted on the module x images/s) against the
   machine's measured fp32 peak (the fastest 2048^3 matmul, at the start and the end of the run).
@@ -37,7 +37,7 @@ import warnings
 import torch
 
 import effnets
-from effnets.measure import measure_training, time_calls
+from effnets.measure import peak_memory, tensor_bytes, time_calls
 from effnets.profiling import count_macs
 
 MODELS = [  # key, size, effnets name, timm name, torchvision name
@@ -134,6 +134,46 @@ def compiled(impl, model, size, batch, limit_s: int):
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
     return cm, time.perf_counter() - t0
+
+
+def train_b0(res: dict, batch: int = 16, size: int = 224, rounds: int = 3, steps_per_round: int = 2) -> None:
+    """efficientnet_b0 training steps (forward, cross-entropy, backward, SGD-momentum step) of
+    every implementation and layout, timed in turns like inference (a step takes 1-2 s here,
+    long enough for the host's load to change between implementations), then the peak tensor
+    memory of one step each (effnets.measure.peak_memory)."""
+    import torch.nn.functional as F
+    contenders = {}
+    for impl in ("effnets", "timm", "torchvision"):
+        for cl in ((True,) if impl == "effnets" else (False, True)):
+            torch.manual_seed(0)
+            model = build(impl, "efficientnet_b0").train()
+            if cl:
+                model = model.to(memory_format=torch.channels_last)
+            x = torch.randn(batch, 3, size, size)
+            x = x.contiguous(memory_format=torch.channels_last) if cl else x
+            y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0))
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+            def step(model=model, x=x, y=y, opt=opt):
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            contenders[(impl, "channels_last" if cl else "nchw")] = (step, (model, opt, x, y))
+    times = {k: [] for k in contenders}
+    for step, _ in contenders.values():
+        step()
+    for _ in range(rounds):
+        for k, (step, _) in contenders.items():
+            times[k] += time_calls(step, torch.device("cpu"), 0, steps_per_round)
+    for impl in ("effnets", "timm", "torchvision"):
+        rates = {cfg: batch / statistics.median(times[(i, cfg)]) for (i, cfg) in contenders if i == impl}
+        cfg = max(rates, key=rates.get)
+        step, held = contenders[(impl, cfg)]  # resident: weights, momentum buffers, inputs (as measure_training)
+        peak_bytes = peak_memory(step, torch.device("cpu"), tensor_bytes(*held))
+        res["training"].append(dict(impl=impl, images_per_s=rates[cfg], peak_memory_bytes=peak_bytes, config=cfg,
+                                    step_ms=batch / rates[cfg] * 1e3))
+        print(f"  train b0 b{batch}@{size} {impl:<12} {rates[cfg]:6.2f} img/s  peak {peak_bytes / 2**20:7.1f} MiB "
+              f"({cfg})", flush=True)
 
 
 def main(argv=None) -> int:
@@ -233,22 +273,7 @@ def main(argv=None) -> int:
                       + f"  {row['gflops']:.1f} GFLOP/s", flush=True)
 
     if not args.quick and not args.no_train:
-        for impl, name in (("effnets", "efficientnet_b0"), ("timm", "efficientnet_b0"),
-                           ("torchvision", "efficientnet_b0")):
-            best = None
-            for cl in ((True,) if impl == "effnets" else (False, True)):
-                torch.manual_seed(0)
-                model = build(impl, name)
-                if cl:
-                    model = model.to(memory_format=torch.channels_last)
-                m = measure_training(model, 224, 16, channels_last=cl, warmup=1, iters=3)
-                if best is None or m.images_per_s > best[0].images_per_s:
-                    best = (m, "channels_last" if cl else "nchw")
-            m, cfg = best
-            res["training"].append(dict(impl=impl, images_per_s=m.images_per_s, peak_memory_bytes=m.peak_memory_bytes,
-                                        config=cfg, step_ms=m.latency_ms))
-            print(f"  train b0 b16@224 {impl:<12} {m.images_per_s:6.2f} img/s  peak {m.peak_memory_bytes / 2**20:7.1f} "
-                  f"MiB ({cfg})", flush=True)
+        train_b0(res)
 
     res["machine"]["loadavg_end"] = _loadavg()
     # measured again at the end: the peak is the better of the two (a busy moment lowers one)
