@@ -10,8 +10,9 @@ implementation, efficientnet_b0 inference at batch 8 and training at batch 16 (2
 
 each measurement in a fresh process (the setting lasts for the process), the settings and
 implementations interleaved round by round so that a noisy host moves all of them alike.
-It prints images/s (median over rounds), minor page faults per call, and the speed-up of
-``keep`` over ``default`` per implementation.  Inference: effnets ``optimize(model)``, peers
+It prints images/s (median over rounds), minor page faults per call, the process's peak
+resident memory (what keeping freed memory costs) and the speed-up of ``keep`` over
+``default`` per implementation.  Inference: effnets ``optimize(model)``, peers
 eval + channels_last + inference_mode; training: SGD-momentum steps, channels_last for all.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def worker(impl: str, task: str, setting: str, threads: int) -> dict:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench import build
     import effnets
-    from effnets.measure import time_calls
+    from effnets.measure import time_calls, training_step
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build(impl, "efficientnet_b0")
@@ -55,13 +56,7 @@ def worker(impl: str, task: str, setting: str, threads: int) -> dict:
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step():
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return _timed(step, 2, 4, batch, time_calls)
+    return _timed(training_step(model, x, y, opt), 2, 4, batch, time_calls)
 
 
 def _timed(fn, warmup, iters, batch, time_calls) -> dict:
@@ -71,7 +66,8 @@ def _timed(fn, warmup, iters, batch, time_calls) -> dict:
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     ts = time_calls(fn, torch.device("cpu"), 0, iters)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / iters
-    return {"images_per_s": batch / statistics.median(ts), "faults_per_call": faults}
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    return {"images_per_s": batch / statistics.median(ts), "faults_per_call": faults, "peak_rss_mib": peak_rss}
 
 
 def main() -> int:
@@ -104,9 +100,10 @@ def main() -> int:
                     res = json.loads(out.stdout.strip().splitlines()[-1])
                     runs.setdefault((task, impl, setting), []).append(res)
                     print(f"  round {r + 1} {task:<5} {impl:<12} {setting:<8} {res['images_per_s']:7.2f} img/s  "
-                          f"{res['faults_per_call']:9.0f} page faults/call", flush=True)
+                          f"{res['faults_per_call']:9.0f} page faults/call  peak RSS {res['peak_rss_mib']:6.0f} MiB",
+                          flush=True)
     lines = ["| task | implementation | default (img/s) | keep (img/s) | keep / default | page faults per call, "
-             "default -> keep |", "|---|---|---|---|---|---|"]
+             "default -> keep | peak resident MiB, default -> keep |", "|---|---|---|---|---|---|---|"]
     summary = []
     for task in tasks:
         for impl in IMPLS:
@@ -114,10 +111,14 @@ def main() -> int:
             k = [x["images_per_s"] for x in runs[(task, impl, "keep")]]
             fd = statistics.median(x["faults_per_call"] for x in runs[(task, impl, "default")])
             fk = statistics.median(x["faults_per_call"] for x in runs[(task, impl, "keep")])
+            rd = statistics.median(x["peak_rss_mib"] for x in runs[(task, impl, "default")])
+            rk = statistics.median(x["peak_rss_mib"] for x in runs[(task, impl, "keep")])
             md, mk = statistics.median(d), statistics.median(k)
-            summary.append(dict(task=task, impl=impl, default=d, keep=k, faults_default=fd, faults_keep=fk))
+            summary.append(dict(task=task, impl=impl, default=d, keep=k, faults_default=fd, faults_keep=fk,
+                                peak_rss_mib_default=rd, peak_rss_mib_keep=rk))
             label = "infer b0 b8@224" if task == "infer" else "train b0 b16@224"
-            lines.append(f"| {label} | {impl} | {md:.2f} | {mk:.2f} | {mk / md:.2f}x | {fd:.0f} -> {fk:.0f} |")
+            lines.append(f"| {label} | {impl} | {md:.2f} | {mk:.2f} | {mk / md:.2f}x | {fd:.0f} -> {fk:.0f} | "
+                         f"{rd:.0f} -> {rk:.0f} |")
     table = "\n".join(lines)
     print(table)
     os.makedirs(args.out, exist_ok=True)

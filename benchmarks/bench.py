@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -37,7 +38,7 @@ import warnings
 import torch
 
 import effnets
-from effnets.measure import peak_memory, tensor_bytes, time_calls
+from effnets.measure import peak_memory, tensor_bytes, time_calls, training_step
 from effnets.profiling import count_macs
 
 MODELS = [  # key, size, effnets name, timm name, torchvision name
@@ -71,21 +72,28 @@ def macs_of(model, size) -> int:
     return count_macs(model, torch.zeros(1, 3, size, size))
 
 
+def take_turns(fns: dict, calls: int, rounds: int, warmup: int) -> dict:
+    """Seconds per call of each callable in ``fns`` (name -> callable): ``warmup`` calls each,
+    then ``calls`` timed calls each, spread over ``rounds`` rounds in which they take turns, so
+    that a slow minute of a shared host falls on all of them alike.  (Measured one after the
+    other, two implementations of the same model once differed by 30% on this host while an
+    identical model measured twice also moved by 30%.)"""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    for r in range(rounds):
+        n = calls // rounds + (1 if r < calls % rounds else 0)
+        for name, fn in fns.items():
+            times[name] += time_calls(fn, torch.device("cpu"), 0, n)
+    return times
+
+
 def interleaved_rates(contenders: dict, iters: int, rounds: int = 5) -> dict:
-    """Images/s of each contender (name -> (callable, input)): 3 warm-up calls each, then
-    ``iters`` timed calls each, spread over ``rounds`` rounds in which the contenders take turns,
-    so that a slow minute of a shared host falls on all of them alike; the median call counts.
-    (Measured one after the other, two implementations of the same model once differed by 30%
-    on this host while an identical model measured twice also moved by 30%.)"""
-    times = {name: [] for name in contenders}
+    """Inference images/s of each contender (name -> (callable, input)), timed in turns
+    (:func:`take_turns`: 3 warm-up calls, ``iters`` timed calls each); the median call counts."""
     with torch.inference_mode():
-        for fn, x in contenders.values():
-            for _ in range(3):
-                fn(x)
-        per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
-        for n in per_round:
-            for name, (fn, x) in contenders.items():
-                times[name] += time_calls(lambda: fn(x), torch.device("cpu"), 0, n) if n else []
+        times = take_turns({name: functools.partial(fn, x) for name, (fn, x) in contenders.items()}, iters, rounds, 3)
     return {name: contenders[name][1].shape[0] / statistics.median(ts) for name, ts in times.items()}
 
 
@@ -141,7 +149,6 @@ def train_b0(res: dict, batch: int = 16, size: int = 224, rounds: int = 3, steps
     every implementation and layout, timed in turns like inference (a step takes 1-2 s here,
     long enough for the host's load to change between implementations), then the peak tensor
     memory of one step each (effnets.measure.peak_memory)."""
-    import torch.nn.functional as F
     contenders = {}
     for impl in ("effnets", "timm", "torchvision"):
         for cl in ((True,) if impl == "effnets" else (False, True)):
@@ -153,18 +160,9 @@ def train_b0(res: dict, batch: int = 16, size: int = 224, rounds: int = 3, steps
             x = x.contiguous(memory_format=torch.channels_last) if cl else x
             y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0))
             opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-            def step(model=model, x=x, y=y, opt=opt):
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            step = training_step(model, x, y, opt)
             contenders[(impl, "channels_last" if cl else "nchw")] = (step, (model, opt, x, y))
-    times = {k: [] for k in contenders}
-    for step, _ in contenders.values():
-        step()
-    for _ in range(rounds):
-        for k, (step, _) in contenders.items():
-            times[k] += time_calls(step, torch.device("cpu"), 0, steps_per_round)
+    times = take_turns({k: step for k, (step, _) in contenders.items()}, rounds * steps_per_round, rounds, 1)
     for impl in ("effnets", "timm", "torchvision"):
         rates = {cfg: batch / statistics.median(times[(i, cfg)]) for (i, cfg) in contenders if i == impl}
         cfg = max(rates, key=rates.get)
@@ -215,9 +213,8 @@ def main(argv=None) -> int:
         plain = {"effnets": [("effnets:plain", built["effnets"], True)]}
         for impl in built:
             if impl != "effnets":
-                plain[impl] = [(f"{impl}:nchw", built[impl], False),
-                               (f"{impl}:channels_last", copy.deepcopy(built[impl]).to(memory_format=torch.channels_last),
-                                True)]
+                cl_copy = copy.deepcopy(built[impl]).to(memory_format=torch.channels_last)
+                plain[impl] = [(f"{impl}:nchw", built[impl], False), (f"{impl}:channels_last", cl_copy, True)]
         ort_model = None
         if not args.no_ort:
             try:

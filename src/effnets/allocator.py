@@ -15,7 +15,7 @@ large blocks, no trimming), which is what caching allocators (jemalloc, tcmalloc
 CUDA allocator) do.  Process-wide and for the rest of the process: the resident size stays at
 its peak, and a little above it, because PyTorch's 64-byte-aligned blocks do not always fit the
 chunk just freed, so the heap grows a few times before reuse settles (efficientnet_b0 training
-at batch 16: 2055 vs 1856 MiB peak resident, flat from the fourth step).  It suits a process
+at batch 16: 1902 vs 1774 MiB peak resident, ``benchmarks/allocator.py --tasks train``).  It suits a process
 that trains or serves one model, and ``effnets train`` turns it on for itself
 (``--no-keep-freed-memory`` leaves glibc as it is).  The environment variables
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<bytes>`` do the same for any program.

@@ -154,6 +154,20 @@ def measure_inference(model: nn.Module, input_size=224, batch_size: int = 1, dev
                        batch_size / med, peak, torch.get_num_threads(), iters)
 
 
+def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+                  amp_dtype: torch.dtype | None = None) -> Callable[[], None]:
+    """One optimizer step as a callable: forward, cross-entropy, backward, ``optimizer.step()``,
+    ``zero_grad(set_to_none=True)`` (what :func:`measure_training` and the benchmarks time)."""
+    def step():
+        ctx = torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else _null()
+        with ctx:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
 def measure_training(model: nn.Module, input_size=224, batch_size: int = 16, device="cpu", *,
                      channels_last: bool = True, warmup: int = 2, iters: int = 5, memory: bool = True,
                      optimizer: torch.optim.Optimizer | None = None, amp_dtype: torch.dtype | None = None
@@ -167,15 +181,7 @@ def measure_training(model: nn.Module, input_size=224, batch_size: int = 16, dev
     num_classes = getattr(model, "num_classes", None) or 1000
     y = torch.randint(0, num_classes, (batch_size,), generator=torch.Generator().manual_seed(0)).to(device)
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step():
-        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else _null()
-        with ctx:
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = training_step(model, x, y, opt, amp_dtype)
     ts = time_calls(step, device, warmup, iters)
     peak = peak_memory(step, device, tensor_bytes(model, opt, x, y)) if memory else None
     med = statistics.median(ts)
@@ -214,4 +220,4 @@ def measure(model_or_name, input_size=None, batch_size: int = 1, device="cpu", *
 
 
 __all__ = ["Measurement", "measure", "measure_inference", "measure_training", "peak_memory", "time_calls",
-           "tensor_bytes"]
+           "tensor_bytes", "training_step"]
