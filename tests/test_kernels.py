@@ -424,3 +424,66 @@ def test_winograd_rejects_what_it_cannot_compute():
         K.winograd_conv3x3(torch.randn(1, 8, 8, 8), u, None, (1, 1), tiles_per_round=0)
     with pytest.raises(ValueError, match=r"\(C_out, C_in, 3, 3\)"):
         K.winograd_weight(torch.randn(16, 8, 5, 5))
+
+
+pw = pytest.mark.skipif(not K.pointwise_available(), reason="the native GEMM needs the build on x86 AVX2")
+
+
+@pw
+@pytest.mark.parametrize("n,ci,co,h,w", [
+    (2, 16, 96, 9, 7),      # 126 pixels: 21 groups of 6 rows
+    (1, 40, 24, 7, 7),      # 49 pixels (a group of one row and five padding rows); 24 = 16 + 8 columns
+    (3, 5, 3, 2, 5),        # tiny: one partial panel, K below a vector
+    (2, 600, 40, 3, 5),     # K in three blocks of 256 (partial sums kept in the output)
+    (1, 1152, 192, 7, 7),   # B0's late stage at batch 1: panels split between threads
+])
+@pytest.mark.parametrize("act", sorted(_ACTS64))
+def test_pointwise_conv_matches_float64(n, ci, co, h, w, act):
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(n, ci, h, w) * 3, torch.randn(co, ci, 1, 1) / ci ** 0.5, torch.randn(co)
+    panels = K.pointwise_weight(wt)
+    assert panels.shape == ((co + 15) // 16, ci, 16)
+    ref = _ACTS64[act](F.conv2d(x.double(), wt.double(), b.double()))
+    y = K.pointwise_conv(x, panels, b, co, act)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, ref) < 1e-5
+    res = torch.randn(n, co, h, w).contiguous(memory_format=torch.channels_last)
+    out = torch.full((n, co, h, w), float("nan")).contiguous(memory_format=torch.channels_last)
+    y2 = K.pointwise_conv(x.contiguous(memory_format=torch.channels_last), panels, None, co, act, residual=res,
+                          out=out)
+    assert y2.data_ptr() == out.data_ptr()  # written where asked
+    assert _rel(y2, _ACTS64[act](F.conv2d(x.double(), wt.double())) + res.double()) < 1e-5
+
+
+@pw
+def test_pointwise_conv_rejects_what_it_cannot_read():
+    wt = torch.randn(24, 8, 1, 1)
+    panels = K.pointwise_weight(wt)
+    x = torch.randn(1, 8, 4, 4)
+    with pytest.raises(ValueError, match=r"\(C_out, C_in, 1, 1\)"):
+        K.pointwise_weight(torch.randn(24, 8, 3, 3))
+    with pytest.raises(ValueError, match="float32 CPU"):
+        K.pointwise_conv(x.double(), panels, None, 24)
+    with pytest.raises(ValueError, match="panels must be"):
+        K.pointwise_conv(torch.randn(1, 9, 4, 4), panels, None, 24)
+    with pytest.raises(ValueError, match="panels must be"):
+        K.pointwise_conv(x, panels, None, 40)  # more channels than the panels hold
+    with pytest.raises(ValueError, match="act must be"):
+        K.pointwise_conv(x, panels, None, 24, "gelu")
+    with pytest.raises(ValueError, match="residual"):
+        K.pointwise_conv(x, panels, None, 24, residual=torch.randn(1, 24, 4, 5))
+    with pytest.raises(ValueError, match="out must be"):
+        K.pointwise_conv(x, panels, None, 24, out=torch.empty(1, 24, 4, 4))  # not channels-last
+    with pytest.raises(ValueError, match="out must be"):
+        K.depthwise_forward(x, K.depthwise_taps(torch.randn(8, 1, 3, 3)), None, 1, (1, 1),
+                            out=torch.empty(1, 8, 4, 4))
+
+
+@wino
+def test_winograd_writes_into_a_given_output():
+    torch.manual_seed(0)
+    x, wt = torch.randn(1, 8, 9, 9), torch.randn(16, 8, 3, 3)
+    out = torch.full((1, 16, 9, 9), float("nan")).contiguous(memory_format=torch.channels_last)
+    y = K.winograd_conv3x3(x, K.winograd_weight(wt), None, (1, 1), out=out)
+    assert y.data_ptr() == out.data_ptr()
+    assert _rel(y, F.conv2d(x.double(), wt.double(), None, 1, 1)) < 2e-5

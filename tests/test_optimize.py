@@ -438,3 +438,73 @@ def test_resnet_rs_block_tail_runs_as_one_native_call(monkeypatch):
         tails.clear()
         assert _rel_err(opt(x), model(x)) < 1e-4
         assert tails.count(True) == n_blocks - 1 and _rel_err(seen[0], seen[1]) < 1e-4
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_b0", 96), ("mobilenet_v3_large", 96), ("resnet_rs_50", 64)])
+def test_native_pointwise_convs_match_original(monkeypatch, name, size):
+    """With every 1x1 conv on effnets' GEMM (its choice against oneDNN forced by stubbing the
+    timing) the optimized model still matches the original; with it switched off none runs it."""
+    from effnets import kernels
+    if not kernels.pointwise_available():
+        pytest.skip("the native GEMM needs the build on x86 AVX2")
+    opt_mod = sys.modules["effnets.optimize"]
+    calls = record_calls(monkeypatch, kernels, "pointwise_conv")
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        ref = model(x)
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)  # oneDNN never "faster"
+        opt = effnets.optimize(model)
+        calls.clear()
+        out = opt(x)
+        native = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.pw_act is not None]
+        assert len(calls) == len(native) > 0
+        assert _rel_err(out, ref) < 1e-4
+        assert _rel_err(opt(x), ref) < 1e-4  # second call: kept choices and buffers
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: True)  # oneDNN always faster
+        calls.clear()
+        assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4
+        assert not calls  # chosen per layer: oneDNN's everywhere
+        monkeypatch.setattr(opt_mod, "_NATIVE_PW", False)
+        assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4
+        assert not calls
+
+
+def test_kept_output_buffers_are_never_written_while_someone_holds_them():
+    """A block-internal output buffer is written again on the next call only when nothing else
+    references it: a held tensor or a view of it keeps its values and the layer takes a new
+    buffer; a hook turns reuse off; released, the buffer is reused (no fresh pages)."""
+    from effnets import kernels
+    if kernels.library() is None:
+        pytest.skip("native kernels unavailable")
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    block = opt.stages[1][0]
+    conv = block.conv_pw
+    assert conv.reuse_output and block.conv_dw.reuse_output and not block.conv_pwl.reuse_output
+    x1, x2 = torch.randn(1, 16, 24, 24), torch.randn(1, 16, 24, 24)
+    with torch.inference_mode():
+        y1 = conv(x1)
+        first = y1.clone()
+        y2 = conv(x2)  # y1 still held: a new buffer
+        assert y2.data_ptr() != y1.data_ptr() and torch.equal(y1, first)
+        v2 = y2[:, :4]
+        del y1, y2
+        y3 = conv(x1)  # only a view of the kept buffer is held: still not overwritten
+        assert v2.data_ptr() != y3.data_ptr()
+        assert torch.allclose(y3, first, atol=1e-6, rtol=1e-5)
+        ptr = y3.data_ptr()
+        del y3, v2
+        assert conv(x2).data_ptr() == ptr  # released: the same buffer again
+        seen = []
+        h = conv.register_forward_hook(lambda m, a, out: seen.append(out))
+        a, b = conv(x1), conv(x2)
+        h.remove()
+        assert a.data_ptr() != b.data_ptr() and torch.allclose(seen[0], first, atol=1e-6, rtol=1e-5)
+        # the whole model: outputs of successive calls are independent, equal to the original's
+        o1 = opt(torch.randn(2, 3, 64, 64))
+        xs = torch.randn(2, 3, 64, 64)
+        assert _rel_err(opt(xs), model(xs)) < 1e-4 and _rel_err(opt(xs), model(xs)) < 1e-4
+        assert o1.data_ptr() != opt(xs).data_ptr()

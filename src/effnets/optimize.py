@@ -46,6 +46,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import sys
 import time
 from typing import Callable, Iterable
 
@@ -100,6 +101,10 @@ _PACK_SHAPES = 4
 _NATIVE_DW = os.environ.get("EFFNETS_NO_NATIVE_DW", "0") != "1"
 # 3x3 stride-1 convs by Winograd where it times faster ("auto"), always ("1") or never ("0")
 _WINOGRAD = os.environ.get("EFFNETS_WINOGRAD", "auto")
+# 1x1 convs on effnets' native GEMM (EFFNETS_NO_NATIVE_PW=1: oneDNN's, for comparison)
+_NATIVE_PW = os.environ.get("EFFNETS_NO_NATIVE_PW", "0") != "1"
+# block-internal outputs written into buffers kept from the previous call (EFFNETS_NO_REUSE=1: off)
+_REUSE = os.environ.get("EFFNETS_NO_REUSE", "0") != "1"
 
 try:  # oneDNN bf16 convolutions need AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/DQ
     _MKLDNN_BF16 = _MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -170,6 +175,26 @@ def _native_dw_act(weight_shape, groups: int, stride, dilation, attr: str, scala
     return _native_act(attr, scalars)
 
 
+def _pointwise_act(weight_shape, groups: int, stride, padding, attr: str, scalars) -> str | None:
+    """The activation name when a conv of this shape may run on effnets' native GEMM
+    (``kernels.pointwise_conv``: 1x1, stride 1, no padding or grouping), else None."""
+    if not (_NATIVE_PW and groups == 1 and tuple(weight_shape[2:]) == (1, 1) and list(stride) == [1, 1]
+            and list(padding) == [0, 0] and kernels.pointwise_available()):
+        return None
+    return _native_act(attr, scalars)
+
+
+def _sole_owner(buf: torch.Tensor, holders: int) -> bool:
+    """True when nothing but the caller's ``holders`` Python references (and no view or storage
+    handle) reaches ``buf``, so writing over it cannot change a tensor anyone else can see."""
+    try:
+        storage_refs = torch._C._storage_Use_Count(buf.untyped_storage()._cdata)
+    except (AttributeError, RuntimeError):  # private API gone: never reuse
+        return False
+    # + 2: this function's parameter and getrefcount's argument; storage: + 1 for the handle above
+    return sys.getrefcount(buf) <= holders + 2 and storage_refs <= 2
+
+
 def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalars) -> str | None:
     """The activation name when a conv of this shape may run as Winograd F(4x4, 3x3)
     (``kernels.winograd_conv3x3``: 3x3, stride 1, no dilation or grouping, channels multiples
@@ -196,7 +221,8 @@ def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> 
     return ta < 0.95 * tb
 
 
-def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[], torch.Tensor]) -> torch.Tensor:
+def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[], torch.Tensor],
+             out: Callable[[], torch.Tensor | None] = lambda: None) -> torch.Tensor:
     """A 3x3 stride-1 conv by Winograd F(4x4, 3x3) or by ``direct()``, whichever ran faster for
     this input shape.  Winograd does a quarter of the multiplies but its transforms move
     memory, so it wins on large maps with moderate channels (ResNet-RS and EfficientNetV2 early
@@ -204,7 +230,8 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
     input shape (as ``cudnn.benchmark`` does) decides by the machine, not a rule of thumb.
     ``cache`` holds the choices and, while some input shape uses Winograd, the transformed
     weight (4x the weight's size: dropped when every shape so far chose direct)
-    (``EFFNETS_WINOGRAD=1``: always Winograd, ``0``: never)."""
+    (``EFFNETS_WINOGRAD=1``: always Winograd, ``0``: never).  ``out()``: a buffer for
+    Winograd's output, or None."""
     key = tuple(x.shape)
     choice = cache.get(key)
     if choice is False:
@@ -214,7 +241,7 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
         u = cache["u"] = kernels.winograd_weight(weight)
 
     def wino() -> torch.Tensor:
-        return kernels.winograd_conv3x3(x, u, bias, tuple(padding), act)
+        return kernels.winograd_conv3x3(x, u, bias, tuple(padding), act, out=out())
 
     if choice is None:
         choice = cache[key] = _WINOGRAD == "1" or _faster(wino, direct)
@@ -354,6 +381,13 @@ class FusedConvAct(nn.Module):
         # 3x3 stride-1 convs: Winograd where it times faster (see _conv3x3); its weight and choices
         self.wino_act = _winograd_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars)
         self._wino: dict = {}
+        # 1x1 convs: effnets' GEMM with bias, activation (SiLU included) in its epilogue; its panels
+        self.pw_act = _pointwise_act(w.shape, self.groups, self.stride, self.padding, self.attr, self.scalars)
+        self._panels: torch.Tensor | None = None
+        # set by fuse_modules where only the next module of the same block reads this output: the
+        # output buffer is then kept and written again on the next call (no fresh pages to fault in)
+        self.reuse_output = False
+        self._out: torch.Tensor | None = None
         self.emit_channel_sums = False  # set by fuse_modules when a squeeze-excite reads this output
         self._graph_se: tuple = ()  # (that FastSqueezeExcite,): a tuple, so not a registered child
 
@@ -379,9 +413,14 @@ class FusedConvAct(nn.Module):
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
             args = (x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, self.scalars,
                     self.algorithm)
+            if self.pw_act is not None and x.dtype == torch.float32 and kernels.library() is not None \
+                    and self._pointwise_native_faster(x, args):
+                return self._native_pointwise(x)
             if self.wino_act is not None and x.dtype == torch.float32:
+                oh, ow = (x.shape[2] + 2 * self.padding[0] - 2, x.shape[3] + 2 * self.padding[1] - 2)
                 y = _conv3x3(self._wino, x, self.weight, self.bias, self.padding, self.wino_act,
-                             functools.partial(_onednn_conv_act, *args))
+                             functools.partial(_onednn_conv_act, *args),
+                             lambda: self._output_buffer((x.shape[0], self.weight.shape[0], oh, ow)))
             else:
                 y = _onednn_conv_act(*args)
             return y if self.act is None else self.act(y)
@@ -403,11 +442,55 @@ class FusedConvAct(nn.Module):
         if self._taps is None:
             self._taps = kernels.depthwise_taps(self.weight)
         sums = self.emit_channel_sums and not self._forward_hooks  # a hook could change the output
+        k, (h, w), (ph, pw), st = self.weight.shape[-1], x.shape[2:], self.padding, self.stride[0]
+        out = self._output_buffer((x.shape[0], self.weight.shape[0], (h + 2 * ph - k) // st + 1,
+                                   (w + 2 * pw - k) // st + 1))
         y, s = kernels.depthwise_forward(x, self._taps, self.bias, self.stride[0], tuple(self.padding), self.dw_act,
-                                         channel_sums=sums)
+                                         channel_sums=sums, out=out)
         if s is not None:
             y._effnets_channel_sums = s
+        else:  # a kept buffer may carry last call's sums
+            y.__dict__.pop("_effnets_channel_sums", None)
         return y if self.act is None else self.act(y)
+
+    def _pointwise_native_faster(self, x: torch.Tensor, args: tuple) -> bool:
+        """Whether this 1x1 conv runs on effnets' GEMM for inputs shaped like ``x``: timed against
+        oneDNN once per input shape (as for Winograd), since neither wins everywhere (ours: small
+        channel counts with SiLU, large maps; oneDNN: some narrow outputs)
+        (``EFFNETS_NO_NATIVE_PW=1``: never)."""
+        key = ("pw", tuple(x.shape))
+        choice = self._wino.get(key)
+        if choice is None:
+            choice = self._wino[key] = not _faster(lambda: _onednn_conv_act(*args), lambda: self._native_pointwise(x))
+        return choice
+
+    def _native_pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        """1x1 conv + bias + activation as one pass of effnets' GEMM (``kernels.pointwise_conv``):
+        SiLU is applied in the epilogue while the tile is in registers (oneDNN's conv leaves it to a
+        second pass over the output), and the output can go to a kept buffer."""
+        self._check_weight()
+        if self._panels is None:
+            self._panels = kernels.pointwise_weight(self.weight)
+        co = self.weight.shape[0]
+        out = self._output_buffer((x.shape[0], co, x.shape[2], x.shape[3]))
+        y = kernels.pointwise_conv(x, self._panels, self.bias, co, self.pw_act, out=out)
+        return y if self.act is None else self.act(y)
+
+    def _output_buffer(self, shape: tuple) -> torch.Tensor | None:
+        """The buffer this module wrote last call, when it may be written again: ``reuse_output``
+        is set, no hooks can capture the output, and nothing but this module still references it
+        (the block consumed it; ``_sole_owner``).  Else None (the kernel allocates a fresh one)
+        and the fresh one is kept for next time.  glibc returns freed buffers over 32 MiB to the
+        kernel, so a fresh output of B0's first stage at batch 8 costs ~9000 page faults."""
+        if not (self.reuse_output and _REUSE) or self._forward_hooks or self._forward_pre_hooks \
+                or nn.modules.module._global_forward_hooks:
+            self._out = None
+            return None
+        buf = self._out
+        if buf is not None and tuple(buf.shape) == tuple(shape) and _sole_owner(buf, holders=2):
+            return buf
+        self._out = buf = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+        return buf
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight reordered once into the blocked layout oneDNN picks for this input shape,
@@ -424,14 +507,19 @@ class FusedConvAct(nn.Module):
         w = self.weight
         tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
         if self._pack_tag != tag:
-            self._packs, self._pack_tag, self._taps, self._wino = {}, tag, None, {}
+            self._packs, self._pack_tag, self._taps, self._wino, self._panels = {}, tag, None, {}, None
 
     def __getstate__(self):  # packed oneDNN tensors neither pickle nor deep-copy; they are rebuilt
-        return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None, "_wino": {}}
+        return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None, "_wino": {}, "_panels": None,
+                "_out": None}
 
-    def __setstate__(self, state):  # models saved before Winograd existed run direct convs
+    def __setstate__(self, state):  # models saved before Winograd / the native GEMM existed run oneDNN's
         state.setdefault("wino_act", None)
         state.setdefault("_wino", {})
+        state.setdefault("pw_act", None)
+        state.setdefault("_panels", None)
+        state.setdefault("reuse_output", False)
+        state.setdefault("_out", None)
         self.__dict__.update(state)
 
     def extra_repr(self) -> str:
@@ -503,6 +591,13 @@ def fuse_modules(model: nn.Module) -> nn.Module:
             setattr(model, name, FusedConvAct(child))
         else:
             fuse_modules(child)
+    # a block's expand conv feeds only its depthwise conv, which feeds only its SE / project conv
+    # (MBConv, depthwise-separable, Fused-MBConv, ResNet bottleneck)
+    for first, then in (("conv_pw", "conv_dw"), ("conv_dw", "conv_pwl"), ("conv_dw", "conv_pw"),
+                        ("conv_exp", "conv_pwl"), ("conv1", "conv2"), ("conv2", "conv3")):
+        a, b = getattr(model, first, None), getattr(model, then, None)
+        if isinstance(a, FusedConvAct) and isinstance(b, FusedConvAct) and a.act is None:
+            a.reuse_output = True
     dw, se = getattr(model, "conv_dw", None), getattr(model, "se", None)
     if isinstance(dw, FusedConvAct) and isinstance(se, FastSqueezeExcite) and dw.act is None \
             and dw.dw_act is not None:

@@ -77,6 +77,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_se_gate.restype = None
     lib.eff_gate_bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i32]
     lib.eff_gate_bwd.restype = None
+    lib.eff_pw_fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i32, i32]
+    lib.eff_pw_fwd.restype = None
     if hasattr(lib, "eff_wino_in"):  # x86 builds only
         lib.eff_wino_in.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i32]
         lib.eff_wino_out.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i32, i32]
@@ -122,6 +124,17 @@ def supports(y: torch.Tensor, act: str) -> bool:
 
 def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
+
+
+def _output(out: torch.Tensor | None, shape: tuple) -> torch.Tensor:
+    """``out`` checked to be a channels-last float32 CPU tensor of ``shape``, or a new one."""
+    if out is None:
+        return torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+    if (tuple(out.shape) != tuple(shape) or out.dtype != torch.float32 or out.device.type != "cpu"
+            or not out.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"out must be a channels-last float32 CPU tensor shaped {tuple(shape)}, got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device}")
+    return out
 
 
 def _param(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -211,12 +224,13 @@ def depthwise_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
 
 
 def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, stride: int,
-                      padding: tuple[int, int], act: str = "identity", channel_sums: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      padding: tuple[int, int], act: str = "identity", channel_sums: bool = False,
+                      out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``act(depthwise_conv(x) + bias)`` for inference, channels-last float32 CPU, where
     ``taps`` is the weight as (K*K, C) (see :func:`depthwise_taps`); with ``channel_sums``
     also the (N, C) sums of the output over its pixels.  ``act`` is a key of
-    ``DW_ACT_CODES``.  Call only where :func:`library` is not None and no gradient is needed."""
+    ``DW_ACT_CODES``; ``out``: a channels-last float32 tensor of the output's shape to write
+    into.  Call only where :func:`library` is not None and no gradient is needed."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
         raise ValueError(f"depthwise_forward needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
                          f"on {x.device}")
@@ -229,7 +243,7 @@ def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | 
     ow = (w + 2 * padding[1] - k) // stride + 1
     x = x.contiguous(memory_format=torch.channels_last)
     taps = taps.float().contiguous()
-    y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+    y = _output(out, (n, c, oh, ow))
     sums = torch.empty((n, c), dtype=torch.float32) if channel_sums else None
     bias = _param(bias)
     library().eff_dw_fwd(x.data_ptr(), taps.data_ptr(), _ptr(bias), y.data_ptr(), _ptr(sums), n, h, w, c, oh, ow,
@@ -324,11 +338,13 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
-                     act: str = "identity", tiles_per_round: int | None = None) -> torch.Tensor:
+                     act: str = "identity", tiles_per_round: int | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """``act(conv2d(x, weight, bias, stride=1, padding=padding))`` for a 3x3 weight given as
     ``u = winograd_weight(weight)``, channels-last float32 CPU, by Winograd F(4x4, 3x3): the
     36 products per tile run as batched matrix products.  Channels must be multiples of 8;
-    ``act`` a key of ``DW_ACT_CODES``.  Float32 error is a few times direct convolution's
+    ``act`` a key of ``DW_ACT_CODES``; ``out``: a channels-last float32 tensor of the output's
+    shape to write into.  Float32 error is a few times direct convolution's
     (transforms with entries up to 8; the tests bound it).  Call only where
     :func:`winograd_available`."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
@@ -350,7 +366,7 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     th, tw = (oh + 3) // 4, (ow + 3) // 4
     tiles = n * th * tw
     x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.empty((n, co, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
+    y = _output(out, (n, co, oh, ow))
     per_round = tiles_per_round or max(64, _WINO_BYTES_PER_ROUND // (36 * 4 * (c + co)))
     per_round = min(per_round, tiles)
     v_buf = torch.empty(36 * per_round * c, dtype=torch.float32)  # reused by every round; the last,
@@ -368,6 +384,55 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
+def pointwise_available() -> bool:
+    """True where :func:`pointwise_conv` runs vectorised (the kernels are built, x86 with AVX2 + FMA)."""
+    lib = library()
+    return lib is not None and bool(lib.eff_have_avx2())
+
+
+def pointwise_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv weight (C_out, C_in, 1, 1) as the panels :func:`pointwise_conv` reads:
+    (ceil(C_out / 16), C_in, 16) float32, output channels 16 at a time, zero past C_out."""
+    if weight.ndim != 4 or tuple(weight.shape[2:]) != (1, 1):
+        raise ValueError(f"pointwise_weight needs a (C_out, C_in, 1, 1) weight, got {tuple(weight.shape)}")
+    co, ci = weight.shape[:2]
+    panels = (co + 15) // 16
+    w = torch.zeros(panels * 16, ci, dtype=torch.float32)
+    w[:co] = weight.detach().float().reshape(co, ci)
+    return w.reshape(panels, 16, ci).transpose(1, 2).contiguous()
+
+
+def pointwise_conv(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, out_channels: int,
+                   act: str = "identity", residual: torch.Tensor | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(conv2d(x, weight, bias)) (+ residual)`` for a 1x1 stride-1 conv, channels-last
+    float32 CPU, with ``panels = pointwise_weight(weight)``; written into ``out`` when given
+    (channels-last, the output's shape), so a caller can reuse one buffer across calls.
+    ``act`` is a key of ``DW_ACT_CODES``.  Call only where :func:`library` is not None."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        raise ValueError(f"pointwise_conv needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
+                         f"on {x.device}")
+    n, c, h, w = x.shape
+    if panels.ndim != 3 or panels.shape[1] != c or panels.shape[2] != 16 or panels.shape[0] * 16 < out_channels \
+            or (panels.shape[0] - 1) * 16 >= out_channels:
+        raise ValueError(f"panels must be pointwise_weight() of a ({out_channels}, {c}, 1, 1) weight, got "
+                         f"{tuple(panels.shape)}")
+    if act not in DW_ACT_CODES:
+        raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
+    shape = (n, out_channels, h, w)
+    if residual is not None:
+        if tuple(residual.shape) != shape:
+            raise ValueError(f"pointwise_conv: residual {tuple(residual.shape)} does not match the output {shape}")
+        residual = residual.float().contiguous(memory_format=torch.channels_last)
+    out = _output(out, shape)
+    x = x.contiguous(memory_format=torch.channels_last)
+    b = torch.zeros(out_channels, dtype=torch.float32) if bias is None else _param(bias)
+    panels = panels.float().contiguous()
+    library().eff_pw_fwd(x.data_ptr(), panels.data_ptr(), b.data_ptr(), _ptr(residual), out.data_ptr(), n * h * w, c,
+                         out_channels, DW_ACT_CODES[act], torch.get_num_threads())
+    return out
+
+
 def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
     """A depthwise weight (C, 1, K, K) as the (K*K, C) float32 tap table the kernels read."""
     c, _, kh, kw = weight.shape
@@ -377,4 +442,4 @@ def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
 __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
-           "winograd_weight", "winograd_conv3x3"]
+           "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv"]

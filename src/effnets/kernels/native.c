@@ -908,6 +908,121 @@ void eff_gate_bwd(const float* dy, const float* x, const float* g, float* dx, do
         free(mine);
     }
 }
+/* ---- pointwise (1x1) convolution for inference, channels-last ----
+ * y[m, :N] = act(x[m, :K] W + b) (+ res[m, :N]) for the M pixels of a channels-last tensor (rows of
+ * K input and N output channels).  W comes packed in panels of 16 output channels, wp[p][k][16],
+ * zero past N (kernels.pointwise_weight).  A 6 x 16 register tile: twelve accumulators, two weight
+ * vectors and one broadcast input value, so each pair of weight loads feeds twelve FMAs; K is
+ * blocked by PW_KC so a panel's block (16 KiB) stays in L1 while the rows' block (PW_MC x PW_KC)
+ * stays in L2.  Bias, activation and residual are applied while the tile is in registers: a 1x1
+ * conv + SiLU is one pass over its output (oneDNN + SiLU: two), and the output may be a buffer the
+ * caller reuses from call to call, which a library-allocated output cannot be. */
+#define PW_MR 6
+#define PW_KC 256
+#define PW_MC 96
+#ifdef EFF_X86
+AVX2 static inline void pw_row_out(float* y, const float* r, __m256 v0, __m256 v1, const float* b, int last, int act,
+                                   int full, __m256i m0, __m256i m1) {
+    if (last) {
+        v0 = _mm256_add_ps(v0, full ? _mm256_loadu_ps(b) : _mm256_maskload_ps(b, m0));
+        v1 = _mm256_add_ps(v1, full ? _mm256_loadu_ps(b + 8) : _mm256_maskload_ps(b + 8, m1));
+        v0 = act_v(v0, act); v1 = act_v(v1, act);
+        if (r) {
+            v0 = _mm256_add_ps(v0, full ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, m0));
+            v1 = _mm256_add_ps(v1, full ? _mm256_loadu_ps(r + 8) : _mm256_maskload_ps(r + 8, m1));
+        }
+    }
+    if (full) { _mm256_storeu_ps(y, v0); _mm256_storeu_ps(y + 8, v1); }
+    else { _mm256_maskstore_ps(y, m0, v0); _mm256_maskstore_ps(y + 8, m1, v1); }
+}
+AVX2 static inline void pw_row_in(const float* y, __m256* v0, __m256* v1, int first, int full, __m256i m0, __m256i m1) {
+    if (first || !y) { *v0 = _mm256_setzero_ps(); *v1 = *v0; return; }
+    *v0 = full ? _mm256_loadu_ps(y) : _mm256_maskload_ps(y, m0);
+    *v1 = full ? _mm256_loadu_ps(y + 8) : _mm256_maskload_ps(y + 8, m1);
+}
+#define PW_FMA2(a, c0, c1) do { __m256 av_ = _mm256_broadcast_ss(a); \
+    c0 = _mm256_fmadd_ps(av_, b0, c0); c1 = _mm256_fmadd_ps(av_, b1, c1); } while (0)
+/* rows xr[0..5] (k0..k1) times panel w (k0..k1) into y rows yr[0..5] (NULL: a padding row, not
+ * stored); first: start from zero, else from the partial sums in y; last: bias, act, residual */
+AVX2 static void pw_tile_v(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
+                           const float* const* rr, int ncols, int first, int last, int act) {
+    const int full = ncols == 16;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), lane);
+    const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols - 8), lane);
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    pw_row_in(yr[0], &c00, &c01, first, full, m0, m1); pw_row_in(yr[1], &c10, &c11, first, full, m0, m1);
+    pw_row_in(yr[2], &c20, &c21, first, full, m0, m1); pw_row_in(yr[3], &c30, &c31, first, full, m0, m1);
+    pw_row_in(yr[4], &c40, &c41, first, full, m0, m1); pw_row_in(yr[5], &c50, &c51, first, full, m0, m1);
+    const float *a0 = xr[0], *a1 = xr[1], *a2 = xr[2], *a3 = xr[3], *a4 = xr[4], *a5 = xr[5];
+    const float* wk = w + k0 * 16;
+    for (i64 k = k0; k < k1; k++, wk += 16) {
+        __m256 b0 = _mm256_loadu_ps(wk), b1 = _mm256_loadu_ps(wk + 8);
+        PW_FMA2(a0 + k, c00, c01); PW_FMA2(a1 + k, c10, c11); PW_FMA2(a2 + k, c20, c21);
+        PW_FMA2(a3 + k, c30, c31); PW_FMA2(a4 + k, c40, c41); PW_FMA2(a5 + k, c50, c51);
+    }
+    if (yr[0]) pw_row_out(yr[0], rr[0], c00, c01, b, last, act, full, m0, m1);
+    if (yr[1]) pw_row_out(yr[1], rr[1], c10, c11, b, last, act, full, m0, m1);
+    if (yr[2]) pw_row_out(yr[2], rr[2], c20, c21, b, last, act, full, m0, m1);
+    if (yr[3]) pw_row_out(yr[3], rr[3], c30, c31, b, last, act, full, m0, m1);
+    if (yr[4]) pw_row_out(yr[4], rr[4], c40, c41, b, last, act, full, m0, m1);
+    if (yr[5]) pw_row_out(yr[5], rr[5], c50, c51, b, last, act, full, m0, m1);
+}
+#endif
+static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
+                    const float* const* rr, int ncols, int first, int last, int act) {
+#ifdef EFF_X86
+    if (have_avx2()) { pw_tile_v(xr, w, k0, k1, b, yr, rr, ncols, first, last, act); return; }
+#endif
+    for (int r = 0; r < PW_MR; r++) {
+        if (!yr[r]) continue;
+        for (int j = 0; j < ncols; j++) {
+            float a = first ? 0.0f : yr[r][j];
+            for (i64 k = k0; k < k1; k++) a += xr[r][k] * w[k * 16 + j];
+            if (last) { a = act_s(a + b[j], act); if (rr[r]) a += rr[r][j]; }
+            yr[r][j] = a;
+        }
+    }
+}
+
+void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float* res, float* y, i64 M, i64 K, i64 N,
+                int act, int nt) {
+    /* tiles: mt row blocks (whole 6-row groups, sizes differing by at most one group) x pt panel
+     * blocks, at least 4 per thread and a multiple of the thread count where that is possible, so
+     * the threads get equal work (late stages at batch 1 have 49 rows: split the panels too) */
+    const i64 P = (N + 15) / 16, G = (M + PW_MR - 1) / PW_MR;
+    i64 mt = (M + PW_MC / 2) / PW_MC;
+    if (mt < 1) mt = 1;
+    if (mt > G) mt = G;
+    i64 pt = 1;
+    while (pt < P && mt * pt < 4 * (i64)nt) pt++;
+    while (mt * pt % nt && mt < G && mt * pt < 16 * (i64)nt) mt++;
+    const i64 pc = (P + pt - 1) / pt;
+    pt = (P + pc - 1) / pc;
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 t = 0; t < mt * pt; t++) {
+        const i64 im = t / pt, m0 = (im * G / mt) * PW_MR, g1 = (im + 1) * G / mt;
+        const i64 m1 = g1 * PW_MR < M ? g1 * PW_MR : M;
+        const i64 p0 = (t % pt) * pc, p1 = p0 + pc < P ? p0 + pc : P;
+        for (i64 k0 = 0; k0 < K; k0 += PW_KC) {
+            const i64 k1 = k0 + PW_KC < K ? k0 + PW_KC : K;
+            for (i64 p = p0; p < p1; p++) {
+                const int ncols = N - p * 16 < 16 ? (int)(N - p * 16) : 16;
+                for (i64 r = m0; r < m1; r += PW_MR) {
+                    const float* xr[PW_MR]; float* yr[PW_MR]; const float* rr[PW_MR];
+                    for (int i = 0; i < PW_MR; i++) {
+                        const int ok = r + i < m1;
+                        const i64 row = ok ? r + i : r;  /* padding rows recompute row r, unstored */
+                        xr[i] = x + row * K;
+                        yr[i] = ok ? y + row * N + p * 16 : NULL;
+                        rr[i] = ok && res ? res + row * N + p * 16 : NULL;
+                    }
+                    pw_tile(xr, wp + p * K * 16, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act);
+                }
+            }
+        }
+    }
+}
 int eff_have_avx2(void) { return have_avx2(); }
 
-int eff_abi_version(void) { return 7; }
+int eff_abi_version(void) { return 8; }
