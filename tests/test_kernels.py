@@ -487,3 +487,19 @@ def test_winograd_writes_into_a_given_output():
     y = K.winograd_conv3x3(x, K.winograd_weight(wt), None, (1, 1), out=out)
     assert y.data_ptr() == out.data_ptr()
     assert _rel(y, F.conv2d(x.double(), wt.double(), None, 1, 1)) < 2e-5
+
+
+@pw
+def test_pointwise_conv_streaming_stores_match(monkeypatch):
+    """Outputs above 16 MiB leave by streaming stores (no read of each line before writing); the
+    threshold lowered to 0, a small output takes that path and still matches, odd widths included."""
+    lib = K.library()
+    torch.manual_seed(0)
+    try:
+        lib.eff_pw_set_stream_bytes(0)
+        for co in (32, 40, 24):  # whole panels, a masked 8-column tail (not streamed), 16 + 8
+            x, wt = torch.randn(2, 24, 9, 7), torch.randn(co, 24, 1, 1)
+            y = K.pointwise_conv(x, K.pointwise_weight(wt), None, co, "silu")
+            assert _rel(y, F.silu(F.conv2d(x.double(), wt.double()))) < 1e-5
+    finally:
+        lib.eff_pw_set_stream_bytes(16 << 20)

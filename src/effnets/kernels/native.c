@@ -920,9 +920,11 @@ void eff_gate_bwd(const float* dy, const float* x, const float* g, float* dx, do
 #define PW_MR 6
 #define PW_KC 256
 #define PW_MC 96
+static i64 pw_stream_bytes = 16 << 20;
+void eff_pw_set_stream_bytes(i64 b) { pw_stream_bytes = b; }
 #ifdef EFF_X86
 AVX2 static inline void pw_row_out(float* y, const float* r, __m256 v0, __m256 v1, const float* b, int last, int act,
-                                   int full, __m256i m0, __m256i m1) {
+                                   int full, __m256i m0, __m256i m1, int stream) {
     if (last) {
         v0 = _mm256_add_ps(v0, full ? _mm256_loadu_ps(b) : _mm256_maskload_ps(b, m0));
         v1 = _mm256_add_ps(v1, full ? _mm256_loadu_ps(b + 8) : _mm256_maskload_ps(b + 8, m1));
@@ -932,7 +934,8 @@ AVX2 static inline void pw_row_out(float* y, const float* r, __m256 v0, __m256 v
             v1 = _mm256_add_ps(v1, full ? _mm256_loadu_ps(r + 8) : _mm256_maskload_ps(r + 8, m1));
         }
     }
-    if (full) { _mm256_storeu_ps(y, v0); _mm256_storeu_ps(y + 8, v1); }
+    if (stream) { _mm256_stream_ps(y, v0); _mm256_stream_ps(y + 8, v1); }
+    else if (full) { _mm256_storeu_ps(y, v0); _mm256_storeu_ps(y + 8, v1); }
     else { _mm256_maskstore_ps(y, m0, v0); _mm256_maskstore_ps(y + 8, m1, v1); }
 }
 AVX2 static inline void pw_row_in(const float* y, __m256* v0, __m256* v1, int first, int full, __m256i m0, __m256i m1) {
@@ -945,8 +948,9 @@ AVX2 static inline void pw_row_in(const float* y, __m256* v0, __m256* v1, int fi
 /* rows xr[0..5] (k0..k1) times panel w (k0..k1) into y rows yr[0..5] (NULL: a padding row, not
  * stored); first: start from zero, else from the partial sums in y; last: bias, act, residual */
 AVX2 static void pw_tile_v(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
-                           const float* const* rr, int ncols, int first, int last, int act) {
+                           const float* const* rr, int ncols, int first, int last, int act, int stream) {
     const int full = ncols == 16;
+    stream = stream && full && last;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), lane);
     const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols - 8), lane);
@@ -961,18 +965,56 @@ AVX2 static void pw_tile_v(const float* const* xr, const float* w, i64 k0, i64 k
         PW_FMA2(a0 + k, c00, c01); PW_FMA2(a1 + k, c10, c11); PW_FMA2(a2 + k, c20, c21);
         PW_FMA2(a3 + k, c30, c31); PW_FMA2(a4 + k, c40, c41); PW_FMA2(a5 + k, c50, c51);
     }
-    if (yr[0]) pw_row_out(yr[0], rr[0], c00, c01, b, last, act, full, m0, m1);
-    if (yr[1]) pw_row_out(yr[1], rr[1], c10, c11, b, last, act, full, m0, m1);
-    if (yr[2]) pw_row_out(yr[2], rr[2], c20, c21, b, last, act, full, m0, m1);
-    if (yr[3]) pw_row_out(yr[3], rr[3], c30, c31, b, last, act, full, m0, m1);
-    if (yr[4]) pw_row_out(yr[4], rr[4], c40, c41, b, last, act, full, m0, m1);
-    if (yr[5]) pw_row_out(yr[5], rr[5], c50, c51, b, last, act, full, m0, m1);
+    if (yr[0]) pw_row_out(yr[0], rr[0], c00, c01, b, last, act, full, m0, m1, stream);
+    if (yr[1]) pw_row_out(yr[1], rr[1], c10, c11, b, last, act, full, m0, m1, stream);
+    if (yr[2]) pw_row_out(yr[2], rr[2], c20, c21, b, last, act, full, m0, m1, stream);
+    if (yr[3]) pw_row_out(yr[3], rr[3], c30, c31, b, last, act, full, m0, m1, stream);
+    if (yr[4]) pw_row_out(yr[4], rr[4], c40, c41, b, last, act, full, m0, m1, stream);
+    if (yr[5]) pw_row_out(yr[5], rr[5], c50, c51, b, last, act, full, m0, m1, stream);
+}
+/* the same for a last panel of at most 8 output channels (N = 24, 40, 72, 120, ...): twelve rows
+ * by 8 columns, so the half-empty panel costs half a 16-column tile instead of a whole one */
+AVX2 static inline void pw_row8_out(float* y, const float* r, __m256 v, const float* b, int last, int act, int first,
+                                    __m256i m) {
+    if (!first) v = _mm256_add_ps(v, _mm256_maskload_ps(y, m));
+    if (last) {
+        v = act_v(_mm256_add_ps(v, _mm256_maskload_ps(b, m)), act);
+        if (r) v = _mm256_add_ps(v, _mm256_maskload_ps(r, m));
+    }
+    _mm256_maskstore_ps(y, m, v);
+}
+AVX2 static void pw_tile8_v(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
+                            const float* const* rr, int ncols, int first, int last, int act) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+           c9 = c0, c10 = c0, c11 = c0;
+    const float *a0 = xr[0], *a1 = xr[1], *a2 = xr[2], *a3 = xr[3], *a4 = xr[4], *a5 = xr[5], *a6 = xr[6],
+                *a7 = xr[7], *a8 = xr[8], *a9 = xr[9], *a10 = xr[10], *a11 = xr[11];
+    const float* wk = w + k0 * 16;
+    for (i64 k = k0; k < k1; k++, wk += 16) {
+        __m256 b0 = _mm256_loadu_ps(wk);
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + k), b0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a1 + k), b0, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a2 + k), b0, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a3 + k), b0, c3);
+        c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a4 + k), b0, c4);
+        c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a5 + k), b0, c5);
+        c6 = _mm256_fmadd_ps(_mm256_broadcast_ss(a6 + k), b0, c6);
+        c7 = _mm256_fmadd_ps(_mm256_broadcast_ss(a7 + k), b0, c7);
+        c8 = _mm256_fmadd_ps(_mm256_broadcast_ss(a8 + k), b0, c8);
+        c9 = _mm256_fmadd_ps(_mm256_broadcast_ss(a9 + k), b0, c9);
+        c10 = _mm256_fmadd_ps(_mm256_broadcast_ss(a10 + k), b0, c10);
+        c11 = _mm256_fmadd_ps(_mm256_broadcast_ss(a11 + k), b0, c11);
+    }
+    const __m256 c[12] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
+    for (int i = 0; i < 12; i++)
+        if (yr[i]) pw_row8_out(yr[i], rr[i], c[i], b, last, act, first, m);
 }
 #endif
 static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
-                    const float* const* rr, int ncols, int first, int last, int act) {
+                    const float* const* rr, int ncols, int first, int last, int act, int stream) {
 #ifdef EFF_X86
-    if (have_avx2()) { pw_tile_v(xr, w, k0, k1, b, yr, rr, ncols, first, last, act); return; }
+    if (have_avx2()) { pw_tile_v(xr, w, k0, k1, b, yr, rr, ncols, first, last, act, stream); return; }
 #endif
     for (int r = 0; r < PW_MR; r++) {
         if (!yr[r]) continue;
@@ -999,6 +1041,9 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
     while (mt * pt % nt && mt < G && mt * pt < 16 * (i64)nt) mt++;
     const i64 pc = (P + pt - 1) / pt;
     pt = (P + pc - 1) / pc;
+    /* outputs larger than the last-level cache go to memory with streaming stores (no read of
+     * each line before it is written); needs 32-byte aligned rows */
+    const int stream = M * N * 4 > pw_stream_bytes && N % 8 == 0 && ((uintptr_t)y & 31) == 0;
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 t = 0; t < mt * pt; t++) {
         const i64 im = t / pt, m0 = (im * G / mt) * PW_MR, g1 = (im + 1) * G / mt;
@@ -1008,6 +1053,22 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
             const i64 k1 = k0 + PW_KC < K ? k0 + PW_KC : K;
             for (i64 p = p0; p < p1; p++) {
                 const int ncols = N - p * 16 < 16 ? (int)(N - p * 16) : 16;
+#ifdef EFF_X86
+                if (ncols <= 8 && have_avx2()) {
+                    for (i64 r = m0; r < m1; r += 2 * PW_MR) {
+                        const float* xr[2 * PW_MR]; float* yr[2 * PW_MR]; const float* rr[2 * PW_MR];
+                        for (int i = 0; i < 2 * PW_MR; i++) {
+                            const int ok = r + i < m1;
+                            const i64 row = ok ? r + i : r;
+                            xr[i] = x + row * K;
+                            yr[i] = ok ? y + row * N + p * 16 : NULL;
+                            rr[i] = ok && res ? res + row * N + p * 16 : NULL;
+                        }
+                        pw_tile8_v(xr, wp + p * K * 16, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act);
+                    }
+                    continue;
+                }
+#endif
                 for (i64 r = m0; r < m1; r += PW_MR) {
                     const float* xr[PW_MR]; float* yr[PW_MR]; const float* rr[PW_MR];
                     for (int i = 0; i < PW_MR; i++) {
@@ -1017,10 +1078,13 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
                         yr[i] = ok ? y + row * N + p * 16 : NULL;
                         rr[i] = ok && res ? res + row * N + p * 16 : NULL;
                     }
-                    pw_tile(xr, wp + p * K * 16, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act);
+                    pw_tile(xr, wp + p * K * 16, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
                 }
             }
         }
+#ifdef EFF_X86
+        if (stream) _mm_sfence();  /* streamed stores visible before the threads join */
+#endif
     }
 }
 int eff_have_avx2(void) { return have_avx2(); }
