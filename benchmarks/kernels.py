@@ -10,7 +10,10 @@ over the same shapes at batch 1 and 8, against oneDNN's conv (weights prepacked)
 F(4x4, 3x3) (``kernels.winograd_conv3x3``) against oneDNN's direct conv (prepacked, ReLU fused,
 native SiLU after); the backward of the squeeze-excite gate product over B0's expanded shapes at
 batch 16 (``kernels.gate_backward``: dx and the gate's sums in one pass, against ``dy * g`` and
-``(dy * x).sum``); each figure the median of timed calls, in one process."""
+``(dy * x).sum``); B0's 1x1 convs (with their SiLU where the block has one) at batch 1 and 8 on
+effnets' GEMM (``kernels.pointwise_conv``, SiLU in the epilogue, outputs into kept buffers as
+``effnets.optimize`` does) against oneDNN's conv (prepacked) + native SiLU; each figure the
+median of timed calls, in one process."""
 from __future__ import annotations
 
 import statistics
@@ -127,6 +130,36 @@ def main() -> int:
         for dy, xi, gi in gates:
             K.gate_backward(dy, xi, gi)
 
+    # efficientnet_b0's distinct 1x1 convs (C_in, C_out, size, SiLU?) at 224
+    b0_1x1 = [(32, 16, 112, False), (16, 96, 112, True), (96, 24, 56, False), (24, 144, 56, True),
+              (144, 24, 56, False), (144, 40, 28, False), (40, 240, 28, True), (240, 40, 28, False),
+              (240, 80, 14, False), (80, 480, 14, True), (480, 80, 14, False), (480, 112, 14, False),
+              (112, 672, 14, True), (672, 112, 14, False), (672, 192, 7, False), (192, 1152, 7, True),
+              (1152, 192, 7, False), (1152, 320, 7, False), (320, 1280, 7, True)]
+
+    def pointwise(batch):
+        shapes = []
+        for ci, co, hw, silu in b0_1x1:
+            xb = torch.randn(batch, ci, hw, hw).contiguous(memory_format=torch.channels_last)
+            wi = (torch.randn(co, ci, 1, 1) / ci ** 0.5).contiguous(memory_format=torch.channels_last)
+            packed = torch.ops.mkldnn._reorder_convolution_weight(wi, [0, 0], [1, 1], [1, 1], 1, list(xb.shape))
+            out = torch.empty(batch, co, hw, hw).contiguous(memory_format=torch.channels_last)
+            shapes.append((xb, packed, K.pointwise_weight(wi), torch.randn(co), out, silu))
+
+        def onednn():
+            with torch.inference_mode():
+                for xb, packed, _, bi, _, silu in shapes:
+                    yb = torch.ops.mkldnn._convolution_pointwise(xb, packed, bi, [0, 0], [1, 1], [1, 1], 1, "none",
+                                                                 [], "")
+                    if silu:
+                        K.silu_(yb)
+
+        def native():
+            with torch.inference_mode():
+                for xb, _, panels, bi, out, silu in shapes:
+                    K.pointwise_conv(xb, panels, bi, out.shape[1], "silu" if silu else "identity", out=out)
+        return onednn, native
+
     x = torch.randn(9_600_000)
     rows = [("BN+SiLU fwd+bwd 16x96x112x112", plain, native),
             ("SiLU in place, 9.6M elements", lambda: F.silu(x, inplace=True), lambda: K.silu_(x)),
@@ -134,6 +167,8 @@ def main() -> int:
             ("SE gate bwd, B0's shapes b16", gate_aten, gate_native),
             ("dw+SiLU+mean inference, b1", *dw_inference(1)),
             ("dw+SiLU+mean inference, b8", *dw_inference(8))]
+    if K.pointwise_available():
+        rows += [("1x1 convs B0@224, b1", *pointwise(1)), ("1x1 convs B0@224, b8", *pointwise(8))]
     if K.winograd_available():
         rows += [("3x3 convs RS-50@160, b1", *conv3x3(rs50, 1)), ("3x3 convs RS-50@160, b8", *conv3x3(rs50, 8)),
                  ("3x3 convs V2-S@300, b1", *conv3x3(v2s, 1)), ("3x3 convs V2-S@300, b8", *conv3x3(v2s, 8))]

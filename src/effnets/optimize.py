@@ -28,10 +28,15 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    algorithms once per input shape and keeps the faster, which makes the first call per shape
    slower (V2-S batch 8: ~5 s instead of ~1.3 s) (``EFFNETS_WINOGRAD=1``/``0``: always/never);
    float32 error ~4e-6 relative per conv, a few times direct convolution's.
-5. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
+5. **1x1 convs on effnets' GEMM** (``kernels.pointwise_conv``: bias, activation, SiLU included,
+   in the epilogue while the tile is in registers) where it times faster than oneDNN for the
+   layer and input shape (``EFFNETS_NO_NATIVE_PW=1``: never), and **kept output buffers** for
+   the convs whose output only the next conv of the same block reads, reused when nothing else
+   references them (no fresh pages to fault in each call; ``EFFNETS_NO_REUSE=1``: off).
+6. **channels_last** weights and inputs (NHWC is oneDNN's and cuDNN's native layout, and
    depthwise convolutions are much faster in it); conv weights **prepacked** once per input
    shape into the blocked layout oneDNN picks for it, instead of reordered on every call.
-6. Optionally **torch.compile** (Inductor, with weight freezing for inference; each fused conv
+7. Optionally **torch.compile** (Inductor, with weight freezing for inference; each fused conv
    stays one opaque ``effnets::conv2d_act`` op, a depthwise conv and its squeeze-excite one
    ``effnets::dw_conv_se`` op), **bf16** weights and activations, or **int8**
    post-training quantization calibrated on images (``dtype="int8"``, see :func:`quantize_int8`).
