@@ -616,48 +616,57 @@ void eff_dw_bwd_weight(const float* dy, const float* x, double* dwt, i64 N, i64 
  * with sums != NULL also sums[n][c] = sum over the output pixels of image n (the squeeze of a
  * following squeeze-excite, taken while each output row is still in cache instead of in
  * another pass over the block's largest tensor). */
+/* One output row of the inference depthwise conv: xrow[kh] is the input row under kernel row kh
+ * (NULL where it lies outside the image).  Interior pixels four at a time, borders tap by tap. */
+static void dw_fwd_row(float* yrow, const float* const* xrow, const float* wt, const float* bias, i64 W, i64 C,
+                       i64 OW, int K, int S, int PW, int act) {
+    i64 lo = OW, hi = OW;  /* interior columns: every tap inside the image */
+#ifdef EFF_X86
+    if (have_avx2()) {
+        const float* xr[11]; int kh_[11], nkh = 0;
+        for (int kh = 0; kh < K; kh++)
+            if (xrow[kh]) { xr[nkh] = xrow[kh]; kh_[nkh++] = kh; }
+        lo = ceil_div_nonneg(PW, S);
+        hi = W - K + PW >= 0 ? (W - K + PW) / S + 1 : 0;
+        if (hi > OW) hi = OW;
+        if (hi < lo) hi = lo;
+        hi = dw_fwd_row_interior_v(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act);
+    }
+#endif
+    const float* xs[DW_MAX_TAPS]; const float* ws[DW_MAX_TAPS];
+    for (i64 ow = 0; ow < OW; ow++) {
+        if (ow == lo && hi > lo) { ow = hi - 1; continue; }  /* [lo, hi) done above */
+        int taps = 0;
+        for (int kh = 0; kh < K; kh++) {
+            if (!xrow[kh]) continue;
+            for (int kw = 0; kw < K; kw++) {
+                i64 iw = ow * S - PW + kw;
+                if (iw < 0 || iw >= W) continue;
+                xs[taps] = xrow[kh] + iw * C;
+                ws[taps] = wt + (i64)(kh * K + kw) * C;
+                taps++;
+            }
+        }
+        dw_gather_pixel(yrow + ow * C, xs, ws, taps, C, bias, act);
+    }
+}
+
 void eff_dw_fwd(const float* x, const float* wt, const float* bias, float* y, float* sums, i64 N, i64 H, i64 W,
                 i64 C, i64 OH, i64 OW, int K, int S, int PH, int PW, int act, int nt) {
     if (sums) memset(sums, 0, sizeof(float) * (size_t)(N * C));
     #pragma omp parallel num_threads(nt)
     {
         float* acc = sums ? (float*)calloc((size_t)(N * C), sizeof(float)) : NULL;
-        const float* xs[DW_MAX_TAPS]; const float* ws[DW_MAX_TAPS];
         #pragma omp for collapse(2) schedule(static)
         for (i64 n = 0; n < N; n++)
             for (i64 oh = 0; oh < OH; oh++) {
                 float* yrow = y + (n * OH + oh) * OW * C;
-                i64 lo = OW, hi = OW;  /* interior columns: every tap inside the image */
-#ifdef EFF_X86
-                if (have_avx2()) {
-                    const float* xr[11]; int kh_[11], nkh = 0;
-                    for (int kh = 0; kh < K; kh++) {
-                        i64 ih = oh * S - PH + kh;
-                        if (ih >= 0 && ih < H) { xr[nkh] = x + (n * H + ih) * W * C; kh_[nkh++] = kh; }
-                    }
-                    lo = ceil_div_nonneg(PW, S);
-                    hi = W - K + PW >= 0 ? (W - K + PW) / S + 1 : 0;
-                    if (hi > OW) hi = OW;
-                    if (hi < lo) hi = lo;
-                    hi = dw_fwd_row_interior_v(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act);
+                const float* xrow[11];
+                for (int kh = 0; kh < K; kh++) {
+                    i64 ih = oh * S - PH + kh;
+                    xrow[kh] = ih >= 0 && ih < H ? x + (n * H + ih) * W * C : NULL;
                 }
-#endif
-                for (i64 ow = 0; ow < OW; ow++) {
-                    if (ow == lo && hi > lo) { ow = hi - 1; continue; }  /* [lo, hi) done above */
-                    int taps = 0;
-                    for (int kh = 0; kh < K; kh++) {
-                        i64 ih = oh * S - PH + kh;
-                        if (ih < 0 || ih >= H) continue;
-                        for (int kw = 0; kw < K; kw++) {
-                            i64 iw = ow * S - PW + kw;
-                            if (iw < 0 || iw >= W) continue;
-                            xs[taps] = x + ((n * H + ih) * W + iw) * C;
-                            ws[taps] = wt + (i64)(kh * K + kw) * C;
-                            taps++;
-                        }
-                    }
-                    dw_gather_pixel(yrow + ow * C, xs, ws, taps, C, bias, act);
-                }
+                dw_fwd_row(yrow, xrow, wt, bias, W, C, OW, K, S, PW, act);
                 if (acc) add_rows(acc + n * C, yrow, OW, C);
             }
         if (acc) {
@@ -1027,6 +1036,44 @@ static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, cons
     }
 }
 
+/* rows [m0, m1) x panels [p0, p1) of the 1x1 conv, on the calling thread */
+static void pw_block(const float* x, const float* wp, const float* bias, const float* res, float* y, i64 m0, i64 m1,
+                     i64 p0, i64 p1, i64 K, i64 N, int act, int stream) {
+    for (i64 k0 = 0; k0 < K; k0 += PW_KC) {
+        const i64 k1 = k0 + PW_KC < K ? k0 + PW_KC : K;
+        for (i64 p = p0; p < p1; p++) {
+            const int ncols = N - p * 16 < 16 ? (int)(N - p * 16) : 16;
+#ifdef EFF_X86
+            if (ncols <= 8 && have_avx2()) {
+                for (i64 r = m0; r < m1; r += 2 * PW_MR) {
+                    const float* xr[2 * PW_MR]; float* yr[2 * PW_MR]; const float* rr[2 * PW_MR];
+                    for (int i = 0; i < 2 * PW_MR; i++) {
+                        const int ok = r + i < m1;
+                        const i64 row = ok ? r + i : r;
+                        xr[i] = x + row * K;
+                        yr[i] = ok ? y + row * N + p * 16 : NULL;
+                        rr[i] = ok && res ? res + row * N + p * 16 : NULL;
+                    }
+                    pw_tile8_v(xr, wp + p * K * 16, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act);
+                }
+                continue;
+            }
+#endif
+            for (i64 r = m0; r < m1; r += PW_MR) {
+                const float* xr[PW_MR]; float* yr[PW_MR]; const float* rr[PW_MR];
+                for (int i = 0; i < PW_MR; i++) {
+                    const int ok = r + i < m1;
+                    const i64 row = ok ? r + i : r;  /* padding rows recompute row r, unstored */
+                    xr[i] = x + row * K;
+                    yr[i] = ok ? y + row * N + p * 16 : NULL;
+                    rr[i] = ok && res ? res + row * N + p * 16 : NULL;
+                }
+                pw_tile(xr, wp + p * K * 16, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
+            }
+        }
+    }
+}
+
 void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float* res, float* y, i64 M, i64 K, i64 N,
                 int act, int nt) {
     /* tiles: mt row blocks (whole 6-row groups, sizes differing by at most one group) x pt panel
@@ -1049,44 +1096,13 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
         const i64 im = t / pt, m0 = (im * G / mt) * PW_MR, g1 = (im + 1) * G / mt;
         const i64 m1 = g1 * PW_MR < M ? g1 * PW_MR : M;
         const i64 p0 = (t % pt) * pc, p1 = p0 + pc < P ? p0 + pc : P;
-        for (i64 k0 = 0; k0 < K; k0 += PW_KC) {
-            const i64 k1 = k0 + PW_KC < K ? k0 + PW_KC : K;
-            for (i64 p = p0; p < p1; p++) {
-                const int ncols = N - p * 16 < 16 ? (int)(N - p * 16) : 16;
-#ifdef EFF_X86
-                if (ncols <= 8 && have_avx2()) {
-                    for (i64 r = m0; r < m1; r += 2 * PW_MR) {
-                        const float* xr[2 * PW_MR]; float* yr[2 * PW_MR]; const float* rr[2 * PW_MR];
-                        for (int i = 0; i < 2 * PW_MR; i++) {
-                            const int ok = r + i < m1;
-                            const i64 row = ok ? r + i : r;
-                            xr[i] = x + row * K;
-                            yr[i] = ok ? y + row * N + p * 16 : NULL;
-                            rr[i] = ok && res ? res + row * N + p * 16 : NULL;
-                        }
-                        pw_tile8_v(xr, wp + p * K * 16, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act);
-                    }
-                    continue;
-                }
-#endif
-                for (i64 r = m0; r < m1; r += PW_MR) {
-                    const float* xr[PW_MR]; float* yr[PW_MR]; const float* rr[PW_MR];
-                    for (int i = 0; i < PW_MR; i++) {
-                        const int ok = r + i < m1;
-                        const i64 row = ok ? r + i : r;  /* padding rows recompute row r, unstored */
-                        xr[i] = x + row * K;
-                        yr[i] = ok ? y + row * N + p * 16 : NULL;
-                        rr[i] = ok && res ? res + row * N + p * 16 : NULL;
-                    }
-                    pw_tile(xr, wp + p * K * 16, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
-                }
-            }
-        }
+        pw_block(x, wp, bias, res, y, m0, m1, p0, p1, K, N, act, stream);
 #ifdef EFF_X86
         if (stream) _mm_sfence();  /* streamed stores visible before the threads join */
 #endif
     }
 }
+
 int eff_have_avx2(void) { return have_avx2(); }
 
 int eff_abi_version(void) { return 8; }
