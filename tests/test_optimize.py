@@ -508,3 +508,23 @@ def test_kept_output_buffers_are_never_written_while_someone_holds_them():
         xs = torch.randn(2, 3, 64, 64)
         assert _rel_err(opt(xs), model(xs)) < 1e-4 and _rel_err(opt(xs), model(xs)) < 1e-4
         assert o1.data_ptr() != opt(xs).data_ptr()
+
+
+def test_release_buffers_drops_the_kept_outputs():
+    from effnets import kernels
+    from effnets.optimize import release_buffers
+    if kernels.library() is None:
+        pytest.skip("native kernels unavailable")
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = opt(x).clone()
+        kept = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m._out is not None]
+        expected = sum(m._out.numel() * 4 for m in kept)
+        assert kept and all(m.reuse_output for m in kept)
+        assert release_buffers(opt) == expected > 0
+        assert not any(getattr(m, "_out", None) is not None for m in opt.modules())
+        assert release_buffers(opt) == 0
+        assert torch.allclose(opt(x), ref, atol=1e-6, rtol=1e-5)  # allocated again, same outputs
