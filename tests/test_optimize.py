@@ -448,7 +448,7 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
     if not kernels.pointwise_available():
         pytest.skip("the native GEMM needs the build on x86 AVX2")
     opt_mod = sys.modules["effnets.optimize"]
-    calls = record_calls(monkeypatch, kernels, "pointwise_conv")
+    calls = record_calls(monkeypatch, kernels, "pointwise_into")
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
     x = torch.randn(2, 3, size, size)
@@ -528,3 +528,22 @@ def test_release_buffers_drops_the_kept_outputs():
         assert not any(getattr(m, "_out", None) is not None for m in opt.modules())
         assert release_buffers(opt) == 0
         assert torch.allclose(opt(x), ref, atol=1e-6, rtol=1e-5)  # allocated again, same outputs
+
+
+def test_native_convs_reject_inputs_with_the_wrong_channel_count(monkeypatch):
+    """The optimized 1x1 and depthwise convs skip the kernels' per-call checks once the layer's
+    shapes are known (a 1x1 conv only for an input shape it has already run), but an input with
+    the wrong number of channels still gets an error instead of reading past its end."""
+    from effnets import kernels
+    if not kernels.pointwise_available():
+        pytest.skip("the native GEMM needs the build on x86 AVX2")
+    monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b: False)  # ours chosen
+    opt = effnets.optimize(effnets.create_model("efficientnet_b0", num_classes=10).eval())
+    block = opt.stages[1][0]
+    with torch.inference_mode():
+        assert block.conv_pw(torch.randn(1, 16, 8, 8)).shape == (1, 96, 8, 8)
+        with pytest.raises((ValueError, RuntimeError)):  # a new shape: oneDNN's weight packing refuses it
+            block.conv_pw(torch.randn(1, 17, 8, 8))
+        assert block.conv_dw(torch.randn(1, 96, 8, 8)).shape == (1, 96, 4, 4)
+        with pytest.raises(ValueError, match="taps must be"):
+            block.conv_dw(torch.randn(1, 95, 8, 8))

@@ -415,6 +415,8 @@ class FusedConvAct(nn.Module):
               and x.dtype == self.weight.dtype and not x.requires_grad):
             if self.dw_act is not None and x.dtype == torch.float32 and kernels.library() is not None:
                 return self._native_depthwise(x)
+            if self.pw_act is not None and self._wino.get(("pw", x.shape)) is True and kernels.library() is not None:
+                return self._native_pointwise(x)  # chosen before: no oneDNN weight needed
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
             args = (x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, self.scalars,
                     self.algorithm)
@@ -448,10 +450,19 @@ class FusedConvAct(nn.Module):
             self._taps = kernels.depthwise_taps(self.weight)
         sums = self.emit_channel_sums and not self._forward_hooks  # a hook could change the output
         k, (h, w), (ph, pw), st = self.weight.shape[-1], x.shape[2:], self.padding, self.stride[0]
-        out = self._output_buffer((x.shape[0], self.weight.shape[0], (h + 2 * ph - k) // st + 1,
-                                   (w + 2 * pw - k) // st + 1))
-        y, s = kernels.depthwise_forward(x, self._taps, self.bias, self.stride[0], tuple(self.padding), self.dw_act,
-                                         channel_sums=sums, out=out)
+        shape = (x.shape[0], self.weight.shape[0], (h + 2 * ph - k) // st + 1, (w + 2 * pw - k) // st + 1)
+        out = self._output_buffer(shape)
+        if x.shape[1] != shape[1] or self.bias.dtype != torch.float32 or shape[2] < 1 or shape[3] < 1:
+            y, s = kernels.depthwise_forward(x, self._taps, self.bias, st, (ph, pw), self.dw_act,  # raises
+                                             channel_sums=sums, out=out)
+        else:  # the checks above are all depthwise_forward's that can fail here: skip its ~10 us
+            if not x.is_contiguous(memory_format=torch.channels_last):
+                x = x.contiguous(memory_format=torch.channels_last)
+            if out is None:
+                out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+            s = torch.empty((shape[0], shape[1]), dtype=torch.float32) if sums else None
+            y = kernels.depthwise_into(x, self._taps, self.bias, out, s, st, (ph, pw),
+                                       kernels.DW_ACT_CODES[self.dw_act])
         if s is not None:
             y._effnets_channel_sums = s
         else:  # a kept buffer may carry last call's sums
@@ -477,8 +488,15 @@ class FusedConvAct(nn.Module):
         if self._panels is None:
             self._panels = kernels.pointwise_weight(self.weight)
         co = self.weight.shape[0]
-        out = self._output_buffer((x.shape[0], co, x.shape[2], x.shape[3]))
-        y = kernels.pointwise_conv(x, self._panels, self.bias, co, self.pw_act, out=out)
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        if x.shape[1] != self.weight.shape[1] or self.bias.dtype != torch.float32:
+            return kernels.pointwise_conv(x, self._panels, self.bias, co, self.pw_act)  # raises, naming the misfit
+        shape = (x.shape[0], co, x.shape[2], x.shape[3])
+        out = self._output_buffer(shape)
+        if out is None:
+            out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+        y = kernels.pointwise_into(x, self._panels, self.bias, out, kernels.DW_ACT_CODES[self.pw_act])
         return y if self.act is None else self.act(y)
 
     def _output_buffer(self, shape: tuple) -> torch.Tensor | None:
