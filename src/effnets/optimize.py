@@ -415,7 +415,8 @@ class FusedConvAct(nn.Module):
               and x.dtype == self.weight.dtype and not x.requires_grad):
             if self.dw_act is not None and x.dtype == torch.float32 and kernels.library() is not None:
                 return self._native_depthwise(x)
-            if self.pw_act is not None and self._wino.get(("pw", x.shape)) is True and kernels.library() is not None:
+            if self.pw_act is not None and x.dtype == torch.float32 and self._wino.get(("pw", x.shape)) is True \
+                    and kernels.library() is not None:
                 return self._native_pointwise(x)  # chosen before: no oneDNN weight needed
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
             args = (x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, self.scalars,

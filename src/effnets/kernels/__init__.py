@@ -3,7 +3,8 @@ BatchNorm + activation (forward and backward) and SiLU, channels-last or NCHW; d
 convolution, channels-last (training backward; inference forward with bias, activation and the
 channel sums a squeeze-excite needs); the inference squeeze-excite in one call (optionally with
 the residual sum and output activation); the training backward of the squeeze-excite gate
-product; the transforms of Winograd F(4x4, 3x3) convolution.
+product; the transforms of Winograd F(4x4, 3x3) convolution; the inference 1x1 convolution (a
+GEMM with bias, activation and residual in its epilogue, writing into a caller's buffer).
 
 Nothing here is required: :func:`library` is None when there is no C compiler or with
 ``EFFNETS_NO_NATIVE=1`` (:func:`supports` / :func:`supports_depthwise` also say no for
@@ -470,5 +471,5 @@ def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
 __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
-           "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv", "pointwise_into",
-           "depthwise_into"]
+           "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv",
+           "pointwise_into", "depthwise_into"]

@@ -2,7 +2,8 @@
  * forward and backward, and SiLU, for channels-last (N*H*W rows x C) and NCHW (planes of H*W)
  * tensors; depthwise convolution, channels-last: the training backward and the inference
  * forward (bias + activation fused, optional channel sums for a squeeze-excite); the inference
- * squeeze-excite; the Winograd F(4x4, 3x3) input and output transforms.  Compiled on
+ * squeeze-excite; the Winograd F(4x4, 3x3) input and output transforms; the inference 1x1
+ * convolution (a register-tiled GEMM with bias, activation and residual in its epilogue).  Compiled on
  * first use by effnets/kernels/__init__.py; every caller has a plain PyTorch path, used when no
  * C compiler is found, and tests hold the two to each other.
  *
