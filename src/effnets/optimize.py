@@ -415,20 +415,20 @@ class FusedConvAct(nn.Module):
               and x.dtype == self.weight.dtype and not x.requires_grad):
             if self.dw_act is not None and x.dtype == torch.float32 and kernels.library() is not None:
                 return self._native_depthwise(x)
-            if self.pw_act is not None and x.dtype == torch.float32 and self._wino.get(("pw", x.shape)) is True \
-                    and kernels.library() is not None:
+            native_pw = self.pw_act is not None and x.dtype == torch.float32 and kernels.library() is not None
+            choice = self._wino.get(("pw", x.shape)) if native_pw else False
+            if choice:
                 return self._native_pointwise(x)  # chosen before: no oneDNN weight needed
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
             args = (x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, self.scalars,
                     self.algorithm)
-            if self.pw_act is not None and x.dtype == torch.float32 and kernels.library() is not None \
-                    and self._pointwise_native_faster(x, args):
+            if choice is None and self._choose_pointwise(x, args):
                 return self._native_pointwise(x)
             if self.wino_act is not None and x.dtype == torch.float32:
                 oh, ow = (x.shape[2] + 2 * self.padding[0] - 2, x.shape[3] + 2 * self.padding[1] - 2)
                 y = _conv3x3(self._wino, x, self.weight, self.bias, self.padding, self.wino_act,
                              functools.partial(_onednn_conv_act, *args),
-                             lambda: self._output_buffer((x.shape[0], self.weight.shape[0], oh, ow)))
+                             lambda: self._output_tensor((x.shape[0], self.weight.shape[0], oh, ow)))
             else:
                 y = _onednn_conv_act(*args)
             return y if self.act is None else self.act(y)
@@ -452,15 +452,13 @@ class FusedConvAct(nn.Module):
         sums = self.emit_channel_sums and not self._forward_hooks  # a hook could change the output
         k, (h, w), (ph, pw), st = self.weight.shape[-1], x.shape[2:], self.padding, self.stride[0]
         shape = (x.shape[0], self.weight.shape[0], (h + 2 * ph - k) // st + 1, (w + 2 * pw - k) // st + 1)
-        out = self._output_buffer(shape)
         if x.shape[1] != shape[1] or self.bias.dtype != torch.float32 or shape[2] < 1 or shape[3] < 1:
             y, s = kernels.depthwise_forward(x, self._taps, self.bias, st, (ph, pw), self.dw_act,  # raises
-                                             channel_sums=sums, out=out)
+                                             channel_sums=sums)
         else:  # the checks above are all depthwise_forward's that can fail here: skip its ~10 us
             if not x.is_contiguous(memory_format=torch.channels_last):
                 x = x.contiguous(memory_format=torch.channels_last)
-            if out is None:
-                out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+            out = self._output_tensor(shape)
             s = torch.empty((shape[0], shape[1]), dtype=torch.float32) if sums else None
             y = kernels.depthwise_into(x, self._taps, self.bias, out, s, st, (ph, pw),
                                        kernels.DW_ACT_CODES[self.dw_act])
@@ -470,15 +468,12 @@ class FusedConvAct(nn.Module):
             y.__dict__.pop("_effnets_channel_sums", None)
         return y if self.act is None else self.act(y)
 
-    def _pointwise_native_faster(self, x: torch.Tensor, args: tuple) -> bool:
-        """Whether this 1x1 conv runs on effnets' GEMM for inputs shaped like ``x``: timed against
-        oneDNN once per input shape (as for Winograd), since neither wins everywhere (ours: small
-        channel counts with SiLU, large maps; oneDNN: some narrow outputs)
-        (``EFFNETS_NO_NATIVE_PW=1``: never)."""
-        key = ("pw", tuple(x.shape))
-        choice = self._wino.get(key)
-        if choice is None:
-            choice = self._wino[key] = not _faster(lambda: _onednn_conv_act(*args), lambda: self._native_pointwise(x))
+    def _choose_pointwise(self, x: torch.Tensor, args: tuple) -> bool:
+        """Times effnets' GEMM against oneDNN (``args``) for this input shape, keeps the answer in
+        ``_wino`` (as for Winograd) and returns True where ours won: neither wins everywhere
+        (ours: small channel counts with SiLU, large maps; oneDNN: some mid-size layers)."""
+        choice = self._wino[("pw", tuple(x.shape))] = not _faster(lambda: _onednn_conv_act(*args),
+                                                                  lambda: self._native_pointwise(x))
         return choice
 
     def _native_pointwise(self, x: torch.Tensor) -> torch.Tensor:
@@ -493,27 +488,25 @@ class FusedConvAct(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         if x.shape[1] != self.weight.shape[1] or self.bias.dtype != torch.float32:
             return kernels.pointwise_conv(x, self._panels, self.bias, co, self.pw_act)  # raises, naming the misfit
-        shape = (x.shape[0], co, x.shape[2], x.shape[3])
-        out = self._output_buffer(shape)
-        if out is None:
-            out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+        out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
         y = kernels.pointwise_into(x, self._panels, self.bias, out, kernels.DW_ACT_CODES[self.pw_act])
         return y if self.act is None else self.act(y)
 
-    def _output_buffer(self, shape: tuple) -> torch.Tensor | None:
-        """The buffer this module wrote last call, when it may be written again: ``reuse_output``
-        is set, no hooks can capture the output, and nothing but this module still references it
-        (the block consumed it; ``_sole_owner``).  Else None (the kernel allocates a fresh one)
-        and the fresh one is kept for next time.  glibc returns freed buffers over 32 MiB to the
-        kernel, so a fresh output of B0's first stage at batch 8 costs ~9000 page faults."""
-        if not (self.reuse_output and _REUSE) or self._forward_hooks or self._forward_pre_hooks \
-                or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-            self._out = None
-            return None
-        buf = self._out
+    def _output_tensor(self, shape: tuple) -> torch.Tensor:
+        """A channels-last float32 tensor to write this call's output into: the one written last
+        call when it may be written again (``reuse_output`` is set, no hooks can capture the
+        output, and nothing but this module still references it: the block consumed it,
+        ``_sole_owner``), else a fresh one, kept for next time when ``reuse_output`` allows.
+        glibc returns freed buffers over 32 MiB to the kernel, so a fresh output of B0's first
+        stage at batch 8 costs ~9000 page faults."""
+        reuse = self.reuse_output and _REUSE and not (
+            self._forward_hooks or self._forward_pre_hooks or nn.modules.module._global_forward_hooks
+            or nn.modules.module._global_forward_pre_hooks)
+        buf = self._out if reuse else None
         if buf is not None and tuple(buf.shape) == tuple(shape) and _sole_owner(buf, holders=2):
             return buf
-        self._out = buf = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+        buf = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+        self._out = buf if reuse else None
         return buf
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -633,7 +626,7 @@ def fuse_modules(model: nn.Module) -> nn.Module:
 
 def release_buffers(model: nn.Module) -> int:
     """Drop the output buffers an optimized model keeps from call to call (see
-    ``FusedConvAct._output_buffer``; they hold about the block-internal activations of the last
+    ``FusedConvAct._output_tensor``; they hold about the block-internal activations of the last
     batch: 174 MiB for efficientnet_b0 at batch 8, 534 MiB for efficientnetv2_s at batch 8 @300);
     the next call allocates them again.
     Returns the number of bytes released (0 where none was kept or a caller still holds one)."""

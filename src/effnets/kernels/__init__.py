@@ -244,13 +244,10 @@ def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | 
         raise ValueError(f"taps must be (K*K, C) with K <= 11 for {c} channels, got {tuple(taps.shape)}")
     oh = (h + 2 * padding[0] - k) // stride + 1
     ow = (w + 2 * padding[1] - k) // stride + 1
-    x = x.contiguous(memory_format=torch.channels_last)
-    taps = taps.float().contiguous()
     y = _output(out, (n, c, oh, ow))
     sums = torch.empty((n, c), dtype=torch.float32) if channel_sums else None
-    bias = _param(bias)
-    library().eff_dw_fwd(x.data_ptr(), taps.data_ptr(), _ptr(bias), y.data_ptr(), _ptr(sums), n, h, w, c, oh, ow,
-                         k, stride, padding[0], padding[1], DW_ACT_CODES[act], torch.get_num_threads())
+    depthwise_into(x.contiguous(memory_format=torch.channels_last), taps.float().contiguous(), _param(bias), y, sums,
+                   stride, padding, DW_ACT_CODES[act])
     return y, sums
 
 
@@ -428,35 +425,33 @@ def pointwise_conv(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | N
             raise ValueError(f"pointwise_conv: residual {tuple(residual.shape)} does not match the output {shape}")
         residual = residual.float().contiguous(memory_format=torch.channels_last)
     out = _output(out, shape)
-    x = x.contiguous(memory_format=torch.channels_last)
     b = torch.zeros(out_channels, dtype=torch.float32) if bias is None else _param(bias)
-    panels = panels.float().contiguous()
-    library().eff_pw_fwd(x.data_ptr(), panels.data_ptr(), b.data_ptr(), _ptr(residual), out.data_ptr(), n * h * w, c,
-                         out_channels, DW_ACT_CODES[act], torch.get_num_threads())
-    return out
+    return pointwise_into(x.contiguous(memory_format=torch.channels_last), panels.float().contiguous(), b, out,
+                          DW_ACT_CODES[act], residual)
 
 
 def pointwise_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
-                   act_code: int) -> torch.Tensor:
+                   act_code: int, residual: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`pointwise_conv` without its checks (~10 us per call at batch 1), for a caller that
     made them once: ``x`` channels-last float32 CPU with ``panels.shape[1]`` channels, ``bias``
-    contiguous float32 with ``out.shape[1]`` values, ``out`` channels-last float32 of the output's
-    shape, ``act_code`` from ``DW_ACT_CODES``.  ``effnets.optimize`` calls it."""
+    contiguous float32 with ``out.shape[1]`` values, ``out`` (and ``residual``) channels-last
+    float32 of the output's shape, ``act_code`` from ``DW_ACT_CODES``.  ``effnets.optimize``
+    calls it."""
     n, c, h, w = x.shape
-    library().eff_pw_fwd(x.data_ptr(), panels.data_ptr(), bias.data_ptr(), None, out.data_ptr(), n * h * w, c,
-                         out.shape[1], act_code, torch.get_num_threads())
+    library().eff_pw_fwd(x.data_ptr(), panels.data_ptr(), bias.data_ptr(), _ptr(residual), out.data_ptr(),
+                         n * h * w, c, out.shape[1], act_code, torch.get_num_threads())
     return out
 
 
-def depthwise_into(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
+def depthwise_into(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
                    sums: torch.Tensor | None, stride: int, padding: tuple[int, int], act_code: int) -> torch.Tensor:
     """:func:`depthwise_forward` without its checks, for a caller that made them once: ``x``
     channels-last float32 CPU, ``taps`` contiguous float32 (K*K, C), ``bias`` contiguous float32
-    (C), ``out`` channels-last float32 of the output's shape, ``sums`` a float32 (N, C) tensor or
+    (C) or None, ``out`` channels-last float32 of the output's shape, ``sums`` a float32 (N, C) tensor or
     None, ``act_code`` from ``DW_ACT_CODES``.  ``effnets.optimize`` calls it."""
     n, c, h, w = x.shape
     k = int(round(taps.shape[0] ** 0.5))
-    library().eff_dw_fwd(x.data_ptr(), taps.data_ptr(), bias.data_ptr(), out.data_ptr(), _ptr(sums), n, h, w, c,
+    library().eff_dw_fwd(x.data_ptr(), taps.data_ptr(), _ptr(bias), out.data_ptr(), _ptr(sums), n, h, w, c,
                          out.shape[2], out.shape[3], k, stride, padding[0], padding[1], act_code,
                          torch.get_num_threads())
     return out
