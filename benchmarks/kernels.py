@@ -12,8 +12,9 @@ native SiLU after); the backward of the squeeze-excite gate product over B0's ex
 batch 16 (``kernels.gate_backward``: dx and the gate's sums in one pass, against ``dy * g`` and
 ``(dy * x).sum``); B0's 1x1 convs (with their SiLU where the block has one) at batch 1 and 8 on
 effnets' GEMM (``kernels.pointwise_conv``, SiLU in the epilogue, outputs into kept buffers as
-``effnets.optimize`` does) against oneDNN's conv (prepacked) + native SiLU; each figure the
-median of timed calls, in one process."""
+``effnets.optimize`` does) against oneDNN's conv (prepacked) + native SiLU; B0's squeeze-excite
++ project conv pairs with the gates folded into the GEMM against the native product pass + the
+GEMM ("unfolded"); each figure the median of timed calls, in one process."""
 from __future__ import annotations
 
 import statistics
@@ -160,6 +161,35 @@ def main() -> int:
                     K.pointwise_conv(xb, panels, bi, out.shape[1], "silu" if silu else "identity", out=out)
         return onednn, native
 
+    # efficientnet_b0's squeeze-excite + project 1x1 conv pairs (C_exp, C_out, size, SE width)
+    b0_se = [(32, 16, 112, 8), (96, 24, 56, 4), (144, 24, 56, 6), (144, 40, 28, 6), (240, 40, 28, 10),
+             (240, 80, 14, 10), (480, 80, 14, 20), (480, 112, 14, 20), (672, 112, 14, 28), (672, 192, 7, 28),
+             (1152, 192, 7, 48), (1152, 320, 7, 48)]
+
+    def se_project(batch):
+        """The product pass in place + the GEMM (unfolded) vs the gates folded into the GEMM's
+        weights per image (``pointwise_conv(gate=)``): the choice ``effnets.optimize`` times per layer."""
+        shapes = []
+        for ci, co, hw, r in b0_se:
+            xb = torch.randn(batch, ci, hw, hw).contiguous(memory_format=torch.channels_last)
+            se = (torch.randn(r, ci) / ci ** 0.5, torch.randn(r), torch.randn(ci, r) / r ** 0.5, torch.randn(ci))
+            wi = torch.randn(co, ci, 1, 1) / ci ** 0.5
+            out = torch.empty(batch, co, hw, hw).contiguous(memory_format=torch.channels_last)
+            shapes.append((xb, xb.mean((2, 3)), se, K.pointwise_weight(wi), torch.randn(co), out))
+
+        def unfolded():
+            with torch.inference_mode():
+                for xb, mean, se, panels, bi, out in shapes:
+                    K.se_gate_(xb, mean, *se, "silu", "sigmoid")  # in place: each call scales x again
+                    K.pointwise_conv(xb, panels, bi, out.shape[1], out=out)
+
+        def folded():
+            with torch.inference_mode():
+                for xb, mean, se, panels, bi, out in shapes:
+                    g = K.se_gates(mean, *se, "silu", "sigmoid")
+                    K.pointwise_conv(xb, panels, bi, out.shape[1], out=out, gate=g)
+        return unfolded, folded
+
     x = torch.randn(9_600_000)
     rows = [("BN+SiLU fwd+bwd 16x96x112x112", plain, native),
             ("SiLU in place, 9.6M elements", lambda: F.silu(x, inplace=True), lambda: K.silu_(x)),
@@ -168,15 +198,17 @@ def main() -> int:
             ("dw+SiLU+mean inference, b1", *dw_inference(1)),
             ("dw+SiLU+mean inference, b8", *dw_inference(8))]
     if K.pointwise_available():
-        rows += [("1x1 convs B0@224, b1", *pointwise(1)), ("1x1 convs B0@224, b8", *pointwise(8))]
+        rows += [("1x1 convs B0@224, b1", *pointwise(1)), ("1x1 convs B0@224, b8", *pointwise(8)),
+                 ("SE+1x1 B0@224, b1", *se_project(1), "unfolded"), ("SE+1x1 B0@224, b8", *se_project(8), "unfolded")]
     if K.winograd_available():
         rows += [("3x3 convs RS-50@160, b1", *conv3x3(rs50, 1)), ("3x3 convs RS-50@160, b8", *conv3x3(rs50, 8)),
                  ("3x3 convs V2-S@300, b1", *conv3x3(v2s, 1)), ("3x3 convs V2-S@300, b8", *conv3x3(v2s, 8))]
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    for name, a, n in rows:
+    for name, a, n, *label in rows:
         ta = statistics.median(time_calls(a, cpu, 2, 7)) * 1e3  # PyTorch = its oneDNN kernels here
         tn = statistics.median(time_calls(n, cpu, 2, 7)) * 1e3
-        print(f"  {name:<32} PyTorch {ta:7.1f} ms   native {tn:7.1f} ms   {ta / tn:.2f}x")
+        base = (label or ["PyTorch"])[0]
+        print(f"  {name:<32} {base:>8} {ta:7.1f} ms   native {tn:7.1f} ms   {ta / tn:.2f}x")
     return 0
 
 

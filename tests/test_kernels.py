@@ -288,20 +288,26 @@ def test_depthwise_forward_matches_float64(n, c, h, w, k, stride, pad, act):
 @pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large"])
 def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatch, name):
     """Every depthwise conv of the optimized model runs the native kernel; those followed by a
-    squeeze-excite hand it their channel sums, the squeeze-excite runs natively, and the outputs
-    still equal the original's."""
+    squeeze-excite hand it their channel sums, the squeeze-excite runs natively (in place, or
+    its gates folded into the project conv's GEMM), and the outputs still equal the original's."""
     calls = record_calls(monkeypatch, K, "depthwise_into", lambda *a, **kw: a[4] is not None)  # sums asked for
     se_calls = record_calls(monkeypatch, K, "se_gate_")
+    folded = record_calls(monkeypatch, K, "se_gates")
+    gated_gemm = record_calls(monkeypatch, K, "pointwise_into", lambda *a, **kw: kw.get("gate") is not None)
     torch.manual_seed(0)
     model = effnets.create_model(name).eval()
     opt = effnets.optimize(model)
     x = torch.randn(2, 3, 96, 96)
     with torch.inference_mode():
+        opt(x)  # the first call also times the choices
+        for rec in (calls, se_calls, folded, gated_gemm):
+            rec.clear()
         ref, out = model(x), opt(x)
     n_dw = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
     n_se = sum(1 for m in model.modules() if getattr(m, "se", None) is not None and hasattr(m, "conv_dw"))
     assert len(calls) == n_dw and sum(map(bool, calls)) == n_se > 0
-    assert len(se_calls) == n_se  # every squeeze-excite ran as one native call
+    # every squeeze-excite ran as one native call; folded gates feed a gated GEMM
+    assert len(se_calls) + len(folded) == n_se and sum(map(bool, gated_gemm)) == len(folded)
     assert _rel(out, ref) < 1e-4
 
 
@@ -345,6 +351,8 @@ def test_se_gate_matches_float64(n, c, r, hw, act, gate):
     w1, b1, w2, b2 = torch.randn(r, c) / c ** 0.5, torch.randn(r), torch.randn(c, r), torch.randn(c) * 3
     h = _SE64[act](mean.double() @ w1.double().t() + b1.double())
     ref = x.double() * _SE64[gate](h @ w2.double().t() + b2.double())[:, :, None, None]
+    gates = K.se_gates(mean, w1, b1, w2, b2, act, gate)  # the gates alone, for a gated 1x1 conv
+    assert gates.shape == (n, c) and _rel(gates, _SE64[gate](h @ w2.double().t() + b2.double())) < 1e-5
     out = K.se_gate_(x, mean, w1, b1, w2, b2, act, gate)
     assert out is x and _rel(out, ref) < 1e-5
 
@@ -453,6 +461,33 @@ def test_pointwise_conv_matches_float64(n, ci, co, h, w, act):
                           out=out)
     assert y2.data_ptr() == out.data_ptr()  # written where asked
     assert _rel(y2, _ACTS64[act](F.conv2d(x.double(), wt.double())) + res.double()) < 1e-5
+
+
+@pw
+@pytest.mark.parametrize("n,ci,co,h,w", [
+    (3, 40, 24, 7, 7),      # 49 rows per image: 6-row tiles cut at every image boundary; 16 + 8 columns
+    (2, 600, 40, 5, 3),     # K in three blocks of 256, each scaled per image
+    (5, 96, 8, 2, 2),       # 4 rows per image, a lone 8-column panel (12-row tiles)
+    (1, 144, 33, 11, 13),   # one image
+])
+@pytest.mark.parametrize("act", ["identity", "silu"])
+def test_gated_pointwise_conv_matches_float64(n, ci, co, h, w, act):
+    """``gate``: a squeeze-excite's (N, C_in) factors folded into the 1x1 conv (weights scaled per
+    image) equal the conv of the gated input, on one thread and two."""
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(n, ci, h, w) * 3, torch.randn(co, ci, 1, 1) / ci ** 0.5, torch.randn(co)
+    gate = torch.rand(n, ci)
+    ref = _ACTS64[act](F.conv2d(x.double() * gate.double()[:, :, None, None], wt.double(), b.double()))
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            y = K.pointwise_conv(x, K.pointwise_weight(wt), b, co, act, gate=gate)
+            assert _rel(y, ref) < 1e-5
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="gate"):
+        K.pointwise_conv(x, K.pointwise_weight(wt), b, co, act, gate=torch.rand(n + 1, ci))
 
 
 @pw

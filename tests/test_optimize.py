@@ -443,25 +443,36 @@ def test_resnet_rs_block_tail_runs_as_one_native_call(monkeypatch):
 @pytest.mark.parametrize("name,size", [("efficientnet_b0", 96), ("mobilenet_v3_large", 96), ("resnet_rs_50", 64)])
 def test_native_pointwise_convs_match_original(monkeypatch, name, size):
     """With every 1x1 conv on effnets' GEMM (its choice against oneDNN forced by stubbing the
-    timing) the optimized model still matches the original; with it switched off none runs it."""
+    timing) the optimized model still matches the original, squeeze-excite products folded into
+    the project convs included; with it switched off none runs it."""
     from effnets import kernels
     if not kernels.pointwise_available():
         pytest.skip("the native GEMM needs the build on x86 AVX2")
     opt_mod = sys.modules["effnets.optimize"]
-    calls = record_calls(monkeypatch, kernels, "pointwise_into")
+    calls = record_calls(monkeypatch, kernels, "pointwise_into", lambda *a, **kw: kw.get("gate") is not None)
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
     x = torch.randn(2, 3, size, size)
+    se_then_1x1 = [n for n, m in model.named_modules() if getattr(m, "se", None) is not None
+                   and (getattr(m, "conv_pwl", None) is not None or type(m).__name__ == "DepthwiseSeparable")]
     with torch.inference_mode():
         ref = model(x)
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)  # oneDNN never "faster"
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)  # oneDNN / the SE pass never "faster"
         opt = effnets.optimize(model)
         calls.clear()
         out = opt(x)
         native = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.pw_act is not None]
-        assert len(calls) == len(native) > 0
+        assert len(calls) == len(native) > 0 and sum(calls) == len(se_then_1x1)  # every SE folded
         assert _rel_err(out, ref) < 1e-4
         assert _rel_err(opt(x), ref) < 1e-4  # second call: kept choices and buffers
+        if se_then_1x1:  # a hook on a squeeze-excite sees its gated output: that one is not folded
+            seen = []
+            for m in (model, opt):
+                m.get_submodule(se_then_1x1[0] + ".se").register_forward_hook(
+                    lambda mod, a, o: seen.append(o.clone()))
+            calls.clear()
+            assert _rel_err(opt(x), model(x)) < 1e-4
+            assert sum(calls) == len(se_then_1x1) - 1 and _rel_err(seen[0], seen[1]) < 1e-4
         monkeypatch.setattr(opt_mod, "_faster", lambda a, b: True)  # oneDNN always faster
         calls.clear()
         assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4

@@ -476,20 +476,64 @@ class FusedConvAct(nn.Module):
                                                                   lambda: self._native_pointwise(x))
         return choice
 
-    def _native_pointwise(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_gated(self, x: torch.Tensor, se: nn.Module) -> torch.Tensor | None:
+        """``self(se(x))`` with the squeeze-excite's product folded into this 1x1 conv: the gates
+        come from the channel means (the depthwise conv's sums where it left them), and effnets'
+        GEMM scales its weights per image, so the gated tensor is never written and read back
+        (a pass over the block's widest tensor).  None where that does not apply, and the caller
+        (``layers.memory.se_conv``) runs ``self(se(x))``: not plain float32 CPU inference, not a
+        1x1 conv on the native GEMM, a squeeze-excite the kernels cannot run, or hooks on either
+        module (they would miss the call or the gated tensor)."""
+        if (self.pw_act is None or not isinstance(se, FastSqueezeExcite) or se.native_names is None or _plain_mode()
+                or x.requires_grad or x.dtype != torch.float32 or x.device.type != "cpu" or x.ndim != 4
+                or self.weight.dtype != torch.float32 or x.shape[1] != self.weight.shape[1]
+                or self._forward_hooks or self._forward_pre_hooks or se._forward_hooks or se._forward_pre_hooks
+                or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+                or kernels.library() is None):
+            return None
+        key = ("se", x.shape)
+        choice = self._wino.get(key)
+        if choice is False:
+            return None
+        sums = x.__dict__.pop("_effnets_channel_sums", None)
+        mean = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
+        gates = kernels.se_gates(mean, se.w1, se.b1, se.w2, se.b2, *se.native_names)
+        if choice is None and not self._choose_gated(x, se, gates, sums, key):
+            if sums is not None:
+                x._effnets_channel_sums = sums  # for the squeeze-excite the caller now runs
+            return None
+        return self._native_pointwise(x, gates)
+
+    def _choose_gated(self, x: torch.Tensor, se: nn.Module, gates: torch.Tensor, sums, key) -> bool:
+        """Times the gated GEMM against the squeeze-excite's product pass + this conv as it would
+        run (on a copy of ``x``) and keeps the answer in ``_wino``: folding saves a pass over
+        ``x`` but splits the GEMM's row tiles at image boundaries, which on 7x7 maps costs more
+        than the pass (``benchmarks/kernels.py``)."""
+        scratch = x.clone(memory_format=torch.channels_last)
+
+        def separate():
+            if sums is not None:
+                scratch._effnets_channel_sums = sums
+            return self(se(scratch))
+
+        choice = self._wino[key] = not _faster(separate, lambda: self._native_pointwise(x, gates))
+        return choice
+
+    def _native_pointwise(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         """1x1 conv + bias + activation as one pass of effnets' GEMM (``kernels.pointwise_conv``):
         SiLU is applied in the epilogue while the tile is in registers (oneDNN's conv leaves it to a
-        second pass over the output), and the output can go to a kept buffer."""
+        second pass over the output), and the output can go to a kept buffer.  ``gate``: (N, C_in)
+        factors applied to the input (``forward_gated``)."""
         self._check_weight()
         if self._panels is None:
             self._panels = kernels.pointwise_weight(self.weight)
         co = self.weight.shape[0]
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        if x.shape[1] != self.weight.shape[1] or self.bias.dtype != torch.float32:
-            return kernels.pointwise_conv(x, self._panels, self.bias, co, self.pw_act)  # raises, naming the misfit
+        if x.shape[1] != self.weight.shape[1] or self.bias.dtype != torch.float32:  # raises, naming the misfit
+            return kernels.pointwise_conv(x, self._panels, self.bias, co, self.pw_act, gate=gate)
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
-        y = kernels.pointwise_into(x, self._panels, self.bias, out, kernels.DW_ACT_CODES[self.pw_act])
+        y = kernels.pointwise_into(x, self._panels, self.bias, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
         return y if self.act is None else self.act(y)
 
     def _output_tensor(self, shape: tuple) -> torch.Tensor:

@@ -78,7 +78,7 @@ def _build() -> ctypes.CDLL:
     lib.eff_se_gate.restype = None
     lib.eff_gate_bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i32]
     lib.eff_gate_bwd.restype = None
-    lib.eff_pw_fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i32, i32]
+    lib.eff_pw_fwd.argtypes = [p, p, p, p, p, i64, p, i64, i64, i64, i32, i32]
     lib.eff_pw_fwd.restype = None
     lib.eff_pw_set_stream_bytes.argtypes = [i64]  # outputs above this go out by streaming stores
     lib.eff_pw_set_stream_bytes.restype = None
@@ -282,6 +282,24 @@ def se_gate_(x: torch.Tensor, mean: torch.Tensor | None, w1: torch.Tensor, b1: t
     return x
 
 
+def se_gates(mean: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+             act: str, gate: str) -> torch.Tensor:
+    """A squeeze-excite's gates without the product: ``gate(w2 act(w1 mean + b1) + b2)``, (N, C)
+    float32, from the (N, C) channel means; for a caller that folds them into the next 1x1 conv
+    (:func:`pointwise_conv` ``gate=``).  Call only where :func:`library` is not None."""
+    n, c = mean.shape
+    r = w1.shape[0]
+    if tuple(w1.shape) != (r, c) or tuple(w2.shape) != (c, r) or b1.numel() != r or b2.numel() != c:
+        raise ValueError(f"se_gates: w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)} do not fit {c} channels")
+    if act not in SE_ACT_CODES or gate not in SE_ACT_CODES:
+        raise ValueError(f"se_gates: act and gate must be among {sorted(SE_ACT_CODES)}, got {act!r}, {gate!r}")
+    gates = torch.empty((n, c), dtype=torch.float32)
+    args = [_param(t) for t in (mean, w1, b1, w2, b2)]
+    library().eff_se_gate(None, *(t.data_ptr() for t in args), gates.data_ptr(), None, n, 1, c, r,
+                          SE_ACT_CODES[act], SE_ACT_CODES[gate], 0, torch.get_num_threads())
+    return gates
+
+
 def supports_gate_backward(dy: torch.Tensor, x: torch.Tensor) -> bool:
     """True when :func:`gate_backward` applies: float32 CPU tensors of one 4-D shape, both
     channels-last, and the kernels are built."""
@@ -404,11 +422,13 @@ def pointwise_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def pointwise_conv(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, out_channels: int,
                    act: str = "identity", residual: torch.Tensor | None = None,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """``act(conv2d(x, weight, bias)) (+ residual)`` for a 1x1 stride-1 conv, channels-last
+                   out: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(conv2d(x * gate, weight, bias)) (+ residual)`` for a 1x1 stride-1 conv, channels-last
     float32 CPU, with ``panels = pointwise_weight(weight)``; written into ``out`` when given
     (channels-last, the output's shape), so a caller can reuse one buffer across calls.
-    ``act`` is a key of ``DW_ACT_CODES``.  Call only where :func:`library` is not None."""
+    ``gate`` (N, C_in), one factor per image and input channel (a squeeze-excite's gates, see
+    :func:`se_gates`), or None.  ``act`` is a key of ``DW_ACT_CODES``.  Call only where
+    :func:`library` is not None."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
         raise ValueError(f"pointwise_conv needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
                          f"on {x.device}")
@@ -424,22 +444,27 @@ def pointwise_conv(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | N
         if tuple(residual.shape) != shape:
             raise ValueError(f"pointwise_conv: residual {tuple(residual.shape)} does not match the output {shape}")
         residual = residual.float().contiguous(memory_format=torch.channels_last)
+    if gate is not None:
+        if tuple(gate.shape) not in ((n, c), (n, c, 1, 1)):
+            raise ValueError(f"pointwise_conv: gate {tuple(gate.shape)} must be (N, C_in) = {(n, c)}")
+        gate = _param(gate.reshape(n, c))
     out = _output(out, shape)
     b = torch.zeros(out_channels, dtype=torch.float32) if bias is None else _param(bias)
     return pointwise_into(x.contiguous(memory_format=torch.channels_last), panels.float().contiguous(), b, out,
-                          DW_ACT_CODES[act], residual)
+                          DW_ACT_CODES[act], residual, gate)
 
 
 def pointwise_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
-                   act_code: int, residual: torch.Tensor | None = None) -> torch.Tensor:
+                   act_code: int, residual: torch.Tensor | None = None,
+                   gate: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`pointwise_conv` without its checks (~10 us per call at batch 1), for a caller that
     made them once: ``x`` channels-last float32 CPU with ``panels.shape[1]`` channels, ``bias``
     contiguous float32 with ``out.shape[1]`` values, ``out`` (and ``residual``) channels-last
-    float32 of the output's shape, ``act_code`` from ``DW_ACT_CODES``.  ``effnets.optimize``
-    calls it."""
+    float32 of the output's shape, ``gate`` None or contiguous float32 (N, C_in), ``act_code``
+    from ``DW_ACT_CODES``.  ``effnets.optimize`` calls it."""
     n, c, h, w = x.shape
-    library().eff_pw_fwd(x.data_ptr(), panels.data_ptr(), bias.data_ptr(), _ptr(residual), out.data_ptr(),
-                         n * h * w, c, out.shape[1], act_code, torch.get_num_threads())
+    library().eff_pw_fwd(x.data_ptr(), panels.data_ptr(), bias.data_ptr(), _ptr(residual), _ptr(gate), h * w,
+                         out.data_ptr(), n * h * w, c, out.shape[1], act_code, torch.get_num_threads())
     return out
 
 
@@ -467,4 +492,4 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv",
-           "pointwise_into", "depthwise_into"]
+           "pointwise_into", "depthwise_into", "se_gates"]

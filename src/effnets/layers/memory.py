@@ -320,7 +320,9 @@ def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module) -> torch.Tens
     if se is None:
         return cna(x)
     if not (use_memory_efficient(se) and use_memory_efficient(cna)):  # eval, export, compile: plain modules
-        return cna(se(x))
+        gated = getattr(cna, "forward_gated", None)  # effnets.optimize: SE product folded into the conv
+        y = gated(x, se) if gated is not None else None
+        return cna(se(x)) if y is None else y
     conv, kind = getattr(cna, "conv", None), _gate_kind(getattr(se, "gate", None))
     if (kind is None or type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
             or not hasattr(se, "logits") or not hasattr(cna, "norm_act")):
