@@ -58,6 +58,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_hooks  # the global hook registries
 
 from . import kernels
 from .errors import ConfigError
@@ -410,13 +411,15 @@ class FusedConvAct(nn.Module):
                 y = torch.ops.effnets.conv2d_act(x, self.weight, self.bias, self.padding, self.stride,
                                                  self.dilation, self.groups, self.attr, self.scalars, self.algorithm)
                 return y if self.act is None else self.act(y)
-        elif (_MKLDNN and x.device.type == "cpu" and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16
-                                                                                   and _MKLDNN_BF16))
-              and x.dtype == self.weight.dtype and not x.requires_grad):
-            if self.dw_act is not None and x.dtype == torch.float32 and kernels.library() is not None:
+        # eager CPU inference; parameters read from _parameters (nn.Module.__getattr__ costs ~2 us
+        # a lookup, and at batch 1 the per-call Python is a fifth of B0's time)
+        elif (_MKLDNN and x.is_cpu and not x.requires_grad
+              and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _MKLDNN_BF16))
+              and x.dtype == self._parameters["weight"].dtype):
+            native = x.dtype == torch.float32 and (kernels._LIB is not None or kernels.library() is not None)
+            if native and self.dw_act is not None:
                 return self._native_depthwise(x)
-            native_pw = self.pw_act is not None and x.dtype == torch.float32 and kernels.library() is not None
-            choice = self._wino.get(("pw", x.shape)) if native_pw else False
+            choice = self._wino.get(("pw", x.shape)) if native and self.pw_act is not None else False
             if choice:
                 return self._native_pointwise(x)  # chosen before: no oneDNN weight needed
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
@@ -446,22 +449,22 @@ class FusedConvAct(nn.Module):
         depthwise convs with SiLU and the squeeze-excite's pooling: ~1.5x oneDNN's conv, native
         SiLU and ``mean`` at batch 1, ~1.3x at batch 8, ``benchmarks/kernels.py``).  With ``emit_channel_sums`` the per-channel sums of the
         output ride along on it for the following :class:`FastSqueezeExcite`."""
-        self._check_weight()
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        self._check_weight(weight)
         if self._taps is None:
-            self._taps = kernels.depthwise_taps(self.weight)
+            self._taps = kernels.depthwise_taps(weight)
         sums = self.emit_channel_sums and not self._forward_hooks  # a hook could change the output
-        k, (h, w), (ph, pw), st = self.weight.shape[-1], x.shape[2:], self.padding, self.stride[0]
-        shape = (x.shape[0], self.weight.shape[0], (h + 2 * ph - k) // st + 1, (w + 2 * pw - k) // st + 1)
-        if x.shape[1] != shape[1] or self.bias.dtype != torch.float32 or shape[2] < 1 or shape[3] < 1:
-            y, s = kernels.depthwise_forward(x, self._taps, self.bias, st, (ph, pw), self.dw_act,  # raises
+        k, (h, w), (ph, pw), st = weight.shape[-1], x.shape[2:], self.padding, self.stride[0]
+        shape = (x.shape[0], weight.shape[0], (h + 2 * ph - k) // st + 1, (w + 2 * pw - k) // st + 1)
+        if x.shape[1] != shape[1] or bias.dtype != torch.float32 or shape[2] < 1 or shape[3] < 1:
+            y, s = kernels.depthwise_forward(x, self._taps, bias, st, (ph, pw), self.dw_act,  # raises
                                              channel_sums=sums)
         else:  # the checks above are all depthwise_forward's that can fail here: skip its ~10 us
             if not x.is_contiguous(memory_format=torch.channels_last):
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self._output_tensor(shape)
             s = torch.empty((shape[0], shape[1]), dtype=torch.float32) if sums else None
-            y = kernels.depthwise_into(x, self._taps, self.bias, out, s, st, (ph, pw),
-                                       kernels.DW_ACT_CODES[self.dw_act])
+            y = kernels.depthwise_into(x, self._taps, bias, out, s, st, (ph, pw), kernels.DW_ACT_CODES[self.dw_act])
         if s is not None:
             y._effnets_channel_sums = s
         else:  # a kept buffer may carry last call's sums
@@ -484,12 +487,12 @@ class FusedConvAct(nn.Module):
         (``layers.memory.se_conv``) runs ``self(se(x))``: not plain float32 CPU inference, not a
         1x1 conv on the native GEMM, a squeeze-excite the kernels cannot run, or hooks on either
         module (they would miss the call or the gated tensor)."""
-        if (self.pw_act is None or not isinstance(se, FastSqueezeExcite) or se.native_names is None or _plain_mode()
-                or x.requires_grad or x.dtype != torch.float32 or x.device.type != "cpu" or x.ndim != 4
-                or self.weight.dtype != torch.float32 or x.shape[1] != self.weight.shape[1]
+        if (self.pw_act is None or type(se) is not FastSqueezeExcite or se.native_names is None or _plain_mode()
+                or x.requires_grad or x.dtype != torch.float32 or not x.is_cpu or x.ndim != 4
+                or self._parameters["weight"].dtype != torch.float32 or x.shape[1] != self._parameters["weight"].shape[1]
                 or self._forward_hooks or self._forward_pre_hooks or se._forward_hooks or se._forward_pre_hooks
-                or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-                or kernels.library() is None):
+                or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
+                or (kernels._LIB is None and kernels.library() is None)):
             return None
         key = ("se", x.shape)
         choice = self._wino.get(key)
@@ -497,7 +500,7 @@ class FusedConvAct(nn.Module):
             return None
         sums = x.__dict__.pop("_effnets_channel_sums", None)
         mean = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
-        gates = kernels.se_gates(mean, se.w1, se.b1, se.w2, se.b2, *se.native_names)
+        gates = se.gates(mean)
         if choice is None and not self._choose_gated(x, se, gates, sums, key):
             if sums is not None:
                 x._effnets_channel_sums = sums  # for the squeeze-excite the caller now runs
@@ -524,16 +527,17 @@ class FusedConvAct(nn.Module):
         SiLU is applied in the epilogue while the tile is in registers (oneDNN's conv leaves it to a
         second pass over the output), and the output can go to a kept buffer.  ``gate``: (N, C_in)
         factors applied to the input (``forward_gated``)."""
-        self._check_weight()
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        self._check_weight(weight)
         if self._panels is None:
-            self._panels = kernels.pointwise_weight(self.weight)
-        co = self.weight.shape[0]
+            self._panels = kernels.pointwise_weight(weight)
+        co = weight.shape[0]
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        if x.shape[1] != self.weight.shape[1] or self.bias.dtype != torch.float32:  # raises, naming the misfit
-            return kernels.pointwise_conv(x, self._panels, self.bias, co, self.pw_act, gate=gate)
+        if x.shape[1] != weight.shape[1] or bias.dtype != torch.float32:  # raises, naming the misfit
+            return kernels.pointwise_conv(x, self._panels, bias, co, self.pw_act, gate=gate)
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
-        y = kernels.pointwise_into(x, self._panels, self.bias, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
+        y = kernels.pointwise_into(x, self._panels, bias, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
         return y if self.act is None else self.act(y)
 
     def _output_tensor(self, shape: tuple) -> torch.Tensor:
@@ -544,13 +548,14 @@ class FusedConvAct(nn.Module):
         glibc returns freed buffers over 32 MiB to the kernel, so a fresh output of B0's first
         stage at batch 8 costs ~9000 page faults."""
         reuse = self.reuse_output and _REUSE and not (
-            self._forward_hooks or self._forward_pre_hooks or nn.modules.module._global_forward_hooks
-            or nn.modules.module._global_forward_pre_hooks)
+            self._forward_hooks or self._forward_pre_hooks or _module_hooks._global_forward_hooks
+            or _module_hooks._global_forward_pre_hooks)
         buf = self._out if reuse else None
-        if buf is not None and tuple(buf.shape) == tuple(shape) and _sole_owner(buf, holders=2):
+        if buf is not None and buf.shape == shape and _sole_owner(buf, holders=2):
             return buf
         buf = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
-        self._out = buf if reuse else None
+        if reuse or self._out is not None:
+            self.__dict__["_out"] = buf if reuse else None  # a plain attribute: skip nn.Module.__setattr__
         return buf
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -558,14 +563,14 @@ class FusedConvAct(nn.Module):
         instead of on every call (what Inductor's weight freezing does; ~10% of B0's time at
         batch 1).  Cached per input shape (at most ``_PACK_SHAPES``), dropped when the weight
         tensor changes (``load_state_dict``, ``.to()``)."""
-        self._check_weight()
+        w = self._parameters["weight"]
+        self._check_weight(w)
         if not _PREPACK:
-            return self.weight
-        return _pack_for(self._packs, self.weight, x.shape, self.padding, self.stride, self.dilation, self.groups)
+            return w
+        return _pack_for(self._packs, w, x.shape, self.padding, self.stride, self.dilation, self.groups)
 
-    def _check_weight(self) -> None:
-        """Drop every form derived from the weight (packs, taps, Winograd) when it has changed."""
-        w = self.weight
+    def _check_weight(self, w: torch.Tensor) -> None:
+        """Drop every form derived from the weight ``w`` (packs, taps, Winograd) when it has changed."""
         tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
         if self._pack_tag != tag:
             self._packs, self._pack_tag, self._taps, self._wino, self._panels = {}, tag, None, {}, None
@@ -608,6 +613,12 @@ class FastSqueezeExcite(nn.Module):
         self.native_names = names if (all(k in kernels.SE_ACT_CODES for k in names)
                                       and kernels.library() is not None) else None
 
+    def gates(self, mean: torch.Tensor) -> torch.Tensor:
+        """The (N, C) gates from the (N, C) channel means, natively (``kernels.se_gates``; only
+        where ``native_names`` is set)."""
+        p = self._parameters
+        return kernels.se_gates(mean, p["w1"], p["b1"], p["w2"], p["b2"], *self.native_names)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_into and _plain_mode() and self._fused_into[0].se_fused_in_graph(x):
             return x  # already gated by effnets::dw_conv_se
@@ -617,10 +628,11 @@ class FastSqueezeExcite(nn.Module):
         # _plain_mode first: dynamo cannot trace is_inference_mode_enabled (a graph break per block)
         inplace = not _plain_mode() and torch.is_inference_mode_enabled() and x.is_inference()
         if inplace and self.native_names and kernels.library() is not None and x.dtype == torch.float32 \
-                and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+                and x.is_cpu and x.is_contiguous(memory_format=torch.channels_last):
             # MLP, gate and product in one native call (``kernels.se_gate_``): at batch 1 the seven
             # small PyTorch ops cost more in dispatch than in arithmetic
-            return kernels.se_gate_(x, s, self.w1, self.b1, self.w2, self.b2, *self.native_names)
+            p = self._parameters
+            return kernels.se_gate_(x, s, p["w1"], p["b1"], p["w2"], p["b2"], *self.native_names)
         # in place: x is the block's fresh conv output, so no new buffer
         return _se_apply(x, s, self.w1, self.b1, self.w2, self.b2, self.act, self.gate, inplace)
 

@@ -320,8 +320,10 @@ def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module) -> torch.Tens
     if se is None:
         return cna(x)
     if not (use_memory_efficient(se) and use_memory_efficient(cna)):  # eval, export, compile: plain modules
-        gated = getattr(cna, "forward_gated", None)  # effnets.optimize: SE product folded into the conv
-        y = gated(x, se) if gated is not None else None
+        # effnets.optimize: the SE product folded into the conv (looked up on the class: a missing
+        # attribute on the module would cost nn.Module.__getattr__'s exception)
+        gated = getattr(type(cna), "forward_gated", None)
+        y = gated(cna, x, se) if gated is not None else None
         return cna(se(x)) if y is None else y
     conv, kind = getattr(cna, "conv", None), _gate_kind(getattr(se, "gate", None))
     if (kind is None or type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
