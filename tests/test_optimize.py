@@ -383,7 +383,7 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
         # the transformed weight (4x the weight) is held only by layers that chose Winograd
         convs = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.wino_act is not None]
         assert all(("u" in m._wino) == any(v is True for v in m._wino.values()) for m in convs)
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: False)
         lean = effnets.optimize(model)
         assert _rel_err(lean(x), ref) < 1e-4
         assert not any("u" in m._wino for m in lean.modules() if isinstance(m, FusedConvAct))
@@ -457,7 +457,7 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
                    and (getattr(m, "conv_pwl", None) is not None or type(m).__name__ == "DepthwiseSeparable")]
     with torch.inference_mode():
         ref = model(x)
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)  # oneDNN / the SE pass never "faster"
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: False)  # oneDNN / the SE pass never "faster"
         opt = effnets.optimize(model)
         calls.clear()
         out = opt(x)
@@ -473,7 +473,7 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
             calls.clear()
             assert _rel_err(opt(x), model(x)) < 1e-4
             assert sum(calls) == len(se_then_1x1) - 1 and _rel_err(seen[0], seen[1]) < 1e-4
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: True)  # oneDNN always faster
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: True)  # oneDNN always faster
         calls.clear()
         assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4
         assert not calls  # chosen per layer: oneDNN's everywhere
@@ -494,7 +494,9 @@ def test_kept_output_buffers_are_never_written_while_someone_holds_them():
     opt = effnets.optimize(model)
     block = opt.stages[1][0]
     conv = block.conv_pw
-    assert conv.reuse_output and block.conv_dw.reuse_output and not block.conv_pwl.reuse_output
+    # expand, depthwise and project (the block's output) keep buffers; the stem and head do not
+    assert conv.reuse_output and block.conv_dw.reuse_output and block.conv_pwl.reuse_output
+    assert not opt.stem.reuse_output and not opt.conv_head.reuse_output
     x1, x2 = torch.randn(1, 16, 24, 24), torch.randn(1, 16, 24, 24)
     with torch.inference_mode():
         y1 = conv(x1)
@@ -519,6 +521,18 @@ def test_kept_output_buffers_are_never_written_while_someone_holds_them():
         xs = torch.randn(2, 3, 64, 64)
         assert _rel_err(opt(xs), model(xs)) < 1e-4 and _rel_err(opt(xs), model(xs)) < 1e-4
         assert o1.data_ptr() != opt(xs).data_ptr()
+        # a block's output (the project conv's kept buffer, residual added in place) held by a
+        # hook on the block across calls keeps its values: the next call writes a new buffer
+        held = {"opt": [], "ref": []}
+        hooks = [m.stages[1][1].register_forward_hook(lambda mod, a, out, k=k: held[k].append(out))
+                 for k, m in (("opt", opt), ("ref", model))]
+        xa, xb = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+        for xi in (xa, xb, xa):
+            opt(xi), model(xi)
+        for h in hooks:
+            h.remove()
+        assert len({t.data_ptr() for t in held["opt"]}) == 3
+        assert all(_rel_err(o, r) < 1e-4 for o, r in zip(held["opt"], held["ref"]))
 
 
 def test_release_buffers_drops_the_kept_outputs():
@@ -548,7 +562,7 @@ def test_native_convs_reject_inputs_with_the_wrong_channel_count(monkeypatch):
     from effnets import kernels
     if not kernels.pointwise_available():
         pytest.skip("the native GEMM needs the build on x86 AVX2")
-    monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b: False)  # ours chosen
+    monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b, **kw: False)  # ours chosen
     opt = effnets.optimize(effnets.create_model("efficientnet_b0", num_classes=10).eval())
     block = opt.stages[1][0]
     with torch.inference_mode():
@@ -558,3 +572,28 @@ def test_native_convs_reject_inputs_with_the_wrong_channel_count(monkeypatch):
         assert block.conv_dw(torch.randn(1, 96, 8, 8)).shape == (1, 96, 4, 4)
         with pytest.raises(ValueError, match="taps must be"):
             block.conv_dw(torch.randn(1, 95, 8, 8))
+
+
+def test_choices_charge_onednn_for_the_page_faults_of_its_fresh_outputs(monkeypatch):
+    """Where our kernel can write into a kept buffer, oneDNN's time is charged with the page
+    faults of the output it allocates (``_fresh_output_cost``): made prohibitive here, every
+    such 1x1 conv and Winograd-eligible 3x3 conv picks the native path, and outputs still match."""
+    from effnets import kernels
+    if not kernels.pointwise_available():
+        pytest.skip("the native GEMM needs the build on x86 AVX2")
+    opt_mod = sys.modules["effnets.optimize"]
+    assert opt_mod._fresh_output_cost(8 << 20) > 0  # measured: first touches of 2048 pages
+    monkeypatch.setattr(opt_mod, "_fresh_output_cost", lambda nbytes: 10.0)
+    torch.manual_seed(0)
+    for name, size in (("efficientnet_b0", 64), ("resnet_rs_50", 64)):
+        model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
+        opt = effnets.optimize(model)
+        x = torch.randn(2, 3, size, size)
+        with torch.inference_mode():
+            assert _rel_err(opt(x), model(x)) < 1e-4
+        kept = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.reuse_output
+                and (m.pw_act is not None or m.wino_act is not None)]
+        assert kept
+        for m in kept:
+            choices = [v for k, v in m._wino.items() if k != "u" and (k[0] == "pw" if m.pw_act else True)]
+            assert choices and all(v is True for v in choices), (name, m)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import sys
 import time
@@ -212,9 +213,10 @@ def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalar
     return _native_act(attr, scalars)
 
 
-def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> bool:
-    """True when ``a`` ran faster than ``b`` by 5% or more (best of ``runs``, alternated, after one
-    warm-up call each)."""
+def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3, a_extra: float = 0.0,
+            b_extra: float = 0.0) -> bool:
+    """True when ``a`` (plus ``a_extra`` seconds) ran faster than ``b`` (plus ``b_extra``) by 5% or
+    more (best of ``runs``, alternated, after one warm-up call each)."""
     a(), b()
     ta = tb = float("inf")
     for _ in range(runs):
@@ -224,11 +226,33 @@ def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> 
         t = time.perf_counter()
         b()
         tb = min(tb, time.perf_counter() - t)
-    return ta < 0.95 * tb
+    return ta + a_extra < 0.95 * (tb + b_extra)
+
+
+_FAULT_S: list[float] = []  # seconds per first touch of a 4 KiB page, measured once
+
+
+def _fresh_output_cost(nbytes: int) -> float:
+    """What a fresh output of ``nbytes`` may cost on top of its kernel: above glibc's mmap
+    threshold each free returns the pages to the kernel and the next allocation faults them in
+    one by one (~0.9 us per 4 KiB page on the development machine, ~3 ms for a 14 MiB output).
+    Timing a library conv in a loop hides this (glibc recycles the block between calls), but
+    inside the model the allocations interleave and B0 at batch 8 took ~9000 faults per call
+    whenever oneDNN won a large block-internal conv; a kept buffer takes none."""
+    if not _FAULT_S:
+        import mmap
+        n = 2048
+        buf = mmap.mmap(-1, n * 4096)
+        t = time.perf_counter()
+        for i in range(0, n * 4096, 4096):
+            buf[i] = 1
+        _FAULT_S.append((time.perf_counter() - t) / n)
+        buf.close()
+    return nbytes / 4096 * _FAULT_S[0]
 
 
 def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[], torch.Tensor],
-             out: Callable[[], torch.Tensor | None] = lambda: None) -> torch.Tensor:
+             out: Callable[[], torch.Tensor | None] = lambda: None, direct_extra: float = 0.0) -> torch.Tensor:
     """A 3x3 stride-1 conv by Winograd F(4x4, 3x3) or by ``direct()``, whichever ran faster for
     this input shape.  Winograd does a quarter of the multiplies but its transforms move
     memory, so it wins on large maps with moderate channels (ResNet-RS and EfficientNetV2 early
@@ -237,7 +261,8 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
     ``cache`` holds the choices and, while some input shape uses Winograd, the transformed
     weight (4x the weight's size: dropped when every shape so far chose direct)
     (``EFFNETS_WINOGRAD=1``: always Winograd, ``0``: never).  ``out()``: a buffer for
-    Winograd's output, or None."""
+    Winograd's output, or None; ``direct_extra``: seconds to add to ``direct``'s time (the page
+    faults of its fresh output where Winograd writes into a kept buffer)."""
     key = tuple(x.shape)
     choice = cache.get(key)
     if choice is False:
@@ -250,7 +275,7 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
         return kernels.winograd_conv3x3(x, u, bias, tuple(padding), act, out=out())
 
     if choice is None:
-        choice = cache[key] = _WINOGRAD == "1" or _faster(wino, direct)
+        choice = cache[key] = _WINOGRAD == "1" or _faster(wino, direct, b_extra=direct_extra)
         if not choice and not any(v is True for v in cache.values()):
             del cache["u"]
     return wino() if choice else direct()
@@ -429,9 +454,10 @@ class FusedConvAct(nn.Module):
                 return self._native_pointwise(x)
             if self.wino_act is not None and x.dtype == torch.float32:
                 oh, ow = (x.shape[2] + 2 * self.padding[0] - 2, x.shape[3] + 2 * self.padding[1] - 2)
+                shape = (x.shape[0], self.weight.shape[0], oh, ow)
+                extra = _fresh_output_cost(math.prod(shape) * 4) if self.reuse_output else 0.0
                 y = _conv3x3(self._wino, x, self.weight, self.bias, self.padding, self.wino_act,
-                             functools.partial(_onednn_conv_act, *args),
-                             lambda: self._output_tensor((x.shape[0], self.weight.shape[0], oh, ow)))
+                             functools.partial(_onednn_conv_act, *args), lambda: self._output_tensor(shape), extra)
             else:
                 y = _onednn_conv_act(*args)
             return y if self.act is None else self.act(y)
@@ -475,8 +501,10 @@ class FusedConvAct(nn.Module):
         """Times effnets' GEMM against oneDNN (``args``) for this input shape, keeps the answer in
         ``_wino`` (as for Winograd) and returns True where ours won: neither wins everywhere
         (ours: small channel counts with SiLU, large maps; oneDNN: some mid-size layers)."""
+        # oneDNN allocates its output; ours may write into a kept buffer (no page faults)
+        extra = _fresh_output_cost(x.numel() // x.shape[1] * self.weight.shape[0] * 4) if self.reuse_output else 0.0
         choice = self._wino[("pw", tuple(x.shape))] = not _faster(lambda: _onednn_conv_act(*args),
-                                                                  lambda: self._native_pointwise(x))
+                                                                  lambda: self._native_pointwise(x), a_extra=extra)
         return choice
 
     def forward_gated(self, x: torch.Tensor, se: nn.Module) -> torch.Tensor | None:
@@ -671,6 +699,13 @@ def fuse_modules(model: nn.Module) -> nn.Module:
         a, b = getattr(model, first, None), getattr(model, then, None)
         if isinstance(a, FusedConvAct) and isinstance(b, FusedConvAct) and a.act is None:
             a.reuse_output = True
+    # the block's last conv: its output leaves the block (residual sum in place, next block's
+    # input), and is dead by the next call unless someone kept it, which _sole_owner sees; these
+    # outputs are narrow, so keeping them costs little memory (B0 b8: ~20 MiB)
+    for last in ("conv_pwl", "conv3", "conv_exp"):  # conv_exp: Fused-MBConv without expansion
+        c = getattr(model, last, None)
+        if isinstance(c, FusedConvAct) and c.act is None:
+            c.reuse_output = True
     dw, se = getattr(model, "conv_dw", None), getattr(model, "se", None)
     if isinstance(dw, FusedConvAct) and isinstance(se, FastSqueezeExcite) and dw.act is None \
             and dw.dw_act is not None:
