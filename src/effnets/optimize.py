@@ -238,7 +238,10 @@ def _fresh_output_cost(nbytes: int) -> float:
     one by one (~0.9 us per 4 KiB page on the development machine, ~3 ms for a 14 MiB output).
     Timing a library conv in a loop hides this (glibc recycles the block between calls), but
     inside the model the allocations interleave and B0 at batch 8 took ~9000 faults per call
-    whenever oneDNN won a large block-internal conv; a kept buffer takes none."""
+    whenever oneDNN won a large block-internal conv; a kept buffer takes none.  Outputs under
+    1 MiB come back from glibc's free lists without faults, so they are not charged."""
+    if nbytes < 1 << 20:
+        return 0.0
     if not _FAULT_S:
         import mmap
         n = 2048
