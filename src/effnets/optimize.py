@@ -458,9 +458,9 @@ class FusedConvAct(nn.Module):
             if self.wino_act is not None and x.dtype == torch.float32:
                 oh, ow = (x.shape[2] + 2 * self.padding[0] - 2, x.shape[3] + 2 * self.padding[1] - 2)
                 shape = (x.shape[0], self.weight.shape[0], oh, ow)
-                extra = _fresh_output_cost(math.prod(shape) * 4) if self.reuse_output else 0.0
                 y = _conv3x3(self._wino, x, self.weight, self.bias, self.padding, self.wino_act,
-                             functools.partial(_onednn_conv_act, *args), lambda: self._output_tensor(shape), extra)
+                             functools.partial(_onednn_conv_act, *args), lambda: self._output_tensor(shape),
+                             self._library_output_cost(shape))
             else:
                 y = _onednn_conv_act(*args)
             return y if self.act is None else self.act(y)
@@ -505,7 +505,7 @@ class FusedConvAct(nn.Module):
         ``_wino`` (as for Winograd) and returns True where ours won: neither wins everywhere
         (ours: small channel counts with SiLU, large maps; oneDNN: some mid-size layers)."""
         # oneDNN allocates its output; ours may write into a kept buffer (no page faults)
-        extra = _fresh_output_cost(x.numel() // x.shape[1] * self.weight.shape[0] * 4) if self.reuse_output else 0.0
+        extra = self._library_output_cost((x.shape[0], self.weight.shape[0], x.shape[2], x.shape[3]))
         choice = self._wino[("pw", tuple(x.shape))] = not _faster(lambda: _onednn_conv_act(*args),
                                                                   lambda: self._native_pointwise(x), a_extra=extra)
         return choice
@@ -570,6 +570,11 @@ class FusedConvAct(nn.Module):
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
         y = kernels.pointwise_into(x, self._panels, bias, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
         return y if self.act is None else self.act(y)
+
+    def _library_output_cost(self, shape: tuple) -> float:
+        """Seconds to charge a library conv (oneDNN) whose output of ``shape`` it allocates fresh,
+        where our kernel would write into this layer's kept buffer (``_fresh_output_cost``)."""
+        return _fresh_output_cost(math.prod(shape) * 4) if self.reuse_output else 0.0
 
     def _output_tensor(self, shape: tuple) -> torch.Tensor:
         """A channels-last float32 tensor to write this call's output into: the one written last
