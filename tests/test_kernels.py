@@ -437,6 +437,18 @@ def test_winograd_rejects_what_it_cannot_compute():
 pw = pytest.mark.skipif(not K.pointwise_available(), reason="the native GEMM needs the build on x86 AVX2")
 
 
+@pytest.fixture(params=["avx512", "avx2"])
+def pw_tile(request):
+    """Runs a GEMM test with each register tile: AVX-512 (12 rows x 16 lanes, where the CPU has it)
+    and AVX2 (6 rows x 2 x 8 lanes); the process-wide default is restored afterwards."""
+    if request.param == "avx512" and not K.pointwise_set_avx512(True):
+        K.pointwise_set_avx512(True)
+        pytest.skip("this CPU has no AVX-512F")
+    K.pointwise_set_avx512(request.param == "avx512")
+    yield request.param
+    K.pointwise_set_avx512(True)
+
+
 @pw
 @pytest.mark.parametrize("n,ci,co,h,w", [
     (2, 16, 96, 9, 7),      # 126 pixels: 21 groups of 6 rows
@@ -444,9 +456,10 @@ pw = pytest.mark.skipif(not K.pointwise_available(), reason="the native GEMM nee
     (3, 5, 3, 2, 5),        # tiny: one partial panel, K below a vector
     (2, 600, 40, 3, 5),     # K in three blocks of 256 (partial sums kept in the output)
     (1, 1152, 192, 7, 7),   # B0's late stage at batch 1: panels split between threads
+    (1, 32, 16, 5, 5),      # 25 rows: a 12-row tile with 11 padding rows
 ])
 @pytest.mark.parametrize("act", sorted(_ACTS64))
-def test_pointwise_conv_matches_float64(n, ci, co, h, w, act):
+def test_pointwise_conv_matches_float64(n, ci, co, h, w, act, pw_tile):
     torch.manual_seed(0)
     x, wt, b = torch.randn(n, ci, h, w) * 3, torch.randn(co, ci, 1, 1) / ci ** 0.5, torch.randn(co)
     panels = K.pointwise_weight(wt)
@@ -471,7 +484,7 @@ def test_pointwise_conv_matches_float64(n, ci, co, h, w, act):
     (1, 144, 33, 11, 13),   # one image
 ])
 @pytest.mark.parametrize("act", ["identity", "silu"])
-def test_gated_pointwise_conv_matches_float64(n, ci, co, h, w, act):
+def test_gated_pointwise_conv_matches_float64(n, ci, co, h, w, act, pw_tile):
     """``gate``: a squeeze-excite's (N, C_in) factors folded into the 1x1 conv (weights scaled per
     image) equal the conv of the gated input, on one thread and two."""
     torch.manual_seed(0)
@@ -525,7 +538,7 @@ def test_winograd_writes_into_a_given_output():
 
 
 @pw
-def test_pointwise_conv_streaming_stores_match(monkeypatch):
+def test_pointwise_conv_streaming_stores_match(pw_tile):
     """Outputs above 16 MiB leave by streaming stores (no read of each line before writing); the
     threshold lowered to 0, a small output takes that path and still matches, odd widths included."""
     lib = K.library()

@@ -213,10 +213,11 @@ def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalar
     return _native_act(attr, scalars)
 
 
-def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3, a_extra: float = 0.0,
-            b_extra: float = 0.0) -> bool:
-    """True when ``a`` (plus ``a_extra`` seconds) ran faster than ``b`` (plus ``b_extra``) by 5% or
-    more (best of ``runs``, alternated, after one warm-up call each)."""
+def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> bool:
+    """True when ``a`` ran faster than ``b`` by 5% or more (best of ``runs``, alternated, after
+    one warm-up call each).  Where a library conv allocates a fresh output and ours writes into
+    a kept buffer, the loop sees that as it is: outputs above glibc's mmap ceiling (32 MiB) are
+    mapped afresh, and their pages faulted in, on every call of the loop too."""
     a(), b()
     ta = tb = float("inf")
     for _ in range(runs):
@@ -226,36 +227,11 @@ def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3, a_e
         t = time.perf_counter()
         b()
         tb = min(tb, time.perf_counter() - t)
-    return ta + a_extra < 0.95 * (tb + b_extra)
-
-
-_FAULT_S: list[float] = []  # seconds per first touch of a 4 KiB page, measured once
-
-
-def _fresh_output_cost(nbytes: int) -> float:
-    """What a fresh output of ``nbytes`` may cost on top of its kernel: above glibc's mmap
-    threshold each free returns the pages to the kernel and the next allocation faults them in
-    one by one (~0.9 us per 4 KiB page on the development machine, ~3 ms for a 14 MiB output).
-    Timing a library conv in a loop hides this (glibc recycles the block between calls), but
-    inside the model the allocations interleave and B0 at batch 8 took ~9000 faults per call
-    whenever oneDNN won a large block-internal conv; a kept buffer takes none.  Outputs under
-    1 MiB come back from glibc's free lists without faults, so they are not charged."""
-    if nbytes < 1 << 20:
-        return 0.0
-    if not _FAULT_S:
-        import mmap
-        n = 2048
-        buf = mmap.mmap(-1, n * 4096)
-        t = time.perf_counter()
-        for i in range(0, n * 4096, 4096):
-            buf[i] = 1
-        _FAULT_S.append((time.perf_counter() - t) / n)
-        buf.close()
-    return nbytes / 4096 * _FAULT_S[0]
+    return ta < 0.95 * tb
 
 
 def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[], torch.Tensor],
-             out: Callable[[], torch.Tensor | None] = lambda: None, direct_extra: float = 0.0) -> torch.Tensor:
+             out: Callable[[], torch.Tensor | None] = lambda: None) -> torch.Tensor:
     """A 3x3 stride-1 conv by Winograd F(4x4, 3x3) or by ``direct()``, whichever ran faster for
     this input shape.  Winograd does a quarter of the multiplies but its transforms move
     memory, so it wins on large maps with moderate channels (ResNet-RS and EfficientNetV2 early
@@ -264,8 +240,7 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
     ``cache`` holds the choices and, while some input shape uses Winograd, the transformed
     weight (4x the weight's size: dropped when every shape so far chose direct)
     (``EFFNETS_WINOGRAD=1``: always Winograd, ``0``: never).  ``out()``: a buffer for
-    Winograd's output, or None; ``direct_extra``: seconds to add to ``direct``'s time (the page
-    faults of its fresh output where Winograd writes into a kept buffer)."""
+    Winograd's output, or None."""
     key = tuple(x.shape)
     choice = cache.get(key)
     if choice is False:
@@ -278,7 +253,7 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
         return kernels.winograd_conv3x3(x, u, bias, tuple(padding), act, out=out())
 
     if choice is None:
-        choice = cache[key] = _WINOGRAD == "1" or _faster(wino, direct, b_extra=direct_extra)
+        choice = cache[key] = _WINOGRAD == "1" or _faster(wino, direct)
         if not choice and not any(v is True for v in cache.values()):
             del cache["u"]
     return wino() if choice else direct()
@@ -446,21 +421,24 @@ class FusedConvAct(nn.Module):
               and x.dtype == self._parameters["weight"].dtype):
             native = x.dtype == torch.float32 and (kernels._LIB is not None or kernels.library() is not None)
             if native and self.dw_act is not None:
-                return self._native_depthwise(x)
-            choice = self._wino.get(("pw", x.shape)) if native and self.pw_act is not None else False
-            if choice:
-                return self._native_pointwise(x)  # chosen before: no oneDNN weight needed
+                choice = self._wino.get(("dw", x.shape))
+                if choice or x.shape[1] != self.groups:  # a misfit input gets the native kernel's clear error
+                    return self._native_depthwise(x)
+            else:
+                choice = self._wino.get(("pw", x.shape)) if native and self.pw_act is not None else False
+                if choice:
+                    return self._native_pointwise(x)  # chosen before: no oneDNN weight needed
             w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
             args = (x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, self.scalars,
                     self.algorithm)
-            if choice is None and self._choose_pointwise(x, args):
-                return self._native_pointwise(x)
+            if choice is None and (self._choose_depthwise(x, args) if self.dw_act is not None
+                                   else self._choose_pointwise(x, args)):
+                return self._native_depthwise(x) if self.dw_act is not None else self._native_pointwise(x)
             if self.wino_act is not None and x.dtype == torch.float32:
                 oh, ow = (x.shape[2] + 2 * self.padding[0] - 2, x.shape[3] + 2 * self.padding[1] - 2)
                 shape = (x.shape[0], self.weight.shape[0], oh, ow)
                 y = _conv3x3(self._wino, x, self.weight, self.bias, self.padding, self.wino_act,
-                             functools.partial(_onednn_conv_act, *args), lambda: self._output_tensor(shape),
-                             self._library_output_cost(shape))
+                             functools.partial(_onednn_conv_act, *args), lambda: self._output_tensor(shape))
             else:
                 y = _onednn_conv_act(*args)
             return y if self.act is None else self.act(y)
@@ -500,14 +478,27 @@ class FusedConvAct(nn.Module):
             y.__dict__.pop("_effnets_channel_sums", None)
         return y if self.act is None else self.act(y)
 
+    def _choose_depthwise(self, x: torch.Tensor, args: tuple) -> bool:
+        """Times the native depthwise kernel against oneDNN's conv (``args``) for this input shape
+        and keeps the answer in ``_wino``: the native one wins on AVX2 CPUs (~1.3-1.5x with the
+        squeeze-excite's channel sums it hands over), oneDNN's AVX-512 code can beat it where the
+        CPU has AVX-512.  When a squeeze-excite reads the output, oneDNN's side is charged the
+        pooling pass that squeeze-excite then does itself."""
+        sums = self.emit_channel_sums and not self._forward_hooks
+
+        def library():
+            y = _onednn_conv_act(*args)
+            return y.sum((2, 3)) if sums else y
+
+        choice = self._wino[("dw", tuple(x.shape))] = not _faster(library, lambda: self._native_depthwise(x))
+        return choice
+
     def _choose_pointwise(self, x: torch.Tensor, args: tuple) -> bool:
         """Times effnets' GEMM against oneDNN (``args``) for this input shape, keeps the answer in
         ``_wino`` (as for Winograd) and returns True where ours won: neither wins everywhere
         (ours: small channel counts with SiLU, large maps; oneDNN: some mid-size layers)."""
-        # oneDNN allocates its output; ours may write into a kept buffer (no page faults)
-        extra = self._library_output_cost((x.shape[0], self.weight.shape[0], x.shape[2], x.shape[3]))
         choice = self._wino[("pw", tuple(x.shape))] = not _faster(lambda: _onednn_conv_act(*args),
-                                                                  lambda: self._native_pointwise(x), a_extra=extra)
+                                                                  lambda: self._native_pointwise(x))
         return choice
 
     def forward_gated(self, x: torch.Tensor, se: nn.Module) -> torch.Tensor | None:
@@ -570,11 +561,6 @@ class FusedConvAct(nn.Module):
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
         y = kernels.pointwise_into(x, self._panels, bias, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
         return y if self.act is None else self.act(y)
-
-    def _library_output_cost(self, shape: tuple) -> float:
-        """Seconds to charge a library conv (oneDNN) whose output of ``shape`` it allocates fresh,
-        where our kernel would write into this layer's kept buffer (``_fresh_output_cost``)."""
-        return _fresh_output_cost(math.prod(shape) * 4) if self.reuse_output else 0.0
 
     def _output_tensor(self, shape: tuple) -> torch.Tensor:
         """A channels-last float32 tensor to write this call's output into: the one written last

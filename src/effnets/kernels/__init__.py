@@ -87,6 +87,9 @@ def _build() -> ctypes.CDLL:
         lib.eff_wino_out.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i32, i32]
         lib.eff_wino_in.restype = lib.eff_wino_out.restype = None
     lib.eff_have_avx2.restype = i32
+    lib.eff_have_avx512.restype = i32
+    lib.eff_pw_set_avx512.argtypes = [i32]
+    lib.eff_pw_set_avx512.restype = i32
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
     return lib
 
@@ -410,6 +413,14 @@ def pointwise_available() -> bool:
     """True where :func:`pointwise_conv` runs vectorised (the kernels are built, x86 with AVX2 + FMA)."""
     lib = library()
     return lib is not None and bool(lib.eff_have_avx2())
+
+
+def pointwise_set_avx512(on: bool) -> bool:
+    """Lets :func:`pointwise_conv` use its AVX-512 tile (the default where the CPU has AVX-512F) or
+    not (its AVX2 tile: half the lanes); returns whether the AVX-512 tile is now in use (False on
+    CPUs without it).  For tests and A/B benchmarks; the setting is process-wide."""
+    lib = library()
+    return lib is not None and bool(lib.eff_pw_set_avx512(int(bool(on))))
 
 
 def pointwise_weight(weight: torch.Tensor) -> torch.Tensor:

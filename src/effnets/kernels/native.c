@@ -101,8 +101,17 @@ static int have_avx2(void) {
     if (v < 0) { __builtin_cpu_init(); v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
     return v;
 }
+/* AVX-512 (Intel Xeon since Skylake-SP, AMD since Zen 4): only the 1x1-conv GEMM has a 16-lane
+ * tile so far; everything else runs its AVX2 code there */
+#define AVX512 __attribute__((target("avx512f,avx2,fma")))
+static int have_avx512(void) {
+    static int v = -1;
+    if (v < 0) { __builtin_cpu_init(); v = have_avx2() && __builtin_cpu_supports("avx512f"); }
+    return v;
+}
 #else
 static int have_avx2(void) { return 0; }
+static int have_avx512(void) { return 0; }
 #endif
 
 /* ---- spans: a row of C channels (vector scale) or a plane of one channel (scalar scale) ---- */
@@ -1053,7 +1062,51 @@ AVX2 static void pw_tile8_v(const float* const* xr, const float* w, i64 k0, i64 
     for (int i = 0; i < 12; i++)
         if (yr[i]) pw_row8_out(yr[i], rr[i], c[i], b, last, act, first, m);
 }
+/* the 16-column tile with AVX-512: twelve rows, one 16-lane accumulator each, so one weight load
+ * feeds twelve FMAs (the AVX2 tile above needs two loads for twelve 8-lane FMAs: half the work).
+ * The epilogue hands each accumulator's halves to pw_row_out. */
+AVX512 static inline __m256 pw_hi256(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+AVX512 static inline __m512 pw_row_in512(const float* y, int first, __mmask16 m) {
+    return first || !y ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y);
+}
+#define PW_FMA16(i) c##i = _mm512_fmadd_ps(_mm512_set1_ps(a##i[k]), b0, c##i)
+AVX512 static void pw_tile_512(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b,
+                               float* const* yr, const float* const* rr, int ncols, int first, int last, int act,
+                               int stream) {
+    const int full = ncols == 16;
+    stream = stream && full && last;
+    const __mmask16 m = (__mmask16)((1u << ncols) - 1u);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), lane);
+    const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols - 8), lane);
+    __m512 c0 = pw_row_in512(yr[0], first, m), c1 = pw_row_in512(yr[1], first, m),
+           c2 = pw_row_in512(yr[2], first, m), c3 = pw_row_in512(yr[3], first, m),
+           c4 = pw_row_in512(yr[4], first, m), c5 = pw_row_in512(yr[5], first, m),
+           c6 = pw_row_in512(yr[6], first, m), c7 = pw_row_in512(yr[7], first, m),
+           c8 = pw_row_in512(yr[8], first, m), c9 = pw_row_in512(yr[9], first, m),
+           c10 = pw_row_in512(yr[10], first, m), c11 = pw_row_in512(yr[11], first, m);
+    const float *a0 = xr[0], *a1 = xr[1], *a2 = xr[2], *a3 = xr[3], *a4 = xr[4], *a5 = xr[5], *a6 = xr[6],
+                *a7 = xr[7], *a8 = xr[8], *a9 = xr[9], *a10 = xr[10], *a11 = xr[11];
+    const float* wk = w;
+    for (i64 k = k0; k < k1; k++, wk += 16) {
+        const __m512 b0 = _mm512_loadu_ps(wk);
+        PW_FMA16(0); PW_FMA16(1); PW_FMA16(2); PW_FMA16(3); PW_FMA16(4); PW_FMA16(5);
+        PW_FMA16(6); PW_FMA16(7); PW_FMA16(8); PW_FMA16(9); PW_FMA16(10); PW_FMA16(11);
+    }
+    const __m512 c[12] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
+    for (int i = 0; i < 12; i++)
+        if (yr[i]) pw_row_out(yr[i], rr[i], _mm512_castps512_ps256(c[i]), pw_hi256(c[i]), b, last, act, full, m0, m1,
+                              stream);
+}
+#undef PW_FMA16
 #endif
+/* -1: undecided (AVX-512 where the CPU has it); eff_pw_set_avx512 lets tests and benchmarks pick */
+static int pw_use_avx512 = -1;
+int eff_pw_set_avx512(int on) { pw_use_avx512 = on && have_avx512(); return pw_use_avx512; }
+static int pw_avx512(void) {
+    if (pw_use_avx512 < 0) pw_use_avx512 = have_avx512();
+    return pw_use_avx512;
+}
 static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
                     const float* const* rr, int ncols, int first, int last, int act, int stream) {
 #ifdef EFF_X86
@@ -1070,35 +1123,41 @@ static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, cons
     }
 }
 
+/* the rows r..r+n of panel p as tile arguments: rows past r1 read row r and are not stored (NULL) */
+static void pw_gather(const float* x, const float* res, float* y, i64 r, i64 r1, i64 p, i64 K, i64 N, int n,
+                      const float** xr, float** yr, const float** rr) {
+    for (int i = 0; i < n; i++) {
+        const int ok = r + i < r1;
+        const i64 row = ok ? r + i : r;
+        xr[i] = x + row * K;
+        yr[i] = ok ? y + row * N + p * 16 : NULL;
+        rr[i] = ok && res ? res + row * N + p * 16 : NULL;
+    }
+}
+
 /* rows [r0, r1) of panel p, input channels k0..k1 (wk: the panel's rows k0..k1) */
 static void pw_rows(const float* x, const float* wk, const float* bias, const float* res, float* y, i64 r0, i64 r1,
                     i64 p, i64 k0, i64 k1, i64 K, i64 N, int act, int stream) {
     const int ncols = N - p * 16 < 16 ? (int)(N - p * 16) : 16;
+    const float* xr[2 * PW_MR]; float* yr[2 * PW_MR]; const float* rr[2 * PW_MR];
 #ifdef EFF_X86
     if (ncols <= 8 && have_avx2()) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
-            const float* xr[2 * PW_MR]; float* yr[2 * PW_MR]; const float* rr[2 * PW_MR];
-            for (int i = 0; i < 2 * PW_MR; i++) {
-                const int ok = r + i < r1;
-                const i64 row = ok ? r + i : r;
-                xr[i] = x + row * K;
-                yr[i] = ok ? y + row * N + p * 16 : NULL;
-                rr[i] = ok && res ? res + row * N + p * 16 : NULL;
-            }
+            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
             pw_tile8_v(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act);
+        }
+        return;
+    }
+    if (pw_avx512()) {
+        for (i64 r = r0; r < r1; r += 2 * PW_MR) {
+            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
+            pw_tile_512(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
         }
         return;
     }
 #endif
     for (i64 r = r0; r < r1; r += PW_MR) {
-        const float* xr[PW_MR]; float* yr[PW_MR]; const float* rr[PW_MR];
-        for (int i = 0; i < PW_MR; i++) {
-            const int ok = r + i < r1;
-            const i64 row = ok ? r + i : r;  /* padding rows recompute row r, unstored */
-            xr[i] = x + row * K;
-            yr[i] = ok ? y + row * N + p * 16 : NULL;
-            rr[i] = ok && res ? res + row * N + p * 16 : NULL;
-        }
+        pw_gather(x, res, y, r, r1, p, K, N, PW_MR, xr, yr, rr);
         pw_tile(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
     }
 }
@@ -1175,4 +1234,6 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
 
 int eff_have_avx2(void) { return have_avx2(); }
 
-int eff_abi_version(void) { return 9; }
+int eff_have_avx512(void) { return have_avx512(); }
+
+int eff_abi_version(void) { return 10; }
