@@ -117,6 +117,9 @@ def default_verify_sizes(model: nn.Module, size: int, dynamic: bool) -> list[int
     return [size, max(32, size - 31) | 1]
 
 
+_FLOAT32_SLACK = 8  # onnxruntime's distance to float64, in multiples of PyTorch float32's
+
+
 def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Sequence[int] = (224,),
                 batches: Sequence[int] = (1, 2), tol: float = 1e-4) -> dict:
     """Run the ONNX file in onnxruntime against ``model`` at ``sizes`` x ``batches``."""
@@ -149,13 +152,16 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Sequence[int] 
         # (far outside their training distribution), can be ill-conditioned enough that float32
         # itself is not exact to 1e-4.  Then judge both runtimes against a float64 PyTorch run:
         # accept onnxruntime when it is as close to float64 as PyTorch's own float32 result is,
-        # within a factor 4 (different summation orders; measured 2.05x on B0 trained on digits).
+        # within a factor 8 (different kernels and summation orders; measured on B0 trained on
+        # digits: 2.05x on the AVX2 development machine, 4.3x on the AVX-512 one).
         key = max(errs, key=errs.get)
         floor, ort64 = _float64_floor(model, *cases[key])
         report.update(float64_floor=floor, ort_vs_float64=ort64)
-        if ort64 >= max(tol, 4 * floor):
+        if ort64 >= max(tol, _FLOAT32_SLACK * floor):
             raise ExportError(f"ONNX output differs from PyTorch: max relative error {worst:.3g} >= {tol:g} "
-                              f"({errs}); against float64 PyTorch: onnxruntime {ort64:.3g}, PyTorch float32 {floor:.3g}")
+                              f"({errs}); against float64 PyTorch: onnxruntime {ort64:.3g}, PyTorch float32 "
+                              f"{floor:.3g} (accepted up to {_FLOAT32_SLACK}x that). If the graph is known to be "
+                              f"right, export with verify=False or a larger tol")
     return report
 
 

@@ -81,15 +81,15 @@ def _build() -> ctypes.CDLL:
     lib.eff_pw_fwd.argtypes = [p, p, p, p, p, i64, p, i64, i64, i64, i32, i32]
     lib.eff_pw_fwd.restype = None
     lib.eff_pw_set_stream_bytes.argtypes = [i64]  # outputs above this go out by streaming stores
-    lib.eff_pw_set_stream_bytes.restype = None
+    lib.eff_pw_set_stream_bytes.restype = i64  # the previous threshold
     if hasattr(lib, "eff_wino_in"):  # x86 builds only
         lib.eff_wino_in.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i32]
         lib.eff_wino_out.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i32, i32]
         lib.eff_wino_in.restype = lib.eff_wino_out.restype = None
     lib.eff_have_avx2.restype = i32
     lib.eff_have_avx512.restype = i32
-    lib.eff_pw_set_avx512.argtypes = [i32]
-    lib.eff_pw_set_avx512.restype = i32
+    lib.eff_set_avx512.argtypes = [i32]
+    lib.eff_set_avx512.restype = i32
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
     return lib
 
@@ -415,12 +415,12 @@ def pointwise_available() -> bool:
     return lib is not None and bool(lib.eff_have_avx2())
 
 
-def pointwise_set_avx512(on: bool) -> bool:
-    """Lets :func:`pointwise_conv` use its AVX-512 tile (the default where the CPU has AVX-512F) or
-    not (its AVX2 tile: half the lanes); returns whether the AVX-512 tile is now in use (False on
-    CPUs without it).  For tests and A/B benchmarks; the setting is process-wide."""
+def set_avx512(on: bool) -> bool:
+    """Lets the kernels with 16-lane code (the 1x1-conv GEMM's tile, the depthwise interior) use it
+    (the default where the CPU has AVX-512F) or run their AVX2 code; returns whether the AVX-512
+    code is now in use (False on CPUs without it).  For tests and A/B benchmarks; process-wide."""
     lib = library()
-    return lib is not None and bool(lib.eff_pw_set_avx512(int(bool(on))))
+    return lib is not None and bool(lib.eff_set_avx512(int(bool(on))))
 
 
 def pointwise_weight(weight: torch.Tensor) -> torch.Tensor:

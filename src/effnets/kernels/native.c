@@ -18,8 +18,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <float.h>
 #include <math.h>
 #include <omp.h>
+#include <unistd.h>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define EFF_X86 1
@@ -30,6 +32,7 @@ enum { ACT_IDENTITY = 0, ACT_SILU = 1, ACT_RELU = 2, ACT_HARDSWISH = 3, ACT_RELU
        ACT_HARDSIGMOID = 6 };
 
 /* ---- scalar reference math (tails and non-AVX2 machines) ---- */
+static inline float flush_tiny(float v) { return fabsf(v) < FLT_MIN ? 0.0f : v; }  /* see flush_tiny_v */
 static inline float exp_s(float x) {
     x = fminf(fmaxf(x, -87.3365402f), 88.3762626647949f);
     float n = floorf(x * 1.44269504088896341f + 0.5f);
@@ -75,6 +78,14 @@ AVX2 static inline __m256 exp_v(__m256 x) {
     __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
 }
+/* |v| below FLT_MIN -> 0.  Squeeze-excite gates reach 4e-39 (sigmoid of a logit below -88) and
+ * gated activations go lower: on Intel CPUs every FMA that reads such a subnormal value takes a
+ * microcode assist, and a trained EfficientNet-B0's last project conv read 17% subnormal inputs
+ * and ran 15x slower for it (45 vs 3 ms, batch 8).  The gate kernels flush what they write. */
+AVX2 static inline __m256 flush_tiny_v(__m256 v) {
+    const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+    return _mm256_and_ps(v, _mm256_cmp_ps(a, _mm256_set1_ps(FLT_MIN), _CMP_GE_OQ));
+}
 AVX2 static inline __m256 sigmoid_v(__m256 z) {
     return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp_v(_mm256_sub_ps(_mm256_setzero_ps(), z))));
 }
@@ -101,14 +112,30 @@ static int have_avx2(void) {
     if (v < 0) { __builtin_cpu_init(); v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
     return v;
 }
-/* AVX-512 (Intel Xeon since Skylake-SP, AMD since Zen 4): only the 1x1-conv GEMM has a 16-lane
- * tile so far; everything else runs its AVX2 code there */
+/* AVX-512 (Intel Xeon since Skylake-SP, AMD since Zen 4): the 1x1-conv GEMM and the depthwise
+ * interior have 16-lane code; everything else runs its AVX2 code there */
 #define AVX512 __attribute__((target("avx512f,avx2,fma")))
 static int have_avx512(void) {
     static int v = -1;
     if (v < 0) { __builtin_cpu_init(); v = have_avx2() && __builtin_cpu_supports("avx512f"); }
     return v;
 }
+AVX512 static inline __m256 hi256(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+/* the activation of 16 lanes as two 8-lane halves (one exp implementation to keep exact) */
+AVX512 static inline __m512 act16(__m512 v, int act) {
+    if (act == ACT_IDENTITY) return v;
+    const __m256 lo = act_v(_mm512_castps512_ps256(v), act), hi = act_v(hi256(v), act);
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
+}
+/* -1: undecided (the 16-lane code where the CPU has AVX-512F); eff_set_avx512 lets tests and
+ * benchmarks run the AVX2 code instead */
+static int use_avx512 = -1;
+int eff_set_avx512(int on) { use_avx512 = on && have_avx512(); return use_avx512; }
+static int avx512(void) {
+    if (use_avx512 < 0) use_avx512 = have_avx512();
+    return use_avx512;
+}
+static inline unsigned short lanes16(i64 n) { return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (unsigned short)((1u << n) - 1u); }
 #else
 static int have_avx2(void) { return 0; }
 static int have_avx512(void) { return 0; }
@@ -495,6 +522,45 @@ AVX2 static i64 dw_fwd_row_interior_v(float* yrow, const float* const* xr, const
     }
     return ow;  /* pixels from here on are left to the per-pixel gather */
 }
+/* The same with AVX-512: 4 pixels x 32 channels (eight 16-lane accumulator chains); the channels
+ * past the last multiple of 32 by masked loads and stores, so no tail loop */
+#define DW_FMA4(w, xp, k) do { \
+    p0##k = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m##k, xp), w, p0##k); \
+    p1##k = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m##k, xp + sx), w, p1##k); \
+    p2##k = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m##k, xp + 2 * sx), w, p2##k); \
+    p3##k = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m##k, xp + 3 * sx), w, p3##k); } while (0)
+AVX512 static i64 dw_fwd_row_interior_512(float* yrow, const float* const* xr, const int* kh, int nkh, const float* wt,
+                                          const float* b, i64 lo, i64 hi, i64 C, int K, int S, int PW, int act) {
+    const i64 sx = (i64)S * C;
+    i64 ow = lo;
+    for (; ow + 4 <= hi; ow += 4) {
+        float* o = yrow + ow * C;
+        for (i64 c = 0; c < C; c += 32) {
+            const __mmask16 ma = lanes16(C - c), mb = lanes16(C - c - 16);
+            const __m512 ba = b ? _mm512_maskz_loadu_ps(ma, b + c) : _mm512_setzero_ps(),
+                         bb = b ? _mm512_maskz_loadu_ps(mb, b + c + 16) : _mm512_setzero_ps();
+            __m512 p0a = ba, p1a = ba, p2a = ba, p3a = ba, p0b = bb, p1b = bb, p2b = bb, p3b = bb;
+            for (int i = 0; i < nkh; i++) {
+                const float* wr = wt + (i64)kh[i] * K * C + c;
+                const float* xp = xr[i] + (ow * S - PW) * C + c;
+                for (int kw = 0; kw < K; kw++, wr += C, xp += C) {
+                    const __m512 wa = _mm512_maskz_loadu_ps(ma, wr), wb = _mm512_maskz_loadu_ps(mb, wr + 16);
+                    DW_FMA4(wa, xp, a);
+                    DW_FMA4(wb, xp + 16, b);
+                }
+            }
+            _mm512_mask_storeu_ps(o + c, ma, act16(p0a, act)); _mm512_mask_storeu_ps(o + c + 16, mb, act16(p0b, act));
+            _mm512_mask_storeu_ps(o + C + c, ma, act16(p1a, act));
+            _mm512_mask_storeu_ps(o + C + c + 16, mb, act16(p1b, act));
+            _mm512_mask_storeu_ps(o + 2 * C + c, ma, act16(p2a, act));
+            _mm512_mask_storeu_ps(o + 2 * C + c + 16, mb, act16(p2b, act));
+            _mm512_mask_storeu_ps(o + 3 * C + c, ma, act16(p3a, act));
+            _mm512_mask_storeu_ps(o + 3 * C + c + 16, mb, act16(p3b, act));
+        }
+    }
+    return ow;
+}
+#undef DW_FMA4
 AVX2 static void add_rows_v(float* acc, const float* y, i64 n, i64 C) {  /* acc[c] += sum_j y[j*C + c] */
     for (i64 j = 0; j < n; j++) {
         const float* r = y + j * C; i64 c = 0;
@@ -640,7 +706,8 @@ static void dw_fwd_row(float* yrow, const float* const* xrow, const float* wt, c
         hi = W - K + PW >= 0 ? (W - K + PW) / S + 1 : 0;
         if (hi > OW) hi = OW;
         if (hi < lo) hi = lo;
-        hi = dw_fwd_row_interior_v(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act);
+        hi = avx512() ? dw_fwd_row_interior_512(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act)
+                         : dw_fwd_row_interior_v(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act);
     }
 #endif
     const float* xs[DW_MAX_TAPS]; const float* ws[DW_MAX_TAPS];
@@ -714,11 +781,12 @@ AVX2 static void scale_rows_v(float* x, const float* g, const float* res, i64 ro
         if (res) {
             const float* q = res + j * C;
             for (; c + 8 <= C; c += 8)
-                _mm256_storeu_ps(r + c, act_v(_mm256_fmadd_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(g + c), _mm256_loadu_ps(q + c)), act));
-            for (; c < C; c++) r[c] = act_s(r[c] * g[c] + q[c], act);
+                _mm256_storeu_ps(r + c, flush_tiny_v(act_v(_mm256_fmadd_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(g + c), _mm256_loadu_ps(q + c)), act)));
+            for (; c < C; c++) r[c] = flush_tiny(act_s(r[c] * g[c] + q[c], act));
         } else {
-            for (; c + 8 <= C; c += 8) _mm256_storeu_ps(r + c, _mm256_mul_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(g + c)));
-            for (; c < C; c++) r[c] *= g[c];
+            for (; c + 8 <= C; c += 8)
+                _mm256_storeu_ps(r + c, flush_tiny_v(_mm256_mul_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(g + c))));
+            for (; c < C; c++) r[c] = flush_tiny(r[c] * g[c]);
         }
     }
 }
@@ -736,7 +804,8 @@ static void scale_rows(float* x, const float* g, const float* res, i64 rows, i64
     if (have_avx2()) { scale_rows_v(x, g, res, rows, C, act); return; }
 #endif
     for (i64 j = 0; j < rows; j++)
-        for (i64 c = 0; c < C; c++) x[j * C + c] = res ? act_s(x[j * C + c] * g[c] + res[j * C + c], act) : x[j * C + c] * g[c];
+        for (i64 c = 0; c < C; c++)
+            x[j * C + c] = flush_tiny(res ? act_s(x[j * C + c] * g[c] + res[j * C + c], act) : x[j * C + c] * g[c]);
 }
 
 /* g[i] = act(g[i]) in place, any SE_ACT code (the squeeze-excite's gate) */
@@ -751,16 +820,16 @@ AVX2 static void gate_span_v(float* g, i64 n, int act) {
             v = _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(z, _mm256_set1_ps(1.0f / 6.0f), _mm256_set1_ps(0.5f)),
                                             _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
         else v = act_v(z, act);
-        _mm256_storeu_ps(g + i, v);
+        _mm256_storeu_ps(g + i, flush_tiny_v(v));
     }
-    for (; i < n; i++) g[i] = act_s(g[i], act);
+    for (; i < n; i++) g[i] = flush_tiny(act_s(g[i], act));
 }
 #endif
 static void gate_span(float* g, i64 n, int act) {
 #ifdef EFF_X86
     if (have_avx2()) { gate_span_v(g, n, act); return; }
 #endif
-    for (i64 i = 0; i < n; i++) g[i] = act_s(g[i], act);
+    for (i64 i = 0; i < n; i++) g[i] = flush_tiny(act_s(g[i], act));
 }
 
 void eff_se_gate(float* x, const float* mean, const float* w1, const float* b1, const float* w2, const float* b2,
@@ -971,8 +1040,18 @@ void eff_gate_bwd(const float* dy, const float* x, const float* g, float* dx, do
 #define PW_MR 6
 #define PW_KC 256
 #define PW_MC 96
-static i64 pw_stream_bytes = 16 << 20;
-void eff_pw_set_stream_bytes(i64 b) { pw_stream_bytes = b; }
+/* outputs above this leave by streaming stores: twice the last-level cache, at least 16 MiB (the
+ * AMD development machine: 8 MiB L3; on a 260 MiB L3 the next layer reads the output from the
+ * cache, and streaming it to memory made a 17 MB output 1.6x slower there, one-off) */
+static i64 pw_stream_bytes = -1;
+static i64 pw_stream_limit(void) {
+    if (pw_stream_bytes < 0) {
+        const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        pw_stream_bytes = l3 > (8 << 20) ? 2 * (i64)l3 : 16 << 20;
+    }
+    return pw_stream_bytes;
+}
+i64 eff_pw_set_stream_bytes(i64 b) { const i64 old = pw_stream_limit(); pw_stream_bytes = b; return old; }
 #ifdef EFF_X86
 AVX2 static inline void pw_row_out(float* y, const float* r, __m256 v0, __m256 v1, const float* b, int last, int act,
                                    int full, __m256i m0, __m256i m1, int stream) {
@@ -1065,7 +1144,6 @@ AVX2 static void pw_tile8_v(const float* const* xr, const float* w, i64 k0, i64 
 /* the 16-column tile with AVX-512: twelve rows, one 16-lane accumulator each, so one weight load
  * feeds twelve FMAs (the AVX2 tile above needs two loads for twelve 8-lane FMAs: half the work).
  * The epilogue hands each accumulator's halves to pw_row_out. */
-AVX512 static inline __m256 pw_hi256(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 AVX512 static inline __m512 pw_row_in512(const float* y, int first, __mmask16 m) {
     return first || !y ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y);
 }
@@ -1095,18 +1173,11 @@ AVX512 static void pw_tile_512(const float* const* xr, const float* w, i64 k0, i
     }
     const __m512 c[12] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
     for (int i = 0; i < 12; i++)
-        if (yr[i]) pw_row_out(yr[i], rr[i], _mm512_castps512_ps256(c[i]), pw_hi256(c[i]), b, last, act, full, m0, m1,
+        if (yr[i]) pw_row_out(yr[i], rr[i], _mm512_castps512_ps256(c[i]), hi256(c[i]), b, last, act, full, m0, m1,
                               stream);
 }
 #undef PW_FMA16
 #endif
-/* -1: undecided (AVX-512 where the CPU has it); eff_pw_set_avx512 lets tests and benchmarks pick */
-static int pw_use_avx512 = -1;
-int eff_pw_set_avx512(int on) { pw_use_avx512 = on && have_avx512(); return pw_use_avx512; }
-static int pw_avx512(void) {
-    if (pw_use_avx512 < 0) pw_use_avx512 = have_avx512();
-    return pw_use_avx512;
-}
 static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
                     const float* const* rr, int ncols, int first, int last, int act, int stream) {
 #ifdef EFF_X86
@@ -1148,7 +1219,7 @@ static void pw_rows(const float* x, const float* wk, const float* bias, const fl
         }
         return;
     }
-    if (pw_avx512()) {
+    if (avx512()) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
             pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
             pw_tile_512(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
@@ -1167,8 +1238,8 @@ static void pw_rows(const float* x, const float* wk, const float* bias, const fl
 AVX2 static void pw_scale_panel_v(float* ws, const float* wk, const float* g, i64 nk) {
     for (i64 k = 0; k < nk; k++) {
         const __m256 gk = _mm256_broadcast_ss(g + k);
-        _mm256_store_ps(ws + k * 16, _mm256_mul_ps(_mm256_loadu_ps(wk + k * 16), gk));
-        _mm256_store_ps(ws + k * 16 + 8, _mm256_mul_ps(_mm256_loadu_ps(wk + k * 16 + 8), gk));
+        _mm256_store_ps(ws + k * 16, flush_tiny_v(_mm256_mul_ps(_mm256_loadu_ps(wk + k * 16), gk)));
+        _mm256_store_ps(ws + k * 16 + 8, flush_tiny_v(_mm256_mul_ps(_mm256_loadu_ps(wk + k * 16 + 8), gk)));
     }
 }
 #endif
@@ -1177,7 +1248,7 @@ static void pw_scale_panel(float* ws, const float* wk, const float* g, i64 nk) {
     if (have_avx2()) { pw_scale_panel_v(ws, wk, g, nk); return; }
 #endif
     for (i64 k = 0; k < nk; k++)
-        for (int j = 0; j < 16; j++) ws[k * 16 + j] = wk[k * 16 + j] * g[k];
+        for (int j = 0; j < 16; j++) ws[k * 16 + j] = flush_tiny(wk[k * 16 + j] * g[k]);
 }
 
 /* rows [m0, m1) x panels [p0, p1) of the 1x1 conv, on the calling thread.  With a gate (one
@@ -1219,7 +1290,7 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
     pt = (P + pc - 1) / pc;
     /* outputs larger than the last-level cache go to memory with streaming stores (no read of
      * each line before it is written); needs 32-byte aligned rows */
-    const int stream = M * N * 4 > pw_stream_bytes && N % 8 == 0 && ((uintptr_t)y & 31) == 0;
+    const int stream = M * N * 4 > pw_stream_limit() && N % 8 == 0 && ((uintptr_t)y & 31) == 0;
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 t = 0; t < mt * pt; t++) {
         const i64 im = t / pt, m0 = (im * G / mt) * PW_MR, g1 = (im + 1) * G / mt;
