@@ -538,6 +538,28 @@ def test_gated_pointwise_conv_matches_float64(n, ci, co, h, w, act, isa):
 
 
 @pw
+@pytest.mark.parametrize("act", ["silu", "hardswish", "relu6"])
+def test_avx512_code_equals_avx2_code_bit_for_bit(act):
+    """The 16-lane code (GEMM tile, depthwise interior, their activations) does the AVX2 code's
+    arithmetic step for step: the same outputs bit for bit, so results do not depend on the CPU."""
+    if not K.set_avx512(True):
+        pytest.skip("this CPU has no AVX-512F")
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(2, 40, 9, 11) * 3, torch.randn(56, 40, 1, 1), torch.randn(56)
+    dw_x, dw_w, gate = torch.randn(2, 56, 13, 12) * 3, torch.randn(56, 1, 5, 5), torch.rand(2, 40)
+    outs = []
+    try:
+        for on in (True, False):
+            K.set_avx512(on)
+            y = K.pointwise_conv(x, K.pointwise_weight(wt), b, 56, act, gate=gate)
+            d, _ = K.depthwise_forward(dw_x, K.depthwise_taps(dw_w), b, 1, (2, 2), act)
+            outs.append((y, d))
+    finally:
+        K.set_avx512(True)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pw
 def test_pointwise_conv_rejects_what_it_cannot_read():
     wt = torch.randn(24, 8, 1, 1)
     panels = K.pointwise_weight(wt)
