@@ -139,7 +139,9 @@ def test_optimized_models_from_the_speed_work(tmp_path):
     bf16 = opt.optimize(m, dtype=torch.bfloat16)
     with pytest.raises(ConfigError, match="bfloat16"):
         export_onnx(bf16, tmp_path / "b.onnx", input_size=64)
-    assert export_torchscript(bf16, tmp_path / "b.pt", input_size=64)["max_rel_err"] < 1e-4
+    # equal to 1e-4 where bf16 convs run as plain ATen ops; on an AVX512-BF16 CPU the eager model's
+    # fused oneDNN bf16 convs round differently from the traced graph's (4.6e-3 to 5.4e-3 measured)
+    assert export_torchscript(bf16, tmp_path / "b.pt", input_size=64)["max_rel_err"] < 2 * torch.finfo(torch.bfloat16).eps
     q = opt.optimize(m, dtype="int8", calibration=torch.randn(4, 3, 64, 64), calibration_batches=2)
     with pytest.raises(ConfigError, match="quantized"):
         export_onnx(q, tmp_path / "q.onnx", input_size=64)

@@ -26,9 +26,11 @@ def _assert_same(a, b, rtol=1e-5):
     assert torch.allclose(l0, l1, rtol=rtol, atol=1e-7)
     # float summation order differs (channels_last, recompute): compare against the gradient
     # scale of the whole model, so near-zero (cancelling) gradients do not fail on rounding
+    # (B0's stem weight gradient, a sum over every pixel, differed by 1.05e-4 of that scale once
+    # on an AVX-512 CPU, where oneDNN's conv backward sums in another order; a real error is ~1e-2)
     scale = max(g.abs().max() for g in g0.values())
     for k in g0:
-        assert ((g0[k] - g1[k]).abs().max() / scale) < rtol * 10, k
+        assert ((g0[k] - g1[k]).abs().max() / scale) < rtol * 30, k
     for k in s0:  # BN running statistics and batch counters updated exactly once (a second
         # update would move them by ~momentum = 10%; float rounding upstream moves them ~1e-5)
         assert torch.allclose(s0[k].float(), s1[k].float(), rtol=1e-4, atol=1e-6), k

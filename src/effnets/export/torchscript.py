@@ -37,12 +37,17 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, input_size:
         loaded = torch.jit.load(str(path))
         patch = getattr(model, "patch", None)
         other = max(patch, size - 2 * patch) if patch else max(32, size - 31) | 1
-        errs = {}
+        errs, dtypes = {}, {p.dtype for p in model.parameters()}  # (a bf16 model may return float32)
         with export_mode(model):
             for s in (size, other):
                 xi = example_input(model, s, batch=2, seed=s)
                 errs[f"2x{s}x{s}"] = rel_err(loaded(xi), model(xi))
+        # a bf16 / fp16 model: the traced graph's plain convs and the eager model's fused oneDNN
+        # ones round differently (4.6e-3 to 5.4e-3 for bf16 on an AVX512-BF16 CPU), so the bar is
+        # two units of the dtype's precision there instead of tol
+        tol = max([tol] + [2 * torch.finfo(d).eps for d in dtypes if d in (torch.bfloat16, torch.float16)])
         if max(errs.values()) >= tol:
-            raise EffnetsError(f"TorchScript output differs from PyTorch: {errs}")
-        report.update(sizes=errs, max_rel_err=max(errs.values()))
+            raise EffnetsError(f"TorchScript output differs from PyTorch: {errs} (tolerance {tol:g}); if the "
+                               f"difference is expected, pass a larger tol or verify=False")
+        report.update(sizes=errs, max_rel_err=max(errs.values()), tol=tol)
     return report
