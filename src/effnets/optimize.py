@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import os
 import sys
 import time

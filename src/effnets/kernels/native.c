@@ -148,19 +148,19 @@ AVX512 static inline __m512 act16(__m512 z, int act) {
     if (act == ACT_RELU6) return _mm512_min_ps(_mm512_max_ps(z, zero), _mm512_set1_ps(6.0f));
     return z;
 }
-/* -1: undecided (the 16-lane code where the CPU has AVX-512F); eff_set_avx512 lets tests and
- * benchmarks run the AVX2 code instead */
-static int use_avx512 = -1;
-int eff_set_avx512(int on) { use_avx512 = on && have_avx512(); return use_avx512; }
-static int avx512(void) {
-    if (use_avx512 < 0) use_avx512 = have_avx512();
-    return use_avx512;
-}
 static inline unsigned short lanes16(i64 n) { return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (unsigned short)((1u << n) - 1u); }
 #else
 static int have_avx2(void) { return 0; }
 static int have_avx512(void) { return 0; }
 #endif
+/* -1: undecided (the 16-lane code where the CPU has AVX-512F); eff_set_avx512 lets tests and
+ * benchmarks run the AVX2 code instead */
+static int use_avx512 = -1;
+int eff_set_avx512(int on) { use_avx512 = on && have_avx512(); return use_avx512; }
+__attribute__((unused)) static int avx512(void) {
+    if (use_avx512 < 0) use_avx512 = have_avx512();
+    return use_avx512;
+}
 
 /* ---- spans: a row of C channels (vector scale) or a plane of one channel (scalar scale) ---- */
 #ifdef EFF_X86
