@@ -118,13 +118,28 @@ def test_cli_export_onnx(tmp_path, capsys):
     assert rc == 2
 
 
+def _tame_residuals(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Shrink the last BN of every residual block: with randomized BN (gamma ~ 1 everywhere) a
+    deep random net is chaotic (V2-S's logits reached ~1e7, and onnxruntime's result for one seed
+    lay 60% from a float64 run where PyTorch's float32 lay 2e-4 from it: tiny rounding differences
+    amplified, no export error), so the comparison would test the arithmetic, not the graph."""
+    for block in model.modules():
+        if getattr(block, "has_skip", False):
+            bns = [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            if bns:
+                with torch.no_grad():
+                    bns[-1].weight.mul_(scale)
+    return model
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnetv2_s", "mobilenet_v3_large", "resnet_rs_50",
                                   "coatnet_0", "vit_base_16"])
 def test_onnx_full_size(name, tmp_path):
+    torch.manual_seed(0)
     m = effnets.create_model(name, padding="same") if "coat" not in name and "vit" not in name \
         else effnets.create_model(name)
-    rep = export_onnx(randomize_bn(m).eval(), tmp_path / "f.onnx")
+    rep = export_onnx(_tame_residuals(randomize_bn(m)).eval(), tmp_path / "f.onnx")
     assert rep["max_rel_err"] < 1e-4
 
 
