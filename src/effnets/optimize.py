@@ -427,7 +427,7 @@ class FusedConvAct(nn.Module):
                 choice = self._wino.get(("pw", x.shape)) if native and self.pw_act is not None else False
                 if choice:
                     return self._native_pointwise(x)  # chosen before: no oneDNN weight needed
-            w = self._packed_weight(x) if x.dtype == torch.float32 else self.weight
+            w = self._packed_weight(x)
             args = (x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, self.scalars,
                     self.algorithm)
             if choice is None and (self._choose_depthwise(x, args) if self.dw_act is not None
