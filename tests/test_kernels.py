@@ -292,7 +292,7 @@ def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatc
     oneDNN forced by stubbing the timing); those followed by a squeeze-excite hand it their
     channel sums, the squeeze-excite runs natively (in place, or its gates folded into the
     project conv's GEMM), and the outputs still equal the original's."""
-    monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b, **kw: False)  # never oneDNN
+    monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b: False)  # never oneDNN
     calls = record_calls(monkeypatch, K, "depthwise_into", lambda *a, **kw: a[4] is not None)  # sums asked for
     se_calls = record_calls(monkeypatch, K, "se_gate_")
     folded = record_calls(monkeypatch, K, "se_gates")

@@ -383,7 +383,7 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
         # the transformed weight (4x the weight) is held only by layers that chose Winograd
         convs = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.wino_act is not None]
         assert all(("u" in m._wino) == any(v is True for v in m._wino.values()) for m in convs)
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: False)
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)
         lean = effnets.optimize(model)
         assert _rel_err(lean(x), ref) < 1e-4
         assert not any("u" in m._wino for m in lean.modules() if isinstance(m, FusedConvAct))
@@ -457,7 +457,7 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
                    and (getattr(m, "conv_pwl", None) is not None or type(m).__name__ == "DepthwiseSeparable")]
     with torch.inference_mode():
         ref = model(x)
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: False)  # oneDNN / the SE pass never "faster"
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)  # oneDNN / the SE pass never "faster"
         opt = effnets.optimize(model)
         calls.clear()
         out = opt(x)
@@ -473,7 +473,7 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
             calls.clear()
             assert _rel_err(opt(x), model(x)) < 1e-4
             assert sum(calls) == len(se_then_1x1) - 1 and _rel_err(seen[0], seen[1]) < 1e-4
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: True)  # oneDNN always faster
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: True)  # oneDNN always faster
         calls.clear()
         assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4
         assert not calls  # chosen per layer: oneDNN's everywhere
@@ -500,7 +500,7 @@ def test_depthwise_choice_between_native_kernel_and_onednn(monkeypatch, name, si
     with torch.inference_mode():
         ref = model(x)
         for library_faster in (False, True):
-            monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: library_faster)
+            monkeypatch.setattr(opt_mod, "_faster", lambda a, b: library_faster)
             opt = effnets.optimize(model)
             opt(x)
             calls.clear()
@@ -592,7 +592,7 @@ def test_native_convs_reject_inputs_with_the_wrong_channel_count(monkeypatch):
     from effnets import kernels
     if not kernels.pointwise_available():
         pytest.skip("the native GEMM needs the build on x86 AVX2")
-    monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b, **kw: False)  # ours chosen
+    monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b: False)  # ours chosen
     opt = effnets.optimize(effnets.create_model("efficientnet_b0", num_classes=10).eval())
     block = opt.stages[1][0]
     with torch.inference_mode():

@@ -419,20 +419,16 @@ class FusedConvAct(nn.Module):
               and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _MKLDNN_BF16))
               and x.dtype == self._parameters["weight"].dtype):
             native = x.dtype == torch.float32 and (kernels._LIB is not None or kernels.library() is not None)
-            if native and self.dw_act is not None:
-                choice = self._wino.get(("dw", x.shape))
-                if choice or x.shape[1] != self.groups:  # a misfit input gets the native kernel's clear error
-                    return self._native_depthwise(x)
-            else:
-                choice = self._wino.get(("pw", x.shape)) if native and self.pw_act is not None else False
-                if choice:
-                    return self._native_pointwise(x)  # chosen before: no oneDNN weight needed
+            # effnets' kernel that may run this layer: the depthwise kernel or the 1x1 GEMM
+            kind = ("dw" if self.dw_act is not None else "pw" if self.pw_act is not None else None) if native else None
+            choice = self._wino.get((kind, x.shape)) if kind else False
+            if choice or (kind == "dw" and x.shape[1] != self.groups):  # a misfit input: the kernel's clear error
+                return self._run_native(kind, x)  # chosen before: no oneDNN weight needed
             w = self._packed_weight(x)
             args = (x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, self.scalars,
                     self.algorithm)
-            if choice is None and (self._choose_depthwise(x, args) if self.dw_act is not None
-                                   else self._choose_pointwise(x, args)):
-                return self._native_depthwise(x) if self.dw_act is not None else self._native_pointwise(x)
+            if choice is None and self._choose_native(kind, x, args):
+                return self._run_native(kind, x)
             if self.wino_act is not None and x.dtype == torch.float32:
                 oh, ow = (x.shape[2] + 2 * self.padding[0] - 2, x.shape[3] + 2 * self.padding[1] - 2)
                 shape = (x.shape[0], self.weight.shape[0], oh, ow)
@@ -477,27 +473,25 @@ class FusedConvAct(nn.Module):
             y.__dict__.pop("_effnets_channel_sums", None)
         return y if self.act is None else self.act(y)
 
-    def _choose_depthwise(self, x: torch.Tensor, args: tuple) -> bool:
-        """Times the native depthwise kernel against oneDNN's conv (``args``) for this input shape
-        and keeps the answer in ``_wino``: the native one wins on AVX2 CPUs (~1.3-1.5x with the
-        squeeze-excite's channel sums it hands over), oneDNN's AVX-512 code can beat it where the
-        CPU has AVX-512.  When a squeeze-excite reads the output, oneDNN's side is charged the
-        pooling pass that squeeze-excite then does itself."""
+    def _run_native(self, kind: str, x: torch.Tensor) -> torch.Tensor:
+        return self._native_depthwise(x) if kind == "dw" else self._native_pointwise(x)
+
+    def _choose_native(self, kind: str, x: torch.Tensor, args: tuple) -> bool:
+        """Times effnets' kernel for this layer (``kind`` "dw": the depthwise kernel, "pw": the 1x1
+        GEMM) against oneDNN's conv (``args``) for this input shape, keeps the answer in ``_wino``
+        (as for Winograd) and returns True where ours won.  Neither wins everywhere: the GEMM wins
+        small channel counts with SiLU and large maps, oneDNN some mid-size layers; the depthwise
+        kernel wins on AVX2 CPUs (~1.3-1.5x with the channel sums it hands the squeeze-excite),
+        oneDNN's AVX-512 code can beat it.  Where a squeeze-excite reads this output (a depthwise
+        conv's ``emit_channel_sums``), oneDNN's side is charged the pooling pass the
+        squeeze-excite then does itself."""
         sums = self.emit_channel_sums and not self._forward_hooks
 
         def library():
             y = _onednn_conv_act(*args)
             return y.sum((2, 3)) if sums else y
 
-        choice = self._wino[("dw", tuple(x.shape))] = not _faster(library, lambda: self._native_depthwise(x))
-        return choice
-
-    def _choose_pointwise(self, x: torch.Tensor, args: tuple) -> bool:
-        """Times effnets' GEMM against oneDNN (``args``) for this input shape, keeps the answer in
-        ``_wino`` (as for Winograd) and returns True where ours won: neither wins everywhere
-        (ours: small channel counts with SiLU, large maps; oneDNN: some mid-size layers)."""
-        choice = self._wino[("pw", tuple(x.shape))] = not _faster(lambda: _onednn_conv_act(*args),
-                                                                  lambda: self._native_pointwise(x))
+        choice = self._wino[(kind, tuple(x.shape))] = not _faster(library, lambda: self._run_native(kind, x))
         return choice
 
     def forward_gated(self, x: torch.Tensor, se: nn.Module) -> torch.Tensor | None:
