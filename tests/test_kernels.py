@@ -473,7 +473,7 @@ pw = pytest.mark.skipif(not K.pointwise_available(), reason="the native GEMM nee
 
 @pytest.fixture(params=["avx512", "avx2"])
 def isa(request):
-    """Runs a kernel test with its AVX-512 code (the GEMM's 12 x 16 tile, the depthwise interior's
+    """Runs a kernel test with its AVX-512 code (the GEMM's 12 x 32 and 12 x 16 tiles, the depthwise interior's
     32-channel blocks; where the CPU has AVX-512F) and with its AVX2 code; the process-wide
     default is restored afterwards."""
     if K.library() is None or (request.param == "avx512" and not K.set_avx512(True)):
@@ -491,6 +491,7 @@ def isa(request):
     (2, 600, 40, 3, 5),     # K in three blocks of 256 (partial sums kept in the output)
     (1, 1152, 192, 7, 7),   # B0's late stage at batch 1: panels split between threads
     (1, 32, 16, 5, 5),      # 25 rows: a 12-row tile with 11 padding rows
+    (1, 64, 80, 7, 7),      # five panels split between threads: two pairs and a lone panel
 ])
 @pytest.mark.parametrize("act", sorted(_ACTS64))
 def test_pointwise_conv_matches_float64(n, ci, co, h, w, act, isa):

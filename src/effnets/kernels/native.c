@@ -1052,12 +1052,17 @@ void eff_gate_bwd(const float* dy, const float* x, const float* g, float* dx, do
 /* ---- pointwise (1x1) convolution for inference, channels-last ----
  * y[m, :N] = act(x[m, :K] W + b) (+ res[m, :N]) for the M pixels of a channels-last tensor (rows of
  * K input and N output channels).  W comes packed in panels of 16 output channels, wp[p][k][16],
- * zero past N (kernels.pointwise_weight).  A 6 x 16 register tile: twelve accumulators, two weight
- * vectors and one broadcast input value, so each pair of weight loads feeds twelve FMAs; K is
- * blocked by PW_KC so a panel's block (16 KiB) stays in L1 while the rows' block (PW_MC x PW_KC)
- * stays in L2.  Bias, activation and residual are applied while the tile is in registers: a 1x1
- * conv + SiLU is one pass over its output (oneDNN + SiLU: two), and the output may be a buffer the
- * caller reuses from call to call, which a library-allocated output cannot be. */
+ * zero past N (kernels.pointwise_weight).  AVX2: a 6 x 16 register tile, twelve accumulators, two
+ * weight vectors and one broadcast input value, so each pair of weight loads feeds twelve FMAs.
+ * AVX-512: a 12 x 32 tile over two panels, 24 accumulators, so two weight loads and twelve
+ * broadcasts feed 24 FMAs (the 12 x 16 tile's 13 loads per 12 FMAs kept it at 0.5-0.85x
+ * oneDNN's GEMM on 1x1 convs of ResNet-RS-50 and EfficientNetV2-S at batch 8; with the pair tile
+ * ResNet-RS-50's 1x1 convs ran at 0.97-1.09x oneDNN's speed in the model, one-off).  K is
+ * blocked by PW_KC so a panel's block (16 KiB, a pair's 32 KiB) stays in L1 while the rows'
+ * block (PW_MC x PW_KC) stays in L2.  Bias, activation and residual are applied while the tile is
+ * in registers: a 1x1 conv + SiLU is one pass over its output (oneDNN + SiLU: two), and the
+ * output may be a buffer the caller reuses from call to call, which a library-allocated output
+ * cannot be. */
 #define PW_MR 6
 #define PW_KC 256
 #define PW_MC 96
@@ -1202,6 +1207,36 @@ AVX512 static void pw_tile_512(const float* const* xr, const float* w, i64 k0, i
         if (yr[i]) pw_row_out512(yr[i], rr[i], c[i], b, last, act, m, stream);
 }
 #undef PW_FMA16
+/* two panels at once (32 output channels): twelve rows x two 16-lane accumulators, so each
+ * broadcast input value feeds two FMAs (14 loads per 24 FMAs; the one-panel tile: 13 per 12) */
+#define PW_FMA32(i) do { const __m512 a_ = _mm512_set1_ps(a##i[k]); \
+    c##i = _mm512_fmadd_ps(a_, b0, c##i); d##i = _mm512_fmadd_ps(a_, b1, d##i); } while (0)
+AVX512 static void pw_tile2_512(const float* const* xr, const float* w, const float* w1, i64 k0, i64 k1,
+                                const float* b, float* const* yr, const float* const* rr, int ncols1, int first,
+                                int last, int act, int stream) {
+    stream = stream && ncols1 == 16 && last;
+    const __mmask16 m = 0xFFFF, m1 = lanes16(ncols1);
+#define PW_IN2(i) __m512 c##i = pw_row_in512(yr[i], first, m), d##i = pw_row_in512(yr[i] ? yr[i] + 16 : NULL, first, m1)
+    PW_IN2(0); PW_IN2(1); PW_IN2(2); PW_IN2(3); PW_IN2(4); PW_IN2(5);
+    PW_IN2(6); PW_IN2(7); PW_IN2(8); PW_IN2(9); PW_IN2(10); PW_IN2(11);
+#undef PW_IN2
+    const float *a0 = xr[0], *a1 = xr[1], *a2 = xr[2], *a3 = xr[3], *a4 = xr[4], *a5 = xr[5], *a6 = xr[6],
+                *a7 = xr[7], *a8 = xr[8], *a9 = xr[9], *a10 = xr[10], *a11 = xr[11];
+    const float *wk = w, *wk1 = w1;
+    for (i64 k = k0; k < k1; k++, wk += 16, wk1 += 16) {
+        const __m512 b0 = _mm512_loadu_ps(wk), b1 = _mm512_loadu_ps(wk1);
+        PW_FMA32(0); PW_FMA32(1); PW_FMA32(2); PW_FMA32(3); PW_FMA32(4); PW_FMA32(5);
+        PW_FMA32(6); PW_FMA32(7); PW_FMA32(8); PW_FMA32(9); PW_FMA32(10); PW_FMA32(11);
+    }
+    const __m512 c[12] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
+    const __m512 d[12] = {d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11};
+    for (int i = 0; i < 12; i++)
+        if (yr[i]) {
+            pw_row_out512(yr[i], rr[i], c[i], b, last, act, m, stream);
+            pw_row_out512(yr[i] + 16, rr[i] ? rr[i] + 16 : NULL, d[i], b + 16, last, act, m1, stream);
+        }
+}
+#undef PW_FMA32
 #endif
 static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
                     const float* const* rr, int ncols, int first, int last, int act, int stream) {
@@ -1231,12 +1266,21 @@ static void pw_gather(const float* x, const float* res, float* y, i64 r, i64 r1,
     }
 }
 
-/* rows [r0, r1) of panel p, input channels k0..k1 (wk: the panel's rows k0..k1) */
-static void pw_rows(const float* x, const float* wk, const float* bias, const float* res, float* y, i64 r0, i64 r1,
-                    i64 p, i64 k0, i64 k1, i64 K, i64 N, int act, int stream) {
+/* rows [r0, r1) of panel p (two == 1: panels p and p + 1, the second's block at wk + pstride;
+ * AVX-512 only), input channels k0..k1 (wk: the panel's rows k0..k1) */
+static void pw_rows(const float* x, const float* wk, i64 pstride, int two, const float* bias, const float* res,
+                    float* y, i64 r0, i64 r1, i64 p, i64 k0, i64 k1, i64 K, i64 N, int act, int stream) {
     const int ncols = N - p * 16 < 16 ? (int)(N - p * 16) : 16;
     const float* xr[2 * PW_MR]; float* yr[2 * PW_MR]; const float* rr[2 * PW_MR];
 #ifdef EFF_X86
+    if (two) {
+        const int ncols1 = N - (p + 1) * 16 < 16 ? (int)(N - (p + 1) * 16) : 16;
+        for (i64 r = r0; r < r1; r += 2 * PW_MR) {
+            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
+            pw_tile2_512(xr, wk, wk + pstride, k0, k1, bias + p * 16, yr, rr, ncols1, k0 == 0, k1 == K, act, stream);
+        }
+        return;
+    }
     if (ncols <= 8 && have_avx2()) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
             pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
@@ -1251,6 +1295,8 @@ static void pw_rows(const float* x, const float* wk, const float* bias, const fl
         }
         return;
     }
+#else
+    (void)pstride; (void)two;
 #endif
     for (i64 r = r0; r < r1; r += PW_MR) {
         pw_gather(x, res, y, r, r1, p, K, N, PW_MR, xr, yr, rr);
@@ -1283,43 +1329,56 @@ static void pw_scale_panel(float* ws, const float* wk, const float* g, i64 nk) {
  * read and a write of the whole tensor. */
 static void pw_block(const float* x, const float* wp, const float* bias, const float* res, const float* gate, i64 hw,
                      float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N, int act, int stream) {
-    float ws[PW_KC * 16] __attribute__((aligned(32)));
+    float ws[2 * PW_KC * 16] __attribute__((aligned(64)));
+    const int pairs = avx512();  /* the AVX-512 tile takes two panels at a time */
     for (i64 k0 = 0; k0 < K; k0 += PW_KC) {
         const i64 k1 = k0 + PW_KC < K ? k0 + PW_KC : K;
-        for (i64 p = p0; p < p1; p++) {
+        for (i64 p = p0; p < p1;) {
+            const int two = pairs && p + 1 < p1;
             const float* wk = wp + p * K * 16 + k0 * 16;
-            if (!gate) { pw_rows(x, wk, bias, res, y, m0, m1, p, k0, k1, K, N, act, stream); continue; }
-            for (i64 r = m0; r < m1;) {  /* one stretch of rows per image */
-                const i64 n = r / hw, e = (n + 1) * hw < m1 ? (n + 1) * hw : m1;
-                pw_scale_panel(ws, wk, gate + n * K + k0, k1 - k0);
-                pw_rows(x, ws, bias, res, y, r, e, p, k0, k1, K, N, act, stream);
-                r = e;
-            }
+            if (!gate) pw_rows(x, wk, K * 16, two, bias, res, y, m0, m1, p, k0, k1, K, N, act, stream);
+            else
+                for (i64 r = m0; r < m1;) {  /* one stretch of rows per image */
+                    const i64 n = r / hw, e = (n + 1) * hw < m1 ? (n + 1) * hw : m1;
+                    pw_scale_panel(ws, wk, gate + n * K + k0, k1 - k0);
+                    if (two) pw_scale_panel(ws + PW_KC * 16, wk + K * 16, gate + n * K + k0, k1 - k0);
+                    pw_rows(x, ws, PW_KC * 16, two, bias, res, y, r, e, p, k0, k1, K, N, act, stream);
+                    r = e;
+                }
+            p += 1 + two;
         }
     }
 }
 
 void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float* res, const float* gate, i64 hw,
                 float* y, i64 M, i64 K, i64 N, int act, int nt) {
-    /* tiles: mt row blocks (whole 6-row groups, sizes differing by at most one group) x pt panel
+    /* tiles: mt row blocks (whole row groups, sizes differing by at most one group) x pt panel
      * blocks, at least 4 per thread and a multiple of the thread count where that is possible, so
-     * the threads get equal work (late stages at batch 1 have 49 rows: split the panels too) */
-    const i64 P = (N + 15) / 16, G = (M + PW_MR - 1) / PW_MR;
+     * the threads get equal work (late stages at batch 1 have 49 rows: split the panels too).
+     * The AVX-512 tile is 12 rows by two panels: groups of 12 rows, blocks of whole panel pairs. */
+#ifdef EFF_X86
+    const int wide = avx512();
+#else
+    const int wide = 0;
+#endif
+    const i64 MR = wide ? 2 * PW_MR : PW_MR;
+    const i64 P = (N + 15) / 16, G = (M + MR - 1) / MR;
     i64 mt = (M + PW_MC / 2) / PW_MC;
     if (mt < 1) mt = 1;
     if (mt > G) mt = G;
     i64 pt = 1;
     while (pt < P && mt * pt < 4 * (i64)nt) pt++;
-    while (mt * pt % nt && mt < G && mt * pt < 16 * (i64)nt) mt++;
-    const i64 pc = (P + pt - 1) / pt;
+    i64 pc = (P + pt - 1) / pt;
+    if (wide && pc % 2 && pc < P) pc++;
     pt = (P + pc - 1) / pc;
+    while (mt * pt % nt && mt < G && mt * pt < 16 * (i64)nt) mt++;
     /* outputs larger than the last-level cache go to memory with streaming stores (no read of
      * each line before it is written); needs 32-byte aligned rows */
     const int stream = M * N * 4 > pw_stream_limit() && N % 8 == 0 && ((uintptr_t)y & 31) == 0;
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 t = 0; t < mt * pt; t++) {
-        const i64 im = t / pt, m0 = (im * G / mt) * PW_MR, g1 = (im + 1) * G / mt;
-        const i64 m1 = g1 * PW_MR < M ? g1 * PW_MR : M;
+        const i64 im = t / pt, m0 = (im * G / mt) * MR, g1 = (im + 1) * G / mt;
+        const i64 m1 = g1 * MR < M ? g1 * MR : M;
         const i64 p0 = (t % pt) * pc, p1 = p0 + pc < P ? p0 + pc : P;
         pw_block(x, wp, bias, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream);
 #ifdef EFF_X86
