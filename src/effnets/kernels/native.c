@@ -874,19 +874,25 @@ void eff_se_gate(float* x, const float* mean, const float* w1, const float* b1, 
         for (i64 i = 0; i < N * C; i++) own_mean[i] /= (float)HW;
         mean = own_mean;
     }
-    /* N*C*R*2 multiply-adds, images over the threads; the C gate activations (sigmoid: an exp
-     * each) vectorised: at batch 8 with 1152 channels the scalar ones cost more than the product */
-    #pragma omp parallel num_threads(N > 1 ? nt : 1)
+    /* N*C*R*2 multiply-adds: weight rows over the threads, every image per row, so each weight
+     * row is read once per call (ResNet-RS's last stage: 8 MiB of weights per block; split by
+     * image, each thread read all of them, and at batch 1 one thread did); threads only above
+     * 32K multiply-adds per image, where they pay for their start.  The C gate activations
+     * (sigmoid: an exp each) vectorised: at batch 8 with 1152 channels the scalar ones cost more
+     * than the product */
+    float* h = (float*)malloc(sizeof(float) * (size_t)(N * R > 0 ? N * R : 1));
+    #pragma omp parallel num_threads(C * R >= (1 << 15) ? nt : 1)
     {
-        float* h = (float*)malloc(sizeof(float) * (size_t)(R > 0 ? R : 1));
         #pragma omp for schedule(static)
-        for (i64 n = 0; n < N; n++) {
-            for (i64 r = 0; r < R; r++) h[r] = act_s(b1[r] + dot(w1 + r * C, mean + n * C, C), act);
-            for (i64 c = 0; c < C; c++) gates[n * C + c] = b2[c] + dot(w2 + c * R, h, R);
-            gate_span(gates + n * C, C, gate);
-        }
-        free(h);
+        for (i64 r = 0; r < R; r++)
+            for (i64 n = 0; n < N; n++) h[n * R + r] = act_s(b1[r] + dot(w1 + r * C, mean + n * C, C), act);
+        #pragma omp for schedule(static)
+        for (i64 c = 0; c < C; c++)
+            for (i64 n = 0; n < N; n++) gates[n * C + c] = b2[c] + dot(w2 + c * R, h + n * R, R);
+        #pragma omp for schedule(static)
+        for (i64 n = 0; n < N; n++) gate_span(gates + n * C, C, gate);
     }
+    free(h);
     free(own_mean);
     if (!x) return;  /* gates only: the caller folds them into the next conv (eff_pw_fwd) */
     const i64 rows = N * HW, chunk = 64, nchunks = (rows + chunk - 1) / chunk;
