@@ -604,7 +604,7 @@ def test_pointwise_conv_streaming_stores_match(isa):
     default = lib.eff_pw_set_stream_bytes(0)
     assert default >= 16 << 20
     try:
-        for co in (32, 40, 24):  # whole panels, a masked 8-column tail (not streamed), 16 + 8
+        for co in (32, 48, 40, 24):  # whole panels (two, three), a masked 8-column tail (not streamed), 16 + 8
             x, wt = torch.randn(2, 24, 9, 7), torch.randn(co, 24, 1, 1)
             y = K.pointwise_conv(x, K.pointwise_weight(wt), None, co, "silu")
             assert _rel(y, F.silu(F.conv2d(x.double(), wt.double()))) < 1e-5

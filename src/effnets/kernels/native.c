@@ -1243,6 +1243,38 @@ AVX512 static void pw_tile2_512(const float* const* xr, const float* w, const fl
         }
 }
 #undef PW_FMA32
+/* three panels at once (48 output channels): eight rows x three 16-lane accumulators, three
+ * weight loads and eight broadcasts per 24 FMAs; with the pair tile it covers every panel count
+ * above one, so no one-panel tile (13 loads per 12 FMAs) runs where N > 16 (N = 48, 80, 112:
+ * EfficientNet's and MobileNet's project convs) */
+#define PW_FMA48(i) do { const __m512 a_ = _mm512_set1_ps(a##i[k]); c##i = _mm512_fmadd_ps(a_, b0, c##i); \
+    d##i = _mm512_fmadd_ps(a_, b1, d##i); e##i = _mm512_fmadd_ps(a_, b2, e##i); } while (0)
+AVX512 static void pw_tile3_512(const float* const* xr, const float* w, i64 pstride, i64 k0, i64 k1,
+                                const float* b, float* const* yr, const float* const* rr, int ncols2, int first,
+                                int last, int act, int stream) {
+    stream = stream && ncols2 == 16 && last;
+    const __mmask16 m = 0xFFFF, m2 = lanes16(ncols2);
+#define PW_IN3(i) __m512 c##i = pw_row_in512(yr[i], first, m), d##i = pw_row_in512(yr[i] ? yr[i] + 16 : NULL, first, m), \
+    e##i = pw_row_in512(yr[i] ? yr[i] + 32 : NULL, first, m2)
+    PW_IN3(0); PW_IN3(1); PW_IN3(2); PW_IN3(3); PW_IN3(4); PW_IN3(5); PW_IN3(6); PW_IN3(7);
+#undef PW_IN3
+    const float *a0 = xr[0], *a1 = xr[1], *a2 = xr[2], *a3 = xr[3], *a4 = xr[4], *a5 = xr[5], *a6 = xr[6],
+                *a7 = xr[7];
+    const float *wk = w, *wk1 = w + pstride, *wk2 = w + 2 * pstride;
+    for (i64 k = k0; k < k1; k++, wk += 16, wk1 += 16, wk2 += 16) {
+        const __m512 b0 = _mm512_loadu_ps(wk), b1 = _mm512_loadu_ps(wk1), b2 = _mm512_loadu_ps(wk2);
+        PW_FMA48(0); PW_FMA48(1); PW_FMA48(2); PW_FMA48(3); PW_FMA48(4); PW_FMA48(5); PW_FMA48(6); PW_FMA48(7);
+    }
+    const __m512 c[8] = {c0, c1, c2, c3, c4, c5, c6, c7}, d[8] = {d0, d1, d2, d3, d4, d5, d6, d7},
+                 e[8] = {e0, e1, e2, e3, e4, e5, e6, e7};
+    for (int i = 0; i < 8; i++)
+        if (yr[i]) {
+            pw_row_out512(yr[i], rr[i], c[i], b, last, act, m, stream);
+            pw_row_out512(yr[i] + 16, rr[i] ? rr[i] + 16 : NULL, d[i], b + 16, last, act, m, stream);
+            pw_row_out512(yr[i] + 32, rr[i] ? rr[i] + 32 : NULL, e[i], b + 32, last, act, m2, stream);
+        }
+}
+#undef PW_FMA48
 #endif
 static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
                     const float* const* rr, int ncols, int first, int last, int act, int stream) {
@@ -1272,18 +1304,25 @@ static void pw_gather(const float* x, const float* res, float* y, i64 r, i64 r1,
     }
 }
 
-/* rows [r0, r1) of panel p (two == 1: panels p and p + 1, the second's block at wk + pstride;
- * AVX-512 only), input channels k0..k1 (wk: the panel's rows k0..k1) */
-static void pw_rows(const float* x, const float* wk, i64 pstride, int two, const float* bias, const float* res,
+/* rows [r0, r1) of panels p .. p + np - 1 (np 2 or 3: the AVX-512 tiles; panel j's block at
+ * wk + j * pstride), input channels k0..k1 (wk: the panel's rows k0..k1) */
+static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const float* bias, const float* res,
                     float* y, i64 r0, i64 r1, i64 p, i64 k0, i64 k1, i64 K, i64 N, int act, int stream) {
-    const int ncols = N - p * 16 < 16 ? (int)(N - p * 16) : 16;
+    const i64 lastc = N - (p + np - 1) * 16;  /* columns of the last of the np panels */
+    const int ncols = lastc < 16 ? (int)lastc : 16;
     const float* xr[2 * PW_MR]; float* yr[2 * PW_MR]; const float* rr[2 * PW_MR];
 #ifdef EFF_X86
-    if (two) {
-        const int ncols1 = N - (p + 1) * 16 < 16 ? (int)(N - (p + 1) * 16) : 16;
+    if (np == 3) {
+        for (i64 r = r0; r < r1; r += 8) {
+            pw_gather(x, res, y, r, r1, p, K, N, 8, xr, yr, rr);
+            pw_tile3_512(xr, wk, pstride, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
+        }
+        return;
+    }
+    if (np == 2) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
             pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
-            pw_tile2_512(xr, wk, wk + pstride, k0, k1, bias + p * 16, yr, rr, ncols1, k0 == 0, k1 == K, act, stream);
+            pw_tile2_512(xr, wk, wk + pstride, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
         }
         return;
     }
@@ -1302,7 +1341,7 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int two, const
         return;
     }
 #else
-    (void)pstride; (void)two;
+    (void)pstride;
 #endif
     for (i64 r = r0; r < r1; r += PW_MR) {
         pw_gather(x, res, y, r, r1, p, K, N, PW_MR, xr, yr, rr);
@@ -1335,23 +1374,24 @@ static void pw_scale_panel(float* ws, const float* wk, const float* g, i64 nk) {
  * read and a write of the whole tensor. */
 static void pw_block(const float* x, const float* wp, const float* bias, const float* res, const float* gate, i64 hw,
                      float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N, int act, int stream) {
-    float ws[2 * PW_KC * 16] __attribute__((aligned(64)));
-    const int pairs = avx512();  /* the AVX-512 tile takes two panels at a time */
+    float ws[3 * PW_KC * 16] __attribute__((aligned(64)));
+    const int wide = avx512();  /* the AVX-512 tiles take three or two panels at a time */
     for (i64 k0 = 0; k0 < K; k0 += PW_KC) {
         const i64 k1 = k0 + PW_KC < K ? k0 + PW_KC : K;
         for (i64 p = p0; p < p1;) {
-            const int two = pairs && p + 1 < p1;
+            const i64 left = p1 - p;  /* in threes and twos: 4 = 2 + 2, 5 = 3 + 2, 7 = 3 + 2 + 2 */
+            const int np = !wide || left == 1 ? 1 : left == 2 || left == 4 ? 2 : 3;
             const float* wk = wp + p * K * 16 + k0 * 16;
-            if (!gate) pw_rows(x, wk, K * 16, two, bias, res, y, m0, m1, p, k0, k1, K, N, act, stream);
+            if (!gate) pw_rows(x, wk, K * 16, np, bias, res, y, m0, m1, p, k0, k1, K, N, act, stream);
             else
                 for (i64 r = m0; r < m1;) {  /* one stretch of rows per image */
                     const i64 n = r / hw, e = (n + 1) * hw < m1 ? (n + 1) * hw : m1;
-                    pw_scale_panel(ws, wk, gate + n * K + k0, k1 - k0);
-                    if (two) pw_scale_panel(ws + PW_KC * 16, wk + K * 16, gate + n * K + k0, k1 - k0);
-                    pw_rows(x, ws, PW_KC * 16, two, bias, res, y, r, e, p, k0, k1, K, N, act, stream);
+                    for (int j = 0; j < np; j++)
+                        pw_scale_panel(ws + j * PW_KC * 16, wk + j * K * 16, gate + n * K + k0, k1 - k0);
+                    pw_rows(x, ws, PW_KC * 16, np, bias, res, y, r, e, p, k0, k1, K, N, act, stream);
                     r = e;
                 }
-            p += 1 + two;
+            p += np;
         }
     }
 }
@@ -1361,7 +1401,8 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
     /* tiles: mt row blocks (whole row groups, sizes differing by at most one group) x pt panel
      * blocks, at least 4 per thread and a multiple of the thread count where that is possible, so
      * the threads get equal work (late stages at batch 1 have 49 rows: split the panels too).
-     * The AVX-512 tile is 12 rows by two panels: groups of 12 rows, blocks of whole panel pairs. */
+     * The AVX-512 tiles are 12 rows by two panels and 8 rows by three: groups of 12 rows, blocks of
+     * at least two panels. */
 #ifdef EFF_X86
     const int wide = avx512();
 #else
@@ -1375,7 +1416,7 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
     i64 pt = 1;
     while (pt < P && mt * pt < 4 * (i64)nt) pt++;
     i64 pc = (P + pt - 1) / pt;
-    if (wide && pc % 2 && pc < P) pc++;
+    if (wide && pc == 1 && P > 1) pc = 2;  /* no lone panels: they take the slower one-panel tile */
     pt = (P + pc - 1) / pc;
     while (mt * pt % nt && mt < G && mt * pt < 16 * (i64)nt) mt++;
     /* outputs larger than the last-level cache go to memory with streaming stores (no read of
