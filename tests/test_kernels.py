@@ -295,7 +295,7 @@ def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatc
     monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b: False)  # never oneDNN
     calls = record_calls(monkeypatch, K, "depthwise_into", lambda *a, **kw: a[4] is not None)  # sums asked for
     se_calls = record_calls(monkeypatch, K, "se_gate_")
-    folded = record_calls(monkeypatch, K, "se_gates")
+    folded = record_calls(monkeypatch, K, "se_gates_into")
     gated_gemm = record_calls(monkeypatch, K, "pointwise_into", lambda *a, **kw: kw.get("gate") is not None)
     torch.manual_seed(0)
     model = effnets.create_model(name).eval()
@@ -355,7 +355,15 @@ def test_se_gate_matches_float64(n, c, r, hw, act, gate):
     h = _SE64[act](mean.double() @ w1.double().t() + b1.double())
     ref = x.double() * _SE64[gate](h @ w2.double().t() + b2.double())[:, :, None, None]
     gates = K.se_gates(mean, w1, b1, w2, b2, act, gate)  # the gates alone, for a gated 1x1 conv
-    assert gates.shape == (n, c) and _rel(gates, _SE64[gate](h @ w2.double().t() + b2.double())) < 1e-5
+    g64 = _SE64[gate](h @ w2.double().t() + b2.double())
+    assert gates.shape == (n, c) and _rel(gates, g64) < 1e-5
+    # from the channel sums, 1 / (H * W) applied in the kernel, into a given buffer
+    sums, buf = x.sum((2, 3)), torch.full((n, c), float("nan"))
+    codes = K.SE_ACT_CODES[act], K.SE_ACT_CODES[gate]
+    assert K.se_gates_into(sums, w1, b1, w2, b2, buf, *codes, mean_scale=1.0 / hw ** 2) is buf
+    assert _rel(buf, g64) < 1e-5
+    out = K.se_gate_(x.clone(), sums, w1, b1, w2, b2, act, gate, mean_scale=1.0 / hw ** 2)
+    assert _rel(out, ref) < 1e-5
     out = K.se_gate_(x, mean, w1, b1, w2, b2, act, gate)
     assert out is x and _rel(out, ref) < 1e-5
 

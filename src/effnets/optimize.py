@@ -396,6 +396,8 @@ class FusedConvAct(nn.Module):
         # output buffer is then kept and written again on the next call (no fresh pages to fault in)
         self.reuse_output = False
         self._out: torch.Tensor | None = None
+        self._gates: torch.Tensor | None = None  # forward_gated's (N, C) gates, written again next call
+        self._sums: torch.Tensor | None = None  # the depthwise kernel's (N, C) channel sums, likewise
         self.emit_channel_sums = False  # set by fuse_modules when a squeeze-excite reads this output
         self._graph_se: tuple = ()  # (that FastSqueezeExcite,): a tuple, so not a registered child
 
@@ -465,7 +467,11 @@ class FusedConvAct(nn.Module):
             if not x.is_contiguous(memory_format=torch.channels_last):
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self._output_tensor(shape)
-            s = torch.empty((shape[0], shape[1]), dtype=torch.float32) if sums else None
+            s = None
+            if sums:  # the last call's sums buffer where its reader is done with it (_sole_owner)
+                s = self._sums
+                if s is None or s.shape[0] != shape[0] or s.shape[1] != shape[1] or not _sole_owner(s, holders=2):
+                    s = self.__dict__["_sums"] = torch.empty((shape[0], shape[1]), dtype=torch.float32)
             y = kernels.depthwise_into(x, self._taps, bias, out, s, st, (ph, pw), kernels.DW_ACT_CODES[self.dw_act])
         if s is not None:
             y._effnets_channel_sums = s
@@ -514,8 +520,13 @@ class FusedConvAct(nn.Module):
         if choice is False:
             return None
         sums = x.__dict__.pop("_effnets_channel_sums", None)
-        mean = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
-        gates = se.gates(mean)
+        buf = self._gates
+        if buf is None or buf.shape[0] != x.shape[0] or buf.shape[1] != x.shape[1] or not _sole_owner(buf, holders=2):
+            buf = self.__dict__["_gates"] = torch.empty((x.shape[0], x.shape[1]), dtype=torch.float32)
+        if sums is not None:  # the means' 1 / (H * W) applied in the kernel: no division op
+            gates = se.gates(sums, out=buf, mean_scale=1.0 / (x.shape[2] * x.shape[3]))
+        else:
+            gates = se.gates(x.mean((2, 3)), out=buf)
         if choice is None and not self._choose_gated(x, se, gates, sums, key):
             if sums is not None:
                 x._effnets_channel_sums = sums  # for the squeeze-excite the caller now runs
@@ -592,7 +603,7 @@ class FusedConvAct(nn.Module):
 
     def __getstate__(self):  # packed oneDNN tensors neither pickle nor deep-copy; they are rebuilt
         return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None, "_wino": {}, "_panels": None,
-                "_out": None}
+                "_out": None, "_gates": None, "_sums": None}
 
     def __setstate__(self, state):  # models saved before Winograd / the native GEMM existed run oneDNN's
         state.setdefault("wino_act", None)
@@ -601,6 +612,8 @@ class FusedConvAct(nn.Module):
         state.setdefault("_panels", None)
         state.setdefault("reuse_output", False)
         state.setdefault("_out", None)
+        state.setdefault("_gates", None)
+        state.setdefault("_sums", None)
         self.__dict__.update(state)
 
     def extra_repr(self) -> str:
@@ -628,26 +641,34 @@ class FastSqueezeExcite(nn.Module):
         self.native_names = names if (all(k in kernels.SE_ACT_CODES for k in names)
                                       and kernels.library() is not None) else None
 
-    def gates(self, mean: torch.Tensor) -> torch.Tensor:
-        """The (N, C) gates from the (N, C) channel means, natively (``kernels.se_gates``; only
-        where ``native_names`` is set)."""
-        p = self._parameters
-        return kernels.se_gates(mean, p["w1"], p["b1"], p["w2"], p["b2"], *self.native_names)
+    def gates(self, mean: torch.Tensor, out: torch.Tensor | None = None, mean_scale: float = 1.0) -> torch.Tensor:
+        """The (N, C) gates from the (N, C) channel means (or sums, with ``mean_scale`` = 1 / pixels),
+        natively (``kernels.se_gates_into``; only where ``native_names`` is set), into ``out`` (a
+        contiguous float32 (N, C) tensor) or a new tensor."""
+        p, (a, g) = self._parameters, self.native_names
+        if out is None:
+            out = torch.empty(mean.shape, dtype=torch.float32)
+        w1, b1, w2, b2 = p["w1"], p["b1"], p["w2"], p["b2"]
+        if w1.dtype != torch.float32 or mean.dtype != torch.float32 or not mean.is_contiguous():  # a cast copy
+            return kernels.se_gates(mean * mean_scale, w1, b1, w2, b2, a, g)
+        return kernels.se_gates_into(mean, w1, b1, w2, b2, out, kernels.SE_ACT_CODES[a], kernels.SE_ACT_CODES[g],
+                                     mean_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_into and _plain_mode() and self._fused_into[0].se_fused_in_graph(x):
             return x  # already gated by effnets::dw_conv_se
         # sums from a native depthwise conv (eager only; _plain_mode first: dynamo breaks on __dict__)
         sums = None if _plain_mode() else x.__dict__.pop("_effnets_channel_sums", None)
-        s = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
         # _plain_mode first: dynamo cannot trace is_inference_mode_enabled (a graph break per block)
         inplace = not _plain_mode() and torch.is_inference_mode_enabled() and x.is_inference()
         if inplace and self.native_names and kernels.library() is not None and x.dtype == torch.float32 \
                 and x.is_cpu and x.is_contiguous(memory_format=torch.channels_last):
             # MLP, gate and product in one native call (``kernels.se_gate_``): at batch 1 the seven
-            # small PyTorch ops cost more in dispatch than in arithmetic
+            # small PyTorch ops cost more in dispatch than in arithmetic; sums: 1 / (H * W) in the kernel
             p = self._parameters
-            return kernels.se_gate_(x, s, p["w1"], p["b1"], p["w2"], p["b2"], *self.native_names)
+            return kernels.se_gate_(x, sums, p["w1"], p["b1"], p["w2"], p["b2"], *self.native_names,
+                                    mean_scale=1.0 / (x.shape[2] * x.shape[3]) if sums is not None else 1.0)
+        s = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
         # in place: x is the block's fresh conv output, so no new buffer
         return _se_apply(x, s, self.w1, self.b1, self.w2, self.b2, self.act, self.gate, inplace)
 

@@ -73,7 +73,7 @@ def _build() -> ctypes.CDLL:
     lib.eff_dw_bwd_input.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_bwd_weight.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32, i32]
-    lib.eff_se_gate.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i64, i32, i32, i32, i32]
+    lib.eff_se_gate.argtypes = [p, p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i32, i32, i32, i32]
     lib.eff_dw_bwd_input.restype = lib.eff_dw_bwd_weight.restype = lib.eff_dw_fwd.restype = None
     lib.eff_se_gate.restype = None
     lib.eff_gate_bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i32]
@@ -260,13 +260,14 @@ def depthwise_forward(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | 
 
 def se_gate_(x: torch.Tensor, mean: torch.Tensor | None, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
              b2: torch.Tensor, act: str, gate: str, residual: torch.Tensor | None = None,
-             out_act: str = "identity") -> torch.Tensor:
+             out_act: str = "identity", mean_scale: float = 1.0) -> torch.Tensor:
     """Squeeze-excite for inference, in place: ``x *= gate(w2 act(w1 mean + b1) + b2)`` per image
     and channel, ``x`` channels-last float32 (N, C, H, W), ``mean`` (N, C) its spatial means
     (None: taken here, in one pass), ``w1`` (R, C), ``w2`` (C, R); ``act``/``gate`` keys of
     ``SE_ACT_CODES``.  With ``residual`` (shaped like ``x``) the same pass computes
-    ``x = out_act(x * gate + residual)``.  Returns ``x``.  Call only where :func:`library` is
-    not None and no gradient is needed."""
+    ``x = out_act(x * gate + residual)``.  ``mean_scale``: ``mean`` is multiplied by it first (channel
+    sums and 1 / (H * W), without a division op of their own).  Returns ``x``.  Call only where
+    :func:`library` is not None and no gradient is needed."""
     n, c, h, w = x.shape
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError(f"se_gate_ needs a channels-last float32 CPU tensor, got {x.dtype} on {x.device}")
@@ -283,7 +284,8 @@ def se_gate_(x: torch.Tensor, mean: torch.Tensor | None, w1: torch.Tensor, b1: t
     gates = torch.empty((n, c), dtype=torch.float32)
     mean = _param(mean)
     args = [_param(t) for t in (w1, b1, w2, b2)]
-    library().eff_se_gate(x.data_ptr(), _ptr(mean), *(t.data_ptr() for t in args), gates.data_ptr(), _ptr(residual),
+    library().eff_se_gate(x.data_ptr(), _ptr(mean), mean_scale, *(t.data_ptr() for t in args), gates.data_ptr(),
+                          _ptr(residual),
                           n, h * w, c, r, SE_ACT_CODES[act], SE_ACT_CODES[gate], SE_ACT_CODES[out_act],
                           torch.get_num_threads())
     return x
@@ -300,11 +302,21 @@ def se_gates(mean: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
         raise ValueError(f"se_gates: w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)} do not fit {c} channels")
     if act not in SE_ACT_CODES or gate not in SE_ACT_CODES:
         raise ValueError(f"se_gates: act and gate must be among {sorted(SE_ACT_CODES)}, got {act!r}, {gate!r}")
-    gates = torch.empty((n, c), dtype=torch.float32)
-    args = [_param(t) for t in (mean, w1, b1, w2, b2)]
-    library().eff_se_gate(None, *(t.data_ptr() for t in args), gates.data_ptr(), None, n, 1, c, r,
-                          SE_ACT_CODES[act], SE_ACT_CODES[gate], 0, torch.get_num_threads())
-    return gates
+    return se_gates_into(_param(mean), *(_param(t) for t in (w1, b1, w2, b2)), torch.empty((n, c), dtype=torch.float32),
+                         SE_ACT_CODES[act], SE_ACT_CODES[gate])
+
+
+def se_gates_into(mean: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                  out: torch.Tensor, act_code: int, gate_code: int, mean_scale: float = 1.0) -> torch.Tensor:
+    """:func:`se_gates` into ``out`` without its checks (~10 us per call at batch 1), for a caller
+    that made them once: every tensor contiguous float32 CPU, ``mean`` and ``out`` (N, C), ``w1``
+    (R, C), ``w2`` (C, R), codes from ``SE_ACT_CODES``; ``mean`` is multiplied by ``mean_scale``
+    first (channel sums and 1 / (H * W)).  ``effnets.optimize`` calls it."""
+    n, c = mean.shape
+    library().eff_se_gate(None, mean.data_ptr(), mean_scale, w1.data_ptr(), b1.data_ptr(), w2.data_ptr(),
+                          b2.data_ptr(), out.data_ptr(), None, n, 1, c, w1.shape[0], act_code, gate_code, 0,
+                          torch.get_num_threads())
+    return out
 
 
 def supports_gate_backward(dy: torch.Tensor, x: torch.Tensor) -> bool:
@@ -507,4 +519,4 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv",
-           "pointwise_into", "depthwise_into", "se_gates"]
+           "pointwise_into", "depthwise_into", "se_gates", "se_gates_into"]

@@ -853,8 +853,9 @@ static void gate_span(float* g, i64 n, int act) {
     for (i64 i = 0; i < n; i++) g[i] = flush_tiny(act_s(g[i], act));
 }
 
-void eff_se_gate(float* x, const float* mean, const float* w1, const float* b1, const float* w2, const float* b2,
-                 float* gates, const float* res, i64 N, i64 HW, i64 C, i64 R, int act, int gate, int out_act, int nt) {
+void eff_se_gate(float* x, const float* mean, float mean_scale, const float* w1, const float* b1, const float* w2,
+                 const float* b2, float* gates, const float* res, i64 N, i64 HW, i64 C, i64 R, int act, int gate,
+                 int out_act, int nt) {
     float* own_mean = NULL;
     if (!mean) {  /* channel means, one pass: per-thread sums over chunks of rows of one image */
         own_mean = (float*)calloc((size_t)(N * C), sizeof(float));
@@ -873,6 +874,7 @@ void eff_se_gate(float* x, const float* mean, const float* w1, const float* b1, 
         }
         for (i64 i = 0; i < N * C; i++) own_mean[i] /= (float)HW;
         mean = own_mean;
+        mean_scale = 1.0f;
     }
     /* N*C*R*2 multiply-adds: weight rows over the threads, every image per row, so each weight
      * row is read once per call (ResNet-RS's last stage: 8 MiB of weights per block; split by
@@ -885,7 +887,8 @@ void eff_se_gate(float* x, const float* mean, const float* w1, const float* b1, 
     {
         #pragma omp for schedule(static)
         for (i64 r = 0; r < R; r++)
-            for (i64 n = 0; n < N; n++) h[n * R + r] = act_s(b1[r] + dot(w1 + r * C, mean + n * C, C), act);
+            for (i64 n = 0; n < N; n++)  /* mean_scale: the caller's channel sums times 1 / HW */
+                h[n * R + r] = act_s(b1[r] + mean_scale * dot(w1 + r * C, mean + n * C, C), act);
         #pragma omp for schedule(static)
         for (i64 c = 0; c < C; c++)
             for (i64 n = 0; n < N; n++) gates[n * C + c] = b2[c] + dot(w2 + c * R, h + n * R, R);
@@ -1438,4 +1441,4 @@ int eff_have_avx2(void) { return have_avx2(); }
 
 int eff_have_avx512(void) { return have_avx512(); }
 
-int eff_abi_version(void) { return 10; }
+int eff_abi_version(void) { return 11; }
