@@ -86,6 +86,12 @@ def _build() -> ctypes.CDLL:
         lib.eff_wino_in.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i32]
         lib.eff_wino_out.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i32, i32]
         lib.eff_wino_in.restype = lib.eff_wino_out.restype = None
+    lib.eff_q_lut.argtypes = [p, p, i64, p, i32]
+    lib.eff_q_lut.restype = None
+    lib.eff_q_gate_mul.argtypes = [p, p, p, i64, i64, i64, ctypes.c_float, i32, ctypes.c_float, i32, i32]
+    lib.eff_q_gate_mul.restype = None
+    lib.eff_q_channel_sums.argtypes = [p, p, i64, i64, i64, i32]
+    lib.eff_q_channel_sums.restype = None
     lib.eff_have_avx2.restype = i32
     lib.eff_have_avx512.restype = i32
     lib.eff_set_avx512.argtypes = [i32]
@@ -319,6 +325,58 @@ def se_gates_into(mean: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: to
     return out
 
 
+def _quint8_layout(x: torch.Tensor) -> torch.memory_format | None:
+    """The memory format in which the quint8 CPU tensor ``x`` is dense, else None."""
+    if x.dtype != torch.quint8 or x.device.type != "cpu" or x.qscheme() != torch.per_tensor_affine:
+        return None
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return None
+
+
+def quantized_lut(x: torch.Tensor, lut: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor | None:
+    """``lut[x]`` per byte of the quint8 tensor ``x`` (per-tensor affine, dense), as a new quint8
+    tensor of the same shape and layout with ``scale`` / ``zero_point``; ``lut`` 256 uint8 values.
+    None where ``x`` is not such a tensor or the kernels are not built (the caller falls back)."""
+    fmt = _quint8_layout(x)
+    if fmt is None or library() is None or lut.dtype != torch.uint8 or lut.numel() != 256:
+        return None
+    y = torch._empty_affine_quantized(x.shape, scale=scale, zero_point=zero_point, dtype=torch.quint8,
+                                      memory_format=fmt)
+    library().eff_q_lut(x.data_ptr(), y.data_ptr(), x.numel(), lut.contiguous().data_ptr(), torch.get_num_threads())
+    return y
+
+
+def quantized_gate_mul(x: torch.Tensor, gate: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor | None:
+    """``quantize(dequantize(x) * gate)`` for a channels-last quint8 ``x`` (N, C, H, W) and float
+    ``gate`` (N, C): a squeeze-excite's product, one pass.  None where that does not apply."""
+    if _quint8_layout(x) is not torch.channels_last or library() is None:
+        return None
+    n, c, h, w = x.shape
+    g = gate.reshape(n, c).float().contiguous()
+    y = torch._empty_affine_quantized(x.shape, scale=scale, zero_point=zero_point, dtype=torch.quint8,
+                                      memory_format=torch.channels_last)
+    library().eff_q_gate_mul(x.data_ptr(), y.data_ptr(), g.data_ptr(), n, h * w, c, x.q_scale(), x.q_zero_point(),
+                             scale, zero_point, torch.get_num_threads())
+    return y
+
+
+def quantized_channel_mean(x: torch.Tensor) -> torch.Tensor | None:
+    """Spatial means of a channels-last quint8 ``x`` (N, C, H, W) as an (N, C, 1, 1) quint8 tensor
+    with ``x``'s scale and zero point (the mean of the stored bytes, rounded half to even: what
+    dequantize, mean and quantize give up to float rounding), without a float copy of ``x``.
+    None where that does not apply."""
+    if _quint8_layout(x) is not torch.channels_last or library() is None:
+        return None
+    n, c, h, w = x.shape
+    sums = torch.empty((n, c), dtype=torch.int64)
+    library().eff_q_channel_sums(x.data_ptr(), sums.data_ptr(), n, h * w, c, torch.get_num_threads())
+    q = torch.round(sums.double() / (h * w)).clamp_(0, 255).to(torch.uint8).reshape(n, c, 1, 1)
+    return torch._make_per_tensor_quantized_tensor(q, x.q_scale(), x.q_zero_point())
+
+
 def supports_gate_backward(dy: torch.Tensor, x: torch.Tensor) -> bool:
     """True when :func:`gate_backward` applies: float32 CPU tensors of one 4-D shape, both
     channels-last, and the kernels are built."""
@@ -519,4 +577,5 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv",
-           "pointwise_into", "depthwise_into", "se_gates", "se_gates_into"]
+           "pointwise_into", "depthwise_into", "se_gates", "se_gates_into", "quantized_lut", "quantized_gate_mul",
+           "quantized_channel_mean"]

@@ -1437,8 +1437,108 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
     }
 }
 
+/* ---- int8 inference glue (post-training quantized models, quint8 tensors) ----
+ * y[i] = lut[x[i]]: an activation between two quantized tensors as one lookup per byte (PyTorch:
+ * dequantize, a float activation, quantize: three passes and a float tensor 4x the size). */
+#ifdef EFF_X86
+#define VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+static int have_vbmi(void) {
+    static int v = -1;
+    if (v < 0) { __builtin_cpu_init(); v = avx512() && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw"); }
+    return v;
+}
+/* 64 bytes at a time: two 128-entry permutes (the low seven bits index) and the top bit picks */
+VBMI static void q_lut_vbmi(const uint8_t* x, uint8_t* y, i64 n, const uint8_t* lut) {
+    const __m512i t0 = _mm512_loadu_si512(lut), t1 = _mm512_loadu_si512(lut + 64), t2 = _mm512_loadu_si512(lut + 128),
+                  t3 = _mm512_loadu_si512(lut + 192);
+    for (i64 i = 0; i < n; i += 64) {
+        const __mmask64 k = n - i >= 64 ? ~0ULL : (~0ULL >> (64 - (n - i)));
+        const __m512i v = _mm512_maskz_loadu_epi8(k, x + i);
+        const __m512i lo = _mm512_permutex2var_epi8(t0, v, t1), hi = _mm512_permutex2var_epi8(t2, v, t3);
+        _mm512_mask_storeu_epi8(y + i, k, _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi));
+    }
+}
+#endif
+void eff_q_lut(const uint8_t* x, uint8_t* y, i64 n, const uint8_t* lut, int nt) {
+    const i64 chunk = 1 << 16, nc = (n + chunk - 1) / chunk;
+    #pragma omp parallel for schedule(static) num_threads(nc > 1 ? nt : 1)
+    for (i64 c = 0; c < nc; c++) {
+        const i64 s = c * chunk, e = s + chunk < n ? s + chunk : n;
+#ifdef EFF_X86
+        if (have_vbmi()) { q_lut_vbmi(x + s, y + s, e - s, lut); continue; }
+#endif
+        for (i64 i = s; i < e; i++) y[i] = lut[x[i]];
+    }
+}
+/* y = quantize(dequantize(x) * g): a squeeze-excite's per-image, per-channel gate on a quint8
+ * channels-last tensor (N * HW rows of C); m = sx * g / sy per channel, y = clamp(round(m * (x -
+ * zx)) + zy, 0, 255), rounding half to even as quantize_per_tensor does (PyTorch's quantized.mul
+ * broadcasts the (N, C, 1, 1) gate at ~2 ms per call on B0's batch-8 tensors) */
+#ifdef EFF_X86
+AVX512 static void q_gate_row512(const uint8_t* x, uint8_t* y, const float* m, i64 C, int zx, int zy) {
+    const __m512i vzx = _mm512_set1_epi32(zx), vzy = _mm512_set1_epi32(zy), zero = _mm512_setzero_si512();
+    for (i64 c = 0; c < C; c += 16) {
+        const __mmask16 k = lanes16(C - c);
+        uint8_t tail[16] = {0};
+        if (C - c < 16) memcpy(tail, x + c, (size_t)(C - c));
+        const __m128i b = _mm_loadu_si128((const __m128i*)(C - c < 16 ? tail : x + c));
+        const __m512i q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), vzx);
+        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, m + c), _mm512_cvtepi32_ps(q));
+        const __m512i r = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), vzy), zero);  /* nearest even */
+        _mm512_mask_cvtusepi32_storeu_epi8(y + c, k, r);  /* saturates above 255 */
+    }
+}
+#endif
+void eff_q_gate_mul(const uint8_t* x, uint8_t* y, const float* g, i64 N, i64 HW, i64 C, float sx, int zx, float sy,
+                    int zy, int nt) {
+    #pragma omp parallel num_threads(N * HW * C > (1 << 16) ? nt : 1)
+    {
+        float* m = (float*)malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
+        i64 last = -1;
+        #pragma omp for schedule(static)
+        for (i64 r = 0; r < N * HW; r++) {
+            const i64 n = r / HW;
+            if (n != last) {
+                for (i64 c = 0; c < C; c++) m[c] = sx * g[n * C + c] / sy;
+                last = n;
+            }
+            const uint8_t* xr = x + r * C;
+            uint8_t* yr = y + r * C;
+#ifdef EFF_X86
+            if (avx512()) { q_gate_row512(xr, yr, m, C, zx, zy); continue; }
+#endif
+            for (i64 c = 0; c < C; c++) {  /* + 1.5 * 2^23 and back: round half to even, |v| < 2^22 */
+                float v = m[c] * (float)((int)xr[c] - zx);
+                v = (v + 12582912.0f) - 12582912.0f + (float)zy;
+                yr[c] = (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
+            }
+        }
+        free(m);
+    }
+}
+
+/* channel sums of a quint8 channels-last tensor (N * HW rows of C bytes) into s[n * C + c], exact
+ * (int32 per block of at most 2^23 / 255 rows, then int64): a squeeze-excite's pooling without a
+ * dequantized float copy of the tensor */
+void eff_q_channel_sums(const uint8_t* x, int64_t* s, i64 N, i64 HW, i64 C, int nt) {
+    #pragma omp parallel for schedule(static) num_threads(N > 1 && N * HW * C > (1 << 16) ? nt : 1)
+    for (i64 n = 0; n < N; n++) {
+        int32_t* acc = (int32_t*)calloc((size_t)(C > 0 ? C : 1), sizeof(int32_t));
+        for (i64 c = 0; c < C; c++) s[n * C + c] = 0;
+        for (i64 r0 = 0; r0 < HW; r0 += 32768) {
+            const i64 r1 = r0 + 32768 < HW ? r0 + 32768 : HW;
+            for (i64 r = r0; r < r1; r++) {
+                const uint8_t* xr = x + (n * HW + r) * C;
+                for (i64 c = 0; c < C; c++) acc[c] += xr[c];
+            }
+            for (i64 c = 0; c < C; c++) { s[n * C + c] += acc[c]; acc[c] = 0; }
+        }
+        free(acc);
+    }
+}
+
 int eff_have_avx2(void) { return have_avx2(); }
 
 int eff_have_avx512(void) { return have_avx512(); }
 
-int eff_abi_version(void) { return 11; }
+int eff_abi_version(void) { return 12; }

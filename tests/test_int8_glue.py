@@ -1,0 +1,110 @@
+"""Native glue of int8 models (effnets.int8_glue) against the torch.ao ops it replaces."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import effnets
+from effnets import int8_glue as G
+from effnets import kernels as K
+from effnets.optimize import quantize_int8
+
+native = pytest.mark.skipif(K.library() is None, reason=f"native kernels unavailable: {K.why_unavailable}")
+
+
+@pytest.fixture(params=["avx512", "plain"])
+def isa(request):
+    """The AVX-512 code (VBMI table lookup, 16-lane gate) where the CPU has it, and the plain C."""
+    if request.param == "avx512" and not K.set_avx512(True):
+        pytest.skip("this CPU has no AVX-512F")
+    K.set_avx512(request.param == "avx512")
+    yield request.param
+    K.set_avx512(True)
+
+
+def _q(shape, scale, zp, seed=0, channels_last=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.quantize_per_tensor(torch.randn(shape, generator=g) * 3, scale, zp, torch.quint8)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _bytes(t):
+    return t.int_repr().int()
+
+
+@native
+@pytest.mark.parametrize("act,fn", [("SiLU", F.silu), ("Hardswish", F.hardswish), ("Sigmoid", torch.sigmoid),
+                                    ("ReLU6", F.relu6), ("GELU", F.gelu)])
+@pytest.mark.parametrize("shape,channels_last", [((2, 40, 9, 9), True), ((3, 7, 5, 3), False), ((1, 100), False)])
+def test_table_activation_equals_dequantize_act_quantize(act, fn, shape, channels_last, isa):
+    """The 256-entry table gives the very bytes of dequantize -> float act -> quantize (sizes not a
+    multiple of 64: the masked tail of the VBMI loop), in the input's layout."""
+    x = _q(shape, 0.05, 120, channels_last=channels_last and len(shape) == 4)
+    scale, zp = torch.tensor(0.03), torch.tensor(10)  # as the converted graph holds them
+    ref = torch.quantize_per_tensor(fn(x.dequantize()), scale, zp, torch.quint8)
+    y = G.quantized_act(x, scale, zp, act)
+    assert torch.equal(_bytes(y), _bytes(ref)) and (y.q_scale(), y.q_zero_point()) == (ref.q_scale(), 10)
+    assert y.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
+
+
+@native
+@pytest.mark.parametrize("c", [40, 16, 3, 257])
+def test_gate_product_matches_quantized_mul(c, isa):
+    """x * gate with one gate per image and channel: within one step of quantized.mul (which
+    rounds a float product computed in another order), saturating at both ends."""
+    x = _q((3, c, 6, 5), 0.05, 100, seed=1)
+    g = torch.quantize_per_tensor(torch.rand(3, c, 1, 1, generator=torch.Generator().manual_seed(2)), 1 / 255, 0,
+                                  torch.quint8)
+    for scale, zp in [(0.04, 100), (0.002, 128)]:  # the second saturates many values
+        ref = torch.ops.quantized.mul(x, g, scale, zp)
+        y = G.quantized_gate_mul(x, g, torch.tensor(scale), torch.tensor(zp))
+        diff = (_bytes(y) - _bytes(ref)).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
+        exact = torch.round(x.dequantize().double() * g.dequantize().double() / scale + zp).clamp(0, 255)
+        assert (_bytes(y) - exact).abs().max() <= 1
+
+
+@native
+def test_gate_product_falls_back_where_it_does_not_apply():
+    x = _q((2, 8, 4, 4), 0.05, 100, channels_last=False)  # NCHW: torch.ao's op
+    g = torch.quantize_per_tensor(torch.rand(2, 8, 1, 1), 1 / 255, 0, torch.quint8)
+    assert torch.equal(_bytes(G.quantized_gate_mul(x, g, 0.04, 90)), _bytes(torch.ops.quantized.mul(x, g, 0.04, 90)))
+    y = _q((2, 8, 4, 4), 0.05, 100)  # two full tensors: not a gate
+    assert torch.equal(_bytes(G.quantized_gate_mul(y, y, 0.04, 90)), _bytes(torch.ops.quantized.mul(y, y, 0.04, 90)))
+
+
+@native
+@pytest.mark.parametrize("shape", [(2, 40, 28, 28), (1, 3, 1, 1), (4, 19, 5, 7)])
+def test_quantized_mean_is_the_exact_mean_of_the_bytes(shape):
+    """A squeeze-excite's pooling: the mean of the stored bytes rounded half to even (exact; the
+    float mean torch.ao takes differs from it at most by one step, at ties)."""
+    x = _q(shape, 0.05, 7, seed=3)
+    y = G.quantized_mean(x, (2, 3), keepdim=True)
+    exact = torch.round(x.int_repr().double().mean((2, 3), keepdim=True))
+    assert torch.equal(_bytes(y), exact.int()) and (y.q_scale(), y.q_zero_point()) == (x.q_scale(), x.q_zero_point())
+    assert (_bytes(y) - _bytes(x.mean((2, 3), keepdim=True))).abs().max() <= 1
+    assert G.quantized_mean(x, [-2, -1]).shape == shape[:2]  # keepdim False, negative dims
+    assert torch.equal(G.quantized_mean(x, 1).int_repr(), x.mean(1).int_repr())  # other dims: torch.ao's op
+
+
+@native
+def test_fused_int8_model_runs_the_kernels_and_keeps_its_outputs():
+    """fuse_int8_glue on a converted efficientnet_b0: every SiLU, squeeze-excite product and
+    pooling is rewritten, the logits stay within a few quantization steps of the unfused model,
+    and the fused model still deep-copies."""
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", num_classes=10).eval()
+    q = quantize_int8(model, torch.randn(4, 3, 64, 64), batches=1, reduce_range=False)
+    fused = copy.deepcopy(q)
+    counts = G.fuse_int8_glue(fused)
+    n_se = sum(1 for m in model.modules() if type(m).__name__ == "SqueezeExcite")
+    assert counts["gate_products"] == n_se == counts["means"] > 0 and counts["activations"] >= 2 * n_se
+    assert not any(n.op == "call_method" and n.target == "dequantize" and n.next.op == "call_module"
+                   and "act" in str(n.next.target) for n in fused.graph.nodes)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        a, b = q(x), fused(x)
+    assert (a - b).abs().max() <= 0.1 * a.abs().max()
+    with torch.inference_mode():
+        assert torch.equal(copy.deepcopy(fused)(x), b)
