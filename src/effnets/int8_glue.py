@@ -10,6 +10,7 @@ took 160 of the int8 model's 246 ms (PyTorch profiler: SiLU 54, dequantize 50, q
 * dequantize -> activation module -> quantize_per_tensor becomes one lookup per byte
   (:func:`quantized_act`): an activation between two 8-bit tensors has only 256 inputs, so a
   256-entry table computed with the very float32 ops PyTorch would run gives the same bytes;
+  after a layer kept in float (the stem conv), activation and quantization are one native pass;
 * ``quantized.mul`` of a tensor by an (N, C, 1, 1) gate becomes one pass that scales each
   channel (:func:`quantized_gate_mul`), rounding as ``quantize_per_tensor`` does;
 * a squeeze-excite's spatial ``mean`` sums the stored bytes (:func:`quantized_mean`) instead of
@@ -45,9 +46,18 @@ def _table(act: str, in_scale: float, in_zp: int, scale: float, zp: int) -> torc
     return lut
 
 
+# the float activations effnets' kernels compute in the quantizing pass (module name -> kernel name)
+_FLOAT_NATIVE = {"SiLU": "silu", "ReLU": "relu", "Hardswish": "hardswish", "ReLU6": "relu6"}
+
+
 def quantized_act(x: torch.Tensor, scale, zero_point, act: str) -> torch.Tensor:
-    """``quantize_per_tensor(act(x.dequantize()), scale, zero_point, quint8)`` by table lookup."""
+    """``quantize_per_tensor(act(x.dequantize()), scale, zero_point, quint8)`` by table lookup; for
+    a float ``x`` (a layer kept in float feeding quantized ones) ``act`` and the quantization in
+    one native pass."""
     scale, zero_point = float(scale), int(zero_point)
+    if not x.is_quantized:
+        y = kernels.quantize_act(x, _FLOAT_NATIVE[act], scale, zero_point) if act in _FLOAT_NATIVE else None
+        return y if y is not None else torch.quantize_per_tensor(_BY_NAME[act](x), scale, zero_point, torch.quint8)
     if x.dtype == torch.quint8 and x.qscheme() == torch.per_tensor_affine:
         y = kernels.quantized_lut(x, _table(act, x.q_scale(), x.q_zero_point(), scale, zero_point), scale,
                                   zero_point)
@@ -90,15 +100,14 @@ def fuse_int8_glue(gm: fx.GraphModule) -> dict[str, int]:
             if not (isinstance(act, fx.Node) and act.op == "call_module" and len(act.users) == 1
                     and type(modules.get(act.target)) in _ACTS and len(act.args) == 1):
                 continue
-            deq = act.args[0]
-            if not (isinstance(deq, fx.Node) and deq.op == "call_method" and deq.target == "dequantize"
-                    and len(deq.users) == 1):
-                continue
+            deq = act.args[0]  # dequantize -> act -> quantize, or float layer -> act -> quantize
+            src = deq.args[0] if (isinstance(deq, fx.Node) and deq.op == "call_method" and deq.target == "dequantize"
+                                  and len(deq.users) == 1) else None
             with graph.inserting_before(node):
-                new = graph.call_function(quantized_act, (deq.args[0], node.args[1], node.args[2],
+                new = graph.call_function(quantized_act, (deq if src is None else src, node.args[1], node.args[2],
                                                           type(modules[act.target]).__name__))
             node.replace_all_uses_with(new)
-            for dead in (node, act, deq):
+            for dead in (node, act) if src is None else (node, act, deq):
                 graph.erase_node(dead)
             done["activations"] += 1
         elif node.op == "call_function" and node.target is torch.ops.quantized.mul and len(node.args) == 4:

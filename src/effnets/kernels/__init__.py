@@ -90,6 +90,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_q_lut.restype = None
     lib.eff_q_gate_mul.argtypes = [p, p, p, i64, i64, i64, ctypes.c_float, i32, ctypes.c_float, i32, i32]
     lib.eff_q_gate_mul.restype = None
+    lib.eff_q_from_float.argtypes = [p, p, i64, i32, ctypes.c_float, i32, i32]
+    lib.eff_q_from_float.restype = None
     lib.eff_q_channel_sums.argtypes = [p, p, i64, i64, i64, i32]
     lib.eff_q_channel_sums.restype = None
     lib.eff_have_avx2.restype = i32
@@ -349,6 +351,22 @@ def quantized_lut(x: torch.Tensor, lut: torch.Tensor, scale: float, zero_point: 
     return y
 
 
+def quantize_act(x: torch.Tensor, act: str, scale: float, zero_point: int) -> torch.Tensor | None:
+    """``quantize_per_tensor(act(x), scale, zero_point, quint8)`` for a dense float32 CPU ``x`` in one
+    pass, ``act`` a key of ``DW_ACT_CODES``; None where that does not apply."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or act not in DW_ACT_CODES or library() is None:
+        return None
+    fmt = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) else (
+        torch.contiguous_format if x.is_contiguous() else None)
+    if fmt is None:
+        return None
+    y = torch._empty_affine_quantized(x.shape, scale=scale, zero_point=zero_point, dtype=torch.quint8,
+                                      memory_format=fmt)
+    library().eff_q_from_float(x.data_ptr(), y.data_ptr(), x.numel(), DW_ACT_CODES[act], scale, zero_point,
+                               torch.get_num_threads())
+    return y
+
+
 def quantized_gate_mul(x: torch.Tensor, gate: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor | None:
     """``quantize(dequantize(x) * gate)`` for a channels-last quint8 ``x`` (N, C, H, W) and float
     ``gate`` (N, C): a squeeze-excite's product, one pass.  None where that does not apply."""
@@ -577,5 +595,5 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv",
-           "pointwise_into", "depthwise_into", "se_gates", "se_gates_into", "quantized_lut", "quantized_gate_mul",
+           "pointwise_into", "depthwise_into", "se_gates", "se_gates_into", "quantized_lut", "quantized_gate_mul", "quantize_act",
            "quantized_channel_mean"]

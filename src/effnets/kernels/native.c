@@ -1517,6 +1517,38 @@ void eff_q_gate_mul(const uint8_t* x, uint8_t* y, const float* g, i64 N, i64 HW,
     }
 }
 
+/* y = clamp(round(act(x) / scale) + zp, 0, 255): a float layer's activation and the quantization
+ * of its output in one pass (an int8 model's float stem: PyTorch's SiLU and quantize_per_tensor are
+ * two passes and a float tensor); round half to even like quantize_per_tensor */
+#ifdef EFF_X86
+AVX512 static void q_from_float512(const float* x, uint8_t* y, i64 n, int act, float inv, int zp) {
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i vzp = _mm512_set1_epi32(zp), zero = _mm512_setzero_si512();
+    for (i64 i = 0; i < n; i += 16) {
+        const __mmask16 k = lanes16(n - i);
+        const __m512 v = _mm512_mul_ps(act16(_mm512_maskz_loadu_ps(k, x + i), act), vinv);
+        const __m512i r = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), vzp), zero);
+        _mm512_mask_cvtusepi32_storeu_epi8(y + i, k, r);
+    }
+}
+#endif
+void eff_q_from_float(const float* x, uint8_t* y, i64 n, int act, float scale, int zp, int nt) {
+    const float inv = 1.0f / scale;
+    const i64 chunk = 1 << 14, nc = (n + chunk - 1) / chunk;
+    #pragma omp parallel for schedule(static) num_threads(nc > 1 ? nt : 1)
+    for (i64 c = 0; c < nc; c++) {
+        const i64 s = c * chunk, e = s + chunk < n ? s + chunk : n;
+#ifdef EFF_X86
+        if (avx512()) { q_from_float512(x + s, y + s, e - s, act, inv, zp); continue; }
+#endif
+        for (i64 i = s; i < e; i++) {  /* + 1.5 * 2^23 and back: round half to even */
+            float v = act_s(x[i], act) * inv;
+            v = fminf(fmaxf(v, -1e6f), 1e6f);
+            v = (v + 12582912.0f) - 12582912.0f + (float)zp;
+            y[i] = (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
+        }
+    }
+}
 /* channel sums of a quint8 channels-last tensor (N * HW rows of C bytes) into s[n * C + c], exact
  * (int32 per block of at most 2^23 / 255 rows, then int64): a squeeze-excite's pooling without a
  * dequantized float copy of the tensor */
