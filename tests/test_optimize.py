@@ -211,6 +211,33 @@ def test_int8_keeps_the_image_conv_in_fp32():
         quantize_int8(model, calib, keep_fp32=["nope"])
 
 
+def test_int8_default_fp32_layers_found_from_structure():
+    """Default keep_fp32 on an MBConv net, found without model names: the image conv, every
+    depthwise conv, every squeeze-excite module and every linear projection stay fp32 (they
+    cost B0 trained on digits 6 points of agreement in int8); pointwise expansions, the head
+    conv and the classifier are quantized."""
+    from torch.ao.nn.quantized import Conv2d as QConv2d, Linear as QLinear
+    from effnets.optimize import _default_fp32_layers
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", num_classes=4).eval()
+    calib = torch.randn(4, 3, 64, 64)
+    keep = _default_fp32_layers(model, calib[:1])
+    names = dict(model.named_modules())
+    dw = [n for n, m in names.items() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    se = [n for n in names if n.endswith(".se")]
+    pwl = [n for n in names if n.endswith("conv_pwl.conv")]
+    assert set(keep) == {"stem.conv", *dw, *se, *pwl}
+    q = quantize_int8(model, calib, reduce_range=False)
+    qnames = dict(q.named_modules())
+    assert all(type(qnames[n]) is nn.Conv2d for n in dw + pwl + [n + ".conv_reduce" for n in se])
+    assert all(isinstance(qnames[n], QConv2d) for n in names if n.endswith("conv_pw.conv"))
+    assert isinstance(qnames["conv_head.conv"], QConv2d) and isinstance(qnames["classifier"], QLinear)
+    # a conv seeing 1x1 only because the image is tiny is no squeeze-excite: MobileNetV1 at 32 px
+    tiny = effnets.create_model("mobilenet_v1", num_classes=4, width=0.25).eval()
+    assert set(_default_fp32_layers(tiny, torch.randn(1, 3, 32, 32))) == {
+        "stem.conv", *(n for n, m in tiny.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1)}
+
+
 @pytest.mark.slow
 def test_compiled_matches_original():
     torch.manual_seed(0)

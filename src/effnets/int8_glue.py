@@ -34,6 +34,12 @@ _BY_NAME = {cls.__name__: fn for cls, fn in _ACTS.items()}
 _TABLES: dict = {}  # (act, in scale, in zero point, out scale, out zero point) -> uint8 table
 
 
+def _native_ok() -> bool:
+    """The kernels run eagerly only: a trace, script or compile must see the ATen ops instead (a
+    traced graph would keep the output allocation and lose the ctypes call that fills it)."""
+    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 def _table(act: str, in_scale: float, in_zp: int, scale: float, zp: int) -> torch.Tensor:
     key = (act, in_scale, in_zp, scale, zp)
     lut = _TABLES.get(key)
@@ -54,6 +60,9 @@ def quantized_act(x: torch.Tensor, scale, zero_point, act: str) -> torch.Tensor:
     """``quantize_per_tensor(act(x.dequantize()), scale, zero_point, quint8)`` by table lookup; for
     a float ``x`` (a layer kept in float feeding quantized ones) ``act`` and the quantization in
     one native pass."""
+    if not _native_ok():
+        return torch.quantize_per_tensor(_BY_NAME[act](x.dequantize() if x.is_quantized else x), scale, zero_point,
+                                         torch.quint8)
     scale, zero_point = float(scale), int(zero_point)
     if not x.is_quantized:
         y = kernels.quantize_act(x, _FLOAT_NATIVE[act], scale, zero_point) if act in _FLOAT_NATIVE else None
@@ -69,7 +78,7 @@ def quantized_act(x: torch.Tensor, scale, zero_point, act: str) -> torch.Tensor:
 def quantized_gate_mul(x: torch.Tensor, gate: torch.Tensor, scale, zero_point) -> torch.Tensor:
     """``quantized.mul(x, gate, scale, zero_point)``, natively where ``gate`` is one value per
     image and channel of a channels-last ``x``."""
-    if gate.ndim == 4 and x.ndim == 4 and gate.shape[2:] == (1, 1) and gate.shape[:2] == x.shape[:2]:
+    if _native_ok() and gate.ndim == 4 and x.ndim == 4 and gate.shape[2:] == (1, 1) and gate.shape[:2] == x.shape[:2]:
         g = gate.dequantize() if gate.is_quantized else gate
         y = kernels.quantized_gate_mul(x, g, float(scale), int(zero_point))
         if y is not None:
@@ -81,7 +90,7 @@ def quantized_mean(x: torch.Tensor, dim, keepdim: bool = False) -> torch.Tensor:
     """``x.mean(dim, keepdim)``, natively where it is a squeeze-excite's pooling (the spatial dims
     of a channels-last quint8 tensor)."""
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    if x.is_quantized and x.ndim == 4 and tuple(d % 4 for d in dims) == (2, 3):
+    if _native_ok() and x.is_quantized and x.ndim == 4 and tuple(d % 4 for d in dims) == (2, 3):
         y = kernels.quantized_channel_mean(x)
         if y is not None:
             return y if keepdim else y.reshape(x.shape[0], x.shape[1])
