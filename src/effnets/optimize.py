@@ -896,7 +896,8 @@ def _default_fp32_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     parent = {n: p for p, mod in model.named_modules() for c, _ in mod.named_children()
               for n in [f"{p}.{c}" if p else c]}
     order: list[tuple[str, nn.Module, tuple]] = []
-    hooks = [mod.register_forward_hook(lambda mod, a, o, n=n: order.append((n, mod, tuple(a[0].shape))))
+    hooks = [mod.register_forward_hook(lambda mod, a, o, n=n: order.append(
+                 (n, mod, tuple(a[0].shape) if a and isinstance(a[0], torch.Tensor) else ())))
              for n, mod in model.named_modules() if not any(True for _ in mod.children())]
     seen: dict[str, tuple] = {}  # module -> its input's shape (to tell pooling from a tiny image)
 
@@ -948,10 +949,10 @@ def quantize_int8(model: nn.Module, calibration, *, batches: int = 32, compile: 
     product and pooling on the stored bytes).
 
     Accuracy or speed, measured on B0 trained on digits (``benchmarks/lowprec.py`` data, 2
-    threads, img/s relative to the fp32 ``optimize`` model, one-off): the default below keeps
-    98.6% agreement but runs at 0.51x (b1) / 0.72x (b8): its fp32 layers run as plain PyTorch
-    ops between (de)quantize steps.  ``keep_fp32=[<the first conv>]`` (the default before
-    session 10) runs 0.56x / **1.49x** at 93.2% agreement.  Neither reaches 2x at 98%.
+    threads, img/s relative to the fp32 ``optimize`` model, two one-off runs): the default below
+    keeps 98.6% agreement but runs at 0.48-0.51x (b1) / 0.70-0.72x (b8): its fp32 layers run as
+    plain PyTorch ops between (de)quantize steps.  ``keep_fp32=[<the first conv>]`` (the default
+    before session 10) runs 0.38-0.56x / 1.18-1.49x at 93.2% agreement.  Neither reaches 2x at 98%.
 
     Two choices differ from torch.ao's x86 defaults, both measured (``benchmarks/lowprec.py``,
     top-1 agreement with fp32 on held-out images):
@@ -964,17 +965,18 @@ def quantize_int8(model: nn.Module, calibration, *, batches: int = 32, compile: 
       and every linear projection (a convolution not followed by a nonlinearity, e.g. the
       MBConv ``conv_pwl``).  The error is not in one layer: on B0 trained on digits (64
       calibration images, 355 held-out, agreement with fp32; speed as batch-8 img/s at 1 thread
-      relative to the stem-only choice, before the glue kernels) only the stem in fp32 gives 92%; keeping any single block or
-      layer group moves it by at most 2 points (head, classifier, last stage: 92-94%;
-      depthwise 94%); the weights alone in int8 give 99.7%, so activations are what costs:
+      relative to the stem-only choice, before the glue kernels) only the stem in fp32 gives
+      92%; keeping any single block or layer group moves it by at most 2 points (head,
+      classifier, last stage: 92-94%; depthwise 94%); the weights alone in int8 give 99.7%, so activations are what costs:
       per-tensor ranges over channels whose ranges differ 10x, and torch.ao quantizes each conv
       output *before* SiLU (an int8 range spent on a negative tail SiLU flattens).  Other
       observers or more images do not fix it (MinMax 91%, moving-average 94%, 2048->8192 bins
       93%, 256 images 93%).  Depthwise + squeeze-excite in fp32: 97% and 1.5x faster (torch's
       int8 depthwise conv and quantized mean/mul are slower than fp32 ones); + linear
       projections: 98.0% (int8 top-1 0.952, fp32 0.958) and 1.2x faster than stem-only
-      without the glue kernels (with them stem-only is 2x faster again); the pointwise expansions (most of the FLOPs), the residual additions, the head
-      and the classifier stay int8.
+      without the glue kernels (with them stem-only is 2x faster again); the pointwise
+      expansions (most of the FLOPs), the residual additions, the head and the classifier
+      stay int8.
     * ``reduce_range``: torch.ao always drops one activation bit, which rules out int16
       saturation in the u8 x s8 multiply-add of CPUs without VNNI.  Which costs more depends
       on the model: on the digits B0 the 7-bit range gives 75% agreement and the 8-bit one 97%;
