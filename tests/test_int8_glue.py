@@ -134,3 +134,25 @@ def test_fused_int8_model_runs_the_kernels_and_keeps_its_outputs(monkeypatch):
         a, b = plain(x), fused(x)
         assert (a - b).abs().max() <= 0.1 * a.abs().max()
         assert torch.equal(copy.deepcopy(fused)(x), b)
+
+
+@native
+def test_exporters_run_the_glue_on_torch_ao_ops(monkeypatch, tmp_path):
+    """Within ``aten_ops()`` (the exporters' reference run) no glue kernel runs, so a TorchScript
+    export, which holds torch.ao's ops, is verified against the same arithmetic; outside it the
+    kernels run."""
+    from conftest import record_calls
+    from effnets.export import export_torchscript
+    torch.manual_seed(0)
+    model = effnets.create_model("efficientnet_b0", width=0.25, depth=0.25, num_classes=5).eval()
+    q = quantize_int8(model, torch.randn(4, 3, 64, 64), batches=2, keep_fp32=["stem.conv"])
+    calls = [record_calls(monkeypatch, K, n) for n in ("quantized_lut", "quantized_gate_mul",
+                                                         "quantized_channel_mean", "quantize_act")]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode(), G.aten_ops():
+        q(x)
+    assert not any(calls)
+    with torch.inference_mode():
+        q(x)
+    assert all(calls)
+    assert export_torchscript(q, tmp_path / "q.pt", input_size=64)["max_rel_err"] < 1e-4

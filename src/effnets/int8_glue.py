@@ -16,10 +16,13 @@ took 160 of the int8 model's 246 ms (PyTorch profiler: SiLU 54, dequantize 50, q
 * a squeeze-excite's spatial ``mean`` sums the stored bytes (:func:`quantized_mean`) instead of
   dequantizing the tensor first.
 
-Both fall back to the original ops where the native kernels are not built or the tensors are
-not dense per-tensor quint8.
+They fall back to the original ops where the native kernels are not built or the tensors are
+not dense per-tensor quint8, and inside :func:`aten_ops` (the exporters' reference run).
 """
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +37,27 @@ _BY_NAME = {cls.__name__: fn for cls, fn in _ACTS.items()}
 _TABLES: dict = {}  # (act, in scale, in zero point, out scale, out zero point) -> uint8 table
 
 
+_ATEN_ONLY = [False]  # set by aten_ops()
+
+
+@contextlib.contextmanager
+def aten_ops() -> Iterator[None]:
+    """Within this block the glue runs torch.ao's own ops.  The exporters' reference run uses it:
+    a traced graph holds those ops, and the kernels round a few values differently (the gate
+    product and pooling exactly where torch.ao rounds a float result, effnets' SiLU one ulp
+    apart), which in an int8 model can move a logit by a quantization step."""
+    old, _ATEN_ONLY[0] = _ATEN_ONLY[0], True
+    try:
+        yield
+    finally:
+        _ATEN_ONLY[0] = old
+
+
 def _native_ok() -> bool:
     """The kernels run eagerly only: a trace, script or compile must see the ATen ops instead (a
     traced graph would keep the output allocation and lose the ctypes call that fills it)."""
-    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+    return not (_ATEN_ONLY[0] or torch.jit.is_scripting() or torch.jit.is_tracing()
+                or torch.compiler.is_compiling())
 
 
 def _table(act: str, in_scale: float, in_zp: int, scale: float, zp: int) -> torch.Tensor:
@@ -134,4 +154,4 @@ def fuse_int8_glue(gm: fx.GraphModule) -> dict[str, int]:
     return done
 
 
-__all__ = ["fuse_int8_glue", "quantized_act", "quantized_gate_mul"]
+__all__ = ["fuse_int8_glue", "quantized_act", "quantized_gate_mul", "quantized_mean", "aten_ops"]

@@ -85,11 +85,13 @@ def check_exportable(model, fmt: str) -> None:
 
 @contextlib.contextmanager
 def export_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """eval mode and the plain (non-SDPA) attention path, restored afterwards."""
+    """eval mode, the plain (non-SDPA) attention path and an int8 model's glue on torch.ao's own
+    ops (what a traced graph holds; ``effnets.int8_glue.aten_ops``), restored afterwards."""
+    from ..int8_glue import aten_ops
     was_training = model.training
     model.eval()
     try:
-        with fused_attention(False), torch.no_grad():
+        with fused_attention(False), aten_ops(), torch.no_grad():
             yield model
     finally:
         model.train(was_training)
