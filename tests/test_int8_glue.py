@@ -156,3 +156,17 @@ def test_exporters_run_the_glue_on_torch_ao_ops(monkeypatch, tmp_path):
         q(x)
     assert all(calls)
     assert export_torchscript(q, tmp_path / "q.pt", input_size=64)["max_rel_err"] < 1e-4
+
+
+@native
+def test_quantizing_passes_saturate_far_out_of_range_values(isa):
+    """Values far beyond the int32 range of the rounding step saturate at 255 / 0 (an unclamped
+    conversion gives INT_MIN, which would come out as 0)."""
+    x = torch.tensor([1e12, -1e12, 3e9, 1.0] * 5).reshape(1, 20, 1, 1)
+    y = G.quantized_act(x, torch.tensor(0.01), torch.tensor(5), "ReLU")
+    ref = torch.quantize_per_tensor(F.relu(x), 0.01, 5, torch.quint8)
+    assert torch.equal(_bytes(y), _bytes(ref)) and _bytes(y).flatten()[:3].tolist() == [255, 5, 255]
+    q = _q((1, 20, 2, 2), 1.0, 0)
+    g = torch.full((1, 20, 1, 1), 1.0)
+    big = G.quantized_gate_mul(q, g, torch.tensor(1e-9), torch.tensor(0))
+    assert bool((_bytes(big)[q.int_repr() > 0] == 255).all())

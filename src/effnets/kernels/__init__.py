@@ -345,9 +345,10 @@ def quantized_lut(x: torch.Tensor, lut: torch.Tensor, scale: float, zero_point: 
     fmt = _quint8_layout(x)
     if fmt is None or library() is None or lut.dtype != torch.uint8 or lut.numel() != 256:
         return None
+    lut = lut.contiguous()  # held here: a temporary's memory could be freed before the call reads it
     y = torch._empty_affine_quantized(x.shape, scale=scale, zero_point=zero_point, dtype=torch.quint8,
                                       memory_format=fmt)
-    library().eff_q_lut(x.data_ptr(), y.data_ptr(), x.numel(), lut.contiguous().data_ptr(), torch.get_num_threads())
+    library().eff_q_lut(x.data_ptr(), y.data_ptr(), x.numel(), lut.data_ptr(), torch.get_num_threads())
     return y
 
 

@@ -1475,6 +1475,10 @@ void eff_q_lut(const uint8_t* x, uint8_t* y, i64 n, const uint8_t* lut, int nt) 
  * zx)) + zy, 0, 255), rounding half to even as quantize_per_tensor does (PyTorch's quantized.mul
  * broadcasts the (N, C, 1, 1) gate at ~2 ms per call on B0's batch-8 tensors) */
 #ifdef EFF_X86
+/* |v| <= 1e6 before the int32 conversion (out of range it gives INT_MIN, which would clamp to 0) */
+AVX512 static inline __m512 clamp_q512(__m512 v) {
+    return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1e6f)), _mm512_set1_ps(1e6f));
+}
 AVX512 static void q_gate_row512(const uint8_t* x, uint8_t* y, const float* m, i64 C, int zx, int zy) {
     const __m512i vzx = _mm512_set1_epi32(zx), vzy = _mm512_set1_epi32(zy), zero = _mm512_setzero_si512();
     for (i64 c = 0; c < C; c += 16) {
@@ -1483,7 +1487,7 @@ AVX512 static void q_gate_row512(const uint8_t* x, uint8_t* y, const float* m, i
         if (C - c < 16) memcpy(tail, x + c, (size_t)(C - c));
         const __m128i b = _mm_loadu_si128((const __m128i*)(C - c < 16 ? tail : x + c));
         const __m512i q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), vzx);
-        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, m + c), _mm512_cvtepi32_ps(q));
+        const __m512 v = clamp_q512(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, m + c), _mm512_cvtepi32_ps(q)));
         const __m512i r = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), vzy), zero);  /* nearest even */
         _mm512_mask_cvtusepi32_storeu_epi8(y + c, k, r);  /* saturates above 255 */
     }
@@ -1526,7 +1530,7 @@ AVX512 static void q_from_float512(const float* x, uint8_t* y, i64 n, int act, f
     const __m512i vzp = _mm512_set1_epi32(zp), zero = _mm512_setzero_si512();
     for (i64 i = 0; i < n; i += 16) {
         const __mmask16 k = lanes16(n - i);
-        const __m512 v = _mm512_mul_ps(act16(_mm512_maskz_loadu_ps(k, x + i), act), vinv);
+        const __m512 v = clamp_q512(_mm512_mul_ps(act16(_mm512_maskz_loadu_ps(k, x + i), act), vinv));
         const __m512i r = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), vzp), zero);
         _mm512_mask_cvtusepi32_storeu_epi8(y + i, k, r);
     }
