@@ -66,6 +66,7 @@ from .int8_glue import fuse_int8_glue
 from .layers.conv import Conv2dSame, ConvNormAct
 from .layers.padding import pad_same
 from .layers.se import SqueezeExcite
+from .profiling import forward_with_hooks
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -908,12 +909,7 @@ def _default_fp32_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
         return hook
 
     hooks += [mod.register_forward_pre_hook(note_input(n)) for n, mod in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, x, hooks)
     keep = [_first_conv(model)]
     pooled: dict[str, bool] = {}  # parent -> all of its convs see a 1x1 input
     for i, (n, mod, shape) in enumerate(order):

@@ -72,15 +72,20 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
         elif hasattr(m, "profile_macs"):
             total += int(m.profile_macs(inputs, out))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) or hasattr(m, "profile_macs")]
+    forward_with_hooks(model, x, [m.register_forward_hook(hook) for m in model.modules()
+                                  if isinstance(m, (nn.Conv2d, nn.Linear)) or hasattr(m, "profile_macs")])
+    return total
+
+
+def forward_with_hooks(model: nn.Module, x: torch.Tensor, handles: list) -> torch.Tensor:
+    """``model(x)`` without gradients, the hook ``handles`` removed afterwards even if it raises
+    (for passes that only observe the model through hooks)."""
     try:
         with torch.no_grad():
-            model(x)
+            return model(x)
     finally:
         for h in handles:
             h.remove()
-    return total
 
 
 def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..profiling import forward_with_hooks
 
 KERAS_OVERRIDES = {"padding": "same", "bn_eps": 1e-3}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -303,12 +304,7 @@ def keras_parity(model: nn.Module, path: str | os.PathLike, info: dict, size: in
     x = torch.from_numpy(img).permute(0, 3, 1, 2) / 255.0
     x = (x - torch.tensor(pre["mean"]).view(1, 3, 1, 1)) / torch.tensor(pre["std"]).view(1, 3, 1, 1)
     model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, x, hooks)
     report = []
     for (key, _), kname, kv in zip(mods, k_out, k_vals):
         ours = outs[key].numpy()
