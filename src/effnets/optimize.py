@@ -394,6 +394,11 @@ class FusedConvAct(nn.Module):
         # 1x1 convs: effnets' GEMM with bias, activation (SiLU included) in its epilogue; its panels
         self.pw_act = _pointwise_act(w.shape, self.groups, self.stride, self.padding, self.attr, self.scalars)
         self._panels: torch.Tensor | None = None
+        # set by quantize_dynamic: int8 weights, each pixel's input channels rounded to 256 levels
+        # over their own range on the fly (kernels.pointwise_q8); self.weight then holds the
+        # dequantized int8 weight, so every path (exports, other devices) computes the same thing
+        self.int8 = False
+        self._q8: tuple | None = None
         # set by fuse_modules where only the next module of the same block reads this output: the
         # output buffer is then kept and written again on the next call (no fresh pages to fault in)
         self.reuse_output = False
@@ -404,6 +409,8 @@ class FusedConvAct(nn.Module):
         self._graph_se: tuple = ()  # (that FastSqueezeExcite,): a tuple, so not a registered child
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8:
+            return self._int8_forward(x)
         if self.same:
             x = pad_same(x, self.weight.shape[-1], self.stride[0], self.dilation[0])
         if _plain_mode():
@@ -442,6 +449,19 @@ class FusedConvAct(nn.Module):
                 y = _onednn_conv_act(*args)
             return y if self.act is None else self.act(y)
         y = self.act_fn(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups))
+        return y if self.act is None else self.act(y)
+
+    def _int8_forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """The int8 1x1 conv (``quantize_dynamic``): effnets' VNNI kernel in eager CPU float32
+        inference, else the same arithmetic in PyTorch ops (per-pixel rounding, then the conv with
+        the dequantized weight: exports, traces, compiles, CUDA, no C compiler)."""
+        if (not _plain_mode() and x.is_cpu and x.dtype == torch.float32 and not x.requires_grad and x.ndim == 4
+                and x.shape[1] == self._parameters["weight"].shape[1]
+                and (kernels._LIB is not None or kernels.library() is not None)):
+            return self._native_pointwise(x, gate)
+        if gate is not None:
+            x = x * gate.reshape(*gate.shape[:2], 1, 1)
+        y = self.act_fn(F.conv2d(kernels.quantize_rows(x), self.weight, self.bias))
         return y if self.act is None else self.act(y)
 
     def se_fused_in_graph(self, x: torch.Tensor) -> bool:
@@ -557,11 +577,17 @@ class FusedConvAct(nn.Module):
         factors applied to the input (``forward_gated``)."""
         weight, bias = self._parameters["weight"], self._parameters["bias"]
         self._check_weight(weight)
-        if self._panels is None:
-            self._panels = kernels.pointwise_weight(weight)
         co = weight.shape[0]
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.int8:
+            if self._q8 is None:  # the weight is int8 x scale already: quantizing it again is exact
+                self._q8 = kernels.pointwise_weight_q8(weight, bias)[:2]
+            out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
+            y = kernels.pointwise_q8_into(x, *self._q8, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
+            return y if self.act is None else self.act(y)
+        if self._panels is None:
+            self._panels = kernels.pointwise_weight(weight)
         if x.shape[1] != weight.shape[1] or bias.dtype != torch.float32:  # raises, naming the misfit
             return kernels.pointwise_conv(x, self._panels, bias, co, self.pw_act, gate=gate)
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
@@ -601,11 +627,11 @@ class FusedConvAct(nn.Module):
         """Drop every form derived from the weight ``w`` (packs, taps, Winograd) when it has changed."""
         tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
         if self._pack_tag != tag:
-            self._packs, self._pack_tag, self._taps, self._wino, self._panels = {}, tag, None, {}, None
+            self._packs, self._pack_tag, self._taps, self._wino, self._panels, self._q8 = {}, tag, None, {}, None, None
 
     def __getstate__(self):  # packed oneDNN tensors neither pickle nor deep-copy; they are rebuilt
         return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None, "_wino": {}, "_panels": None,
-                "_out": None, "_gates": None, "_sums": None}
+                "_out": None, "_gates": None, "_sums": None, "_q8": None}
 
     def __setstate__(self, state):  # models saved before Winograd / the native GEMM existed run oneDNN's
         state.setdefault("wino_act", None)
@@ -616,12 +642,14 @@ class FusedConvAct(nn.Module):
         state.setdefault("_out", None)
         state.setdefault("_gates", None)
         state.setdefault("_sums", None)
+        state.setdefault("int8", False)
+        state.setdefault("_q8", None)
         self.__dict__.update(state)
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]
         return (f"{i * self.groups}, {o}, kernel={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, "
-                f"groups={self.groups}, act={self.attr}{', same' if self.same else ''}")
+                f"groups={self.groups}, act={self.attr}{', same' if self.same else ''}{', int8' if self.int8 else ''}")
 
 
 class FastSqueezeExcite(nn.Module):
@@ -1030,5 +1058,41 @@ def quantize_int8(model: nn.Module, calibration, *, batches: int = 32, compile: 
     return q
 
 
+def quantize_dynamic(model: nn.Module, *, min_channels: int = 0, compile: bool = False) -> nn.Module:
+    """An :func:`optimize`\ d copy of ``model`` whose 1x1 convolutions run in int8 on effnets'
+    kernel (``kernels.pointwise_q8``): weights rounded to int8 once, one scale per output
+    channel; activations rounded to 8 bits on the fly, **one range per pixel** (each pixel's
+    input channels, after the squeeze-excite gate where one is folded in: dynamic per-token
+    quantization); int8 x int8 products summed exactly in int32 (AVX512-VNNI), bias, activation
+    and residual in fp32 in the epilogue.  Nothing to calibrate: the ranges come from each input.
+    Everything else (image conv, depthwise convs, squeeze-excite, 3x3 convs, classifier) runs as
+    in the fp32 ``optimize`` model.
+
+    Why per pixel: static per-tensor activation ranges (``quantize_int8``) lose agreement on
+    EfficientNet because channel ranges differ ~10x; a per-pixel range follows every input.
+    Cost: one pass per row of input (range, then bytes) inside the GEMM, while the row is in L1.
+    Where it pays: 1x1 convs with many input channels (B0's later stages run 2-3.5x faster than
+    the fp32 GEMM); with few (16-32) the fp32 epilogue and the rounding pass dominate and int8
+    gains nothing: ``min_channels`` keeps convs with fewer input channels in fp32.  Without
+    VNNI the kernel runs plain C (the same sums, slowly); exports, traces, compiles and other
+    devices run the same arithmetic in PyTorch ops (``kernels.quantize_rows`` + a conv with the
+    dequantized weight), so an exported model computes what the eager one does."""
+    if min_channels < 0:
+        raise ConfigError(f"min_channels must be >= 0, got {min_channels}")
+    m = optimize(model)
+    names = []
+    for name, mod in m.named_modules():
+        if isinstance(mod, FusedConvAct) and mod.pw_act is not None and mod.weight.shape[1] >= min_channels:
+            with torch.no_grad():
+                mod.weight.copy_(kernels.pointwise_weight_q8(mod.weight)[2])
+            mod.int8 = True
+            names.append(name)
+    m.effnets_optimized = dict(mode="inference", compile=compile, dtype="int8_dynamic", int8_layers=names,
+                               min_channels=min_channels, vnni=kernels.int8_fast())
+    if compile:
+        return torch.compile(m)
+    return m
+
+
 __all__ = ["optimize", "fold_bn", "fuse_modules", "FusedConvAct", "FastSqueezeExcite", "quantize_int8",
-           "image_folder_batches"]
+           "quantize_dynamic", "image_folder_batches"]

@@ -94,6 +94,9 @@ def _build() -> ctypes.CDLL:
     lib.eff_q_from_float.restype = None
     lib.eff_q_channel_sums.argtypes = [p, p, i64, i64, i64, i32]
     lib.eff_q_channel_sums.restype = None
+    lib.eff_pw_q8_fwd.argtypes = [p, p, p, p, p, i64, p, i64, i64, i64, i32, i32]
+    lib.eff_pw_q8_fwd.restype = i32  # -1: out of memory
+    lib.eff_have_vnni.restype = i32
     lib.eff_have_avx2.restype = i32
     lib.eff_have_avx512.restype = i32
     lib.eff_set_avx512.argtypes = [i32]
@@ -572,6 +575,92 @@ def pointwise_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, ou
     return out
 
 
+def int8_fast() -> bool:
+    """True where :func:`pointwise_q8` runs its VNNI code (AVX512-VNNI + BW: Intel since Cascade
+    Lake, AMD since Zen 4, and :func:`set_avx512` not turned off); elsewhere it runs plain C (the
+    same int32 sums, far slower)."""
+    lib = library()
+    return lib is not None and bool(lib.eff_have_vnni())
+
+
+def pointwise_weight_q8(weight: torch.Tensor, bias: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 1x1 conv weight (C_out, C_in, 1, 1) in int8 for :func:`pointwise_q8`: one symmetric scale
+    per output channel (max |w| / 127, values -127..127).  Returns ``(panels, cols, dequantized)``:
+    panels (ceil(C_out / 16), ceil(C_in / 4), 16, 4) int8 (four input channels of one output
+    channel adjacent, zero padding), cols (3, P * 16) float32 = (scale, scale * sum of the int8
+    row, bias), and the dequantized weight (int8 x scale, float32, the weight's shape): what the
+    plain PyTorch path convolves with, so both paths use the same weights."""
+    if weight.ndim != 4 or tuple(weight.shape[2:]) != (1, 1):
+        raise ValueError(f"pointwise_weight_q8 needs a (C_out, C_in, 1, 1) weight, got {tuple(weight.shape)}")
+    co, ci = weight.shape[:2]
+    w = weight.detach().float().reshape(co, ci)
+    scale = w.abs().amax(1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127)
+    p, k4 = (co + 15) // 16, (ci + 3) // 4
+    full = torch.zeros(p * 16, k4 * 4, dtype=torch.int8)
+    full[:co, :ci] = q.to(torch.int8)
+    panels = full.reshape(p, 16, k4, 4).permute(0, 2, 1, 3).contiguous()
+    cols = torch.zeros(3, p * 16, dtype=torch.float32)
+    cols[0, :co] = scale
+    cols[1, :co] = scale * q.sum(1)
+    if bias is not None:
+        cols[2, :co] = bias.detach().float()
+    return panels, cols, (q * scale[:, None]).reshape(co, ci, 1, 1)
+
+
+def quantize_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) with each pixel's C values rounded to 256 levels over their own range
+    (what :func:`pointwise_q8` does to its input, in PyTorch ops: the plain path and exports)."""
+    lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
+    span = hi - lo
+    # a true division, as the kernel does (``255.0 / span`` runs as span.reciprocal() * 255)
+    inv = torch.where(span > 0, torch.full_like(span, 255.0) / span, torch.zeros_like(span))
+    q = torch.round((x - lo) * inv).clamp_(0, 255)
+    return q * (span / 255.0) + lo
+
+
+def pointwise_q8(x: torch.Tensor, panels: torch.Tensor, cols: torch.Tensor, out_channels: int,
+                 act: str = "identity", residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                 gate: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(conv2d(q(x * gate), w) + bias) (+ residual)`` for a 1x1 stride-1 conv with int8
+    weights (``panels, cols = pointwise_weight_q8(weight, bias)[:2]``) where ``q`` rounds each
+    pixel's channels to 256 levels over their own range (:func:`quantize_rows`) and the products
+    are summed in int32: channels-last float32 CPU in and out, like :func:`pointwise_conv`."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        raise ValueError(f"pointwise_q8 needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} on {x.device}")
+    n, c, h, w = x.shape
+    p = (out_channels + 15) // 16
+    if (panels.dtype != torch.int8 or tuple(panels.shape) != (p, (c + 3) // 4, 16, 4)
+            or cols.dtype != torch.float32 or tuple(cols.shape) != (3, p * 16)):
+        raise ValueError(f"panels / cols must be pointwise_weight_q8() of a ({out_channels}, {c}, 1, 1) weight, got "
+                         f"{panels.dtype} {tuple(panels.shape)} / {cols.dtype} {tuple(cols.shape)}")
+    if act not in DW_ACT_CODES:
+        raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
+    shape = (n, out_channels, h, w)
+    if residual is not None:
+        if tuple(residual.shape) != shape:
+            raise ValueError(f"pointwise_q8: residual {tuple(residual.shape)} does not match the output {shape}")
+        residual = residual.float().contiguous(memory_format=torch.channels_last)
+    if gate is not None:
+        if tuple(gate.shape) not in ((n, c), (n, c, 1, 1)):
+            raise ValueError(f"pointwise_q8: gate {tuple(gate.shape)} must be (N, C_in) = {(n, c)}")
+        gate = _param(gate.reshape(n, c))
+    return pointwise_q8_into(x.contiguous(memory_format=torch.channels_last), panels.contiguous(), cols.contiguous(),
+                             _output(out, shape), DW_ACT_CODES[act], residual, gate)
+
+
+def pointwise_q8_into(x: torch.Tensor, panels: torch.Tensor, cols: torch.Tensor, out: torch.Tensor, act_code: int,
+                      residual: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`pointwise_q8` without its checks, for a caller that made them once (``effnets.optimize``)."""
+    n, c, h, w = x.shape
+    if library().eff_pw_q8_fwd(x.data_ptr(), panels.data_ptr(), cols.data_ptr(), _ptr(residual), _ptr(gate), h * w,
+                               out.data_ptr(), n * h * w, c, out.shape[1], act_code, torch.get_num_threads()):
+        raise MemoryError("pointwise_q8: no memory for the row buffers")
+    return out
+
+
 def depthwise_into(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
                    sums: torch.Tensor | None, stride: int, padding: tuple[int, int], act_code: int) -> torch.Tensor:
     """:func:`depthwise_forward` without its checks, for a caller that made them once: ``x``
@@ -597,4 +686,5 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv",
            "pointwise_into", "depthwise_into", "se_gates", "se_gates_into", "quantized_lut", "quantized_gate_mul", "quantize_act",
-           "quantized_channel_mean"]
+           "quantized_channel_mean", "int8_fast", "pointwise_weight_q8", "quantize_rows", "pointwise_q8",
+           "pointwise_q8_into"]

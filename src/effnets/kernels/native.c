@@ -1573,8 +1573,203 @@ void eff_q_channel_sums(const uint8_t* x, int64_t* s, i64 N, i64 HW, i64 C, int 
     }
 }
 
+/* ---- int8 1x1 convolution: int8 weights, activations quantized per row on the fly ----
+ * y[r, n] = act(sum_k xq[r, k] * wq[n, k] * s_r * sw_n + min_r * sw_n * sum_k wq[n, k] + b_n) (+ res)
+ * where row r of x (times its image's gates) is quantized to bytes over its own range:
+ * s_r = (max_r - min_r) / 255, xq = round((x - min_r) / s_r) in 0..255, x ~ min_r + s_r * xq;
+ * wq in -127..127 with one scale sw_n per output channel.  A per-row (per-pixel) range is what
+ * dynamic quantization of transformer activations uses (per token): EfficientNet's activations
+ * differ 10x in range between channels and images, which a per-tensor static scale cannot follow.
+ * The u8 x s8 products are summed exactly in int32 (VNNI vpdpbusd: 64 multiply-adds per
+ * instruction, 4x an fp32 FMA), and the int32 sums never overflow for K < 2^31 / (255 * 127).
+ * Weights: panels of 16 output channels, (P, K4, 16, 4) bytes with K4 = ceil(K / 4): the four
+ * bytes of one k-quad of one channel are adjacent (vpdpbusd's operand layout); padding is zero.
+ * cols: (3, P * 16) floats, sw_n, sw_n * sum_k wq[n, k], b_n, zero past N. */
+#define Q8_MR 12
+static void q8_row_range(const float* x, const float* g, i64 K, float* mn_, float* mx_) {
+    float mn = INFINITY, mx = -INFINITY;
+    for (i64 k = 0; k < K; k++) { const float v = g ? x[k] * g[k] : x[k]; mn = v < mn ? v : mn; mx = v > mx ? v : mx; }
+    *mn_ = mn; *mx_ = mx;
+}
+static inline float q8_inv(float mn, float mx) { return mx > mn ? 255.0f / (mx - mn) : 0.0f; }
+static void q8_row_bytes(const float* x, const float* g, i64 K, i64 K4, float mn, float inv, uint8_t* q) {
+    for (i64 k = 0; k < K; k++) {
+        const float v = g ? x[k] * g[k] : x[k];
+        float t = nearbyintf((v - mn) * inv);
+        q[k] = (uint8_t)(t < 0.0f ? 0.0f : t > 255.0f ? 255.0f : t);
+    }
+    for (i64 k = K; k < 4 * K4; k++) q[k] = 0;
+}
+#ifdef EFF_X86
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+/* the VNNI code where the CPU has it and the 16-lane code is on (eff_set_avx512(0): plain C) */
+static int have_vnni(void) {
+    static int v = -1;
+    if (v < 0) { __builtin_cpu_init(); v = have_avx512() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"); }
+    return v && avx512();
+}
+/* one row to bytes, 16 lanes at a time: its range, then (v - min) * 255 / range rounded */
+VNNI static void q8_row_512(const float* x, const float* g, i64 K, i64 K4, uint8_t* q, float* s_, float* mn_) {
+    __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY);
+    for (i64 k = 0; k < K; k += 16) {
+        const __mmask16 m = lanes16(K - k);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+        if (g) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, g + k));
+        mn = _mm512_mask_min_ps(mn, m, mn, v); mx = _mm512_mask_max_ps(mx, m, mx, v);
+    }
+    const float lo = _mm512_reduce_min_ps(mn), hi = _mm512_reduce_max_ps(mx), inv = q8_inv(lo, hi);
+    const __m512 vlo = _mm512_set1_ps(lo), vinv = _mm512_set1_ps(inv);
+    const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
+    for (i64 k = 0; k < 4 * K4; k += 16) {
+        const __mmask16 m = lanes16(K - k), mq = lanes16(4 * K4 - k);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+        if (g) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, g + k));
+        __m512i t = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(v, vlo), vinv));
+        t = _mm512_maskz_min_epi32(m, _mm512_max_epi32(t, zero), top);  /* lanes past K: 0 */
+        _mm_mask_storeu_epi8(q + k, mq, _mm512_cvtepi32_epi8(t));
+    }
+    *s_ = (hi - lo) / 255.0f; *mn_ = lo;
+}
+VNNI static inline void q8_out(float* y, const float* r, __m512i acc, float s, float mn, const float* cols, i64 PN,
+                               int act, __mmask16 m, int stream) {
+    const __m512 sc = _mm512_mul_ps(_mm512_set1_ps(s), _mm512_loadu_ps(cols));
+    const __m512 off = _mm512_fmadd_ps(_mm512_set1_ps(mn), _mm512_loadu_ps(cols + PN), _mm512_loadu_ps(cols + 2 * PN));
+    __m512 v = act16(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, off), act);
+    if (r) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r));
+    if (stream && m == 0xFFFF) { _mm256_stream_ps(y, _mm512_castps512_ps256(v)); _mm256_stream_ps(y + 8, hi256(v)); }
+    else _mm512_mask_storeu_ps(y, m, v);
+}
+/* Q8_MR rows of bytes (row i at q + i * 4 * K4) times two panels (w0, w1), or one (w1 NULL) */
+#define Q8_DP(i) do { const __m512i a_ = _mm512_set1_epi32(*(const int32_t*)(q + (i) * ks + 4 * k4)); \
+    c##i = _mm512_dpbusd_epi32(c##i, a_, b0); if (two) d##i = _mm512_dpbusd_epi32(d##i, a_, b1); } while (0)
+VNNI static void q8_tile(const uint8_t* q, i64 K4, const int8_t* w0, const int8_t* w1, int nrows, float* const* yr,
+                         const float* const* rr, const float* rs, const float* rmn, const float* cols, i64 PN,
+                         int ncols1, int act, int stream) {
+    const i64 ks = 4 * K4;
+    const int two = w1 != NULL;
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+            c9 = c0, c10 = c0, c11 = c0;
+    __m512i d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0, d6 = c0, d7 = c0, d8 = c0, d9 = c0, d10 = c0,
+            d11 = c0;
+    if (two) {
+        for (i64 k4 = 0; k4 < K4; k4++) {
+            const __m512i b0 = _mm512_loadu_si512(w0 + 64 * k4), b1 = _mm512_loadu_si512(w1 + 64 * k4);
+            Q8_DP(0); Q8_DP(1); Q8_DP(2); Q8_DP(3); Q8_DP(4); Q8_DP(5);
+            Q8_DP(6); Q8_DP(7); Q8_DP(8); Q8_DP(9); Q8_DP(10); Q8_DP(11);
+        }
+    } else {
+        const __m512i b1 = _mm512_setzero_si512();
+        for (i64 k4 = 0; k4 < K4; k4++) {
+            const __m512i b0 = _mm512_loadu_si512(w0 + 64 * k4);
+            Q8_DP(0); Q8_DP(1); Q8_DP(2); Q8_DP(3); Q8_DP(4); Q8_DP(5);
+            Q8_DP(6); Q8_DP(7); Q8_DP(8); Q8_DP(9); Q8_DP(10); Q8_DP(11);
+        }
+    }
+    const __m512i c[12] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
+    const __m512i d[12] = {d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11};
+    const __mmask16 m0 = two ? 0xFFFF : lanes16(ncols1), m1 = lanes16(ncols1);
+    for (int i = 0; i < nrows; i++) {
+        q8_out(yr[i], rr[i], c[i], rs[i], rmn[i], cols, PN, act, m0, stream);
+        if (two) q8_out(yr[i] + 16, rr[i] ? rr[i] + 16 : NULL, d[i], rs[i], rmn[i], cols + 16, PN, act, m1, stream);
+    }
+}
+#undef Q8_DP
+#endif
+/* rows [m0, m1) x panels [p0, p1) on the calling thread: Q8_MR rows quantized into q (L1), then
+ * every panel of the block read against them */
+static void q8_block(const float* x, const int8_t* wq, const float* cols, const float* res, const float* gate, i64 hw,
+                     float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N, int act, int stream, uint8_t* q) {
+    const i64 K4 = (K + 3) / 4, PN = ((N + 15) / 16) * 16, ks = 4 * K4;
+    float rs[Q8_MR], rmn[Q8_MR];
+    float* yr[Q8_MR]; const float* rr[Q8_MR];
+    for (i64 r0 = m0; r0 < m1; r0 += Q8_MR) {
+        const int nrows = (int)(m1 - r0 < Q8_MR ? m1 - r0 : Q8_MR);
+#ifdef EFF_X86
+        const int vnni = have_vnni();
+#else
+        const int vnni = 0;
+#endif
+        for (int i = 0; i < Q8_MR; i++) {
+            const i64 row = r0 + (i < nrows ? i : 0);
+            const float* g = gate ? gate + (row / hw) * K : NULL;
+            if (i >= nrows) { memset(q + i * ks, 0, ks); rs[i] = rmn[i] = 0.0f; continue; }
+#ifdef EFF_X86
+            if (vnni) { q8_row_512(x + row * K, g, K, K4, q + i * ks, rs + i, rmn + i); continue; }
+#endif
+            float mn, mx;
+            q8_row_range(x + row * K, g, K, &mn, &mx);
+            q8_row_bytes(x + row * K, g, K, K4, mn, q8_inv(mn, mx), q + i * ks);
+            rs[i] = (mx - mn) / 255.0f; rmn[i] = mn;
+        }
+        for (i64 p = p0; p < p1;) {
+            const int np = p + 1 < p1 ? 2 : 1;
+            const i64 c0 = p * 16, ncols = N - c0 - (np - 1) * 16 < 16 ? N - c0 - (np - 1) * 16 : 16;
+            for (int i = 0; i < nrows; i++) {
+                yr[i] = y + (r0 + i) * N + c0;
+                rr[i] = res ? res + (r0 + i) * N + c0 : NULL;
+            }
+#ifdef EFF_X86
+            if (vnni) {
+                q8_tile(q, K4, wq + p * K4 * 64, np == 2 ? wq + (p + 1) * K4 * 64 : NULL, nrows, yr, rr, rs, rmn,
+                        cols + c0, PN, (int)ncols, act, stream);
+                p += np;
+                continue;
+            }
+#endif
+            const i64 nc = N - c0 < 16 ? N - c0 : 16;
+            for (int i = 0; i < nrows; i++)  /* plain C: one panel, exact int32 sums, same epilogue */
+                for (i64 j = 0; j < nc; j++) {
+                    int32_t acc = 0;
+                    const int8_t* wj = wq + p * K4 * 64 + j * 4;
+                    for (i64 k = 0; k < 4 * K4; k++) acc += (int32_t)q[i * ks + k] * (int32_t)wj[(k / 4) * 64 + k % 4];
+                    const i64 n = c0 + j;
+                    float v = act_s((float)acc * (rs[i] * cols[n]) + (rmn[i] * cols[PN + n] + cols[2 * PN + n]), act);
+                    if (rr[i]) v += rr[i][j];
+                    yr[i][j] = v;
+                }
+            p += 1;
+        }
+    }
+}
+
+int eff_pw_q8_fwd(const float* x, const int8_t* wq, const float* cols, const float* res, const float* gate, i64 hw,
+                  float* y, i64 M, i64 K, i64 N, int act, int nt) {
+    /* work items: row chunks x panel chunks (panels split too where there are few rows, as in
+     * eff_pw_fwd); each item quantizes its rows once per Q8_MR-row group */
+    const i64 P = (N + 15) / 16, G = (M + Q8_MR - 1) / Q8_MR, K4 = (K + 3) / 4;
+    i64 mt = G < 4 * (i64)nt ? G : 4 * (i64)nt, pt = 1;
+    while (pt < P && mt * pt < 4 * (i64)nt) pt++;
+    i64 pc = (P + pt - 1) / pt;
+    if (pc == 1 && P > 1) pc = 2;  /* panels in pairs: the two-panel tile */
+    pt = (P + pc - 1) / pc;
+    const i64 qb = (Q8_MR * 4 * K4 + 63) / 64 * 64;  /* one thread's row bytes */
+    uint8_t* qs = (uint8_t*)aligned_alloc(64, (size_t)(qb * nt));
+    if (!qs) return -1;
+    /* as in eff_pw_fwd: outputs beyond the last-level cache go out by streaming stores */
+    const int stream = M * N * 4 > pw_stream_limit() && N % 8 == 0 && ((uintptr_t)y & 31) == 0;
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 t = 0; t < mt * pt; t++) {
+        const i64 im = t / pt, m0 = (im * G / mt) * Q8_MR, g1 = (im + 1) * G / mt;
+        const i64 m1 = g1 * Q8_MR < M ? g1 * Q8_MR : M;
+        const i64 p0 = (t % pt) * pc, p1 = p0 + pc < P ? p0 + pc : P;
+        q8_block(x, wq, cols, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream, qs + qb * omp_get_thread_num());
+#ifdef EFF_X86
+        if (stream) _mm_sfence();
+#endif
+    }
+    free(qs);
+    return 0;
+}
+int eff_have_vnni(void) {
+#ifdef EFF_X86
+    return have_vnni();
+#else
+    return 0;
+#endif
+}
+
 int eff_have_avx2(void) { return have_avx2(); }
 
 int eff_have_avx512(void) { return have_avx512(); }
 
-int eff_abi_version(void) { return 12; }
+int eff_abi_version(void) { return 13; }
