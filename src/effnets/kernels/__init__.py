@@ -575,6 +575,9 @@ def pointwise_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, ou
     return out
 
 
+Q8_MIN_SPAN = 1e-30  # native.c's: a pixel with a smaller range is stored as its minimum
+
+
 def int8_fast() -> bool:
     """True where :func:`pointwise_q8` runs its VNNI code (AVX512-VNNI + BW: Intel since Cascade
     Lake, AMD since Zen 4, and :func:`set_avx512` not turned off); elsewhere it runs plain C (the
@@ -615,10 +618,13 @@ def quantize_rows(x: torch.Tensor) -> torch.Tensor:
     (what :func:`pointwise_q8` does to its input, in PyTorch ops: the plain path and exports)."""
     lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
     span = hi - lo
-    # a true division, as the kernel does (``255.0 / span`` runs as span.reciprocal() * 255)
-    inv = torch.where(span > 0, torch.full_like(span, 255.0) / span, torch.zeros_like(span))
+    # a true division, as the kernel does (``255.0 / span`` runs as span.reciprocal() * 255);
+    # a pixel whose range is below Q8_MIN_SPAN is its minimum (255 / span would overflow), a NaN
+    # or a range beyond float makes the pixel NaN (span NaN / inf: its products are NaN below)
+    wide = span > Q8_MIN_SPAN
+    inv = torch.where(wide, torch.full_like(span, 255.0) / span, torch.zeros_like(span))
     q = torch.round((x - lo) * inv).clamp_(0, 255)
-    return q * (span / 255.0) + lo
+    return q * torch.where(wide, span / 255.0, torch.zeros_like(span)) + lo
 
 
 def pointwise_q8(x: torch.Tensor, panels: torch.Tensor, cols: torch.Tensor, out_channels: int,

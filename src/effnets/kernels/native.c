@@ -1586,17 +1586,35 @@ void eff_q_channel_sums(const uint8_t* x, int64_t* s, i64 N, i64 HW, i64 C, int 
  * bytes of one k-quad of one channel are adjacent (vpdpbusd's operand layout); padding is zero.
  * cols: (3, P * 16) floats, sw_n, sw_n * sum_k wq[n, k], b_n, zero past N. */
 #define Q8_MR 12
-static void q8_row_range(const float* x, const float* g, i64 K, float* mn_, float* mx_) {
+/* a row whose range is below this is stored as its minimum (error < 1e-30; 255 / range would
+ * overflow below ~7.5e-37); kernels.quantize_rows uses the same bound */
+#define Q8_MIN_SPAN 1e-30f
+static int q8_row_range(const float* x, const float* g, i64 K, float* mn_, float* mx_) {
     float mn = INFINITY, mx = -INFINITY;
-    for (i64 k = 0; k < K; k++) { const float v = g ? x[k] * g[k] : x[k]; mn = v < mn ? v : mn; mx = v > mx ? v : mx; }
+    int nan = 0;
+    for (i64 k = 0; k < K; k++) {
+        const float v = g ? x[k] * g[k] : x[k];
+        nan |= isnan(v);
+        mn = v < mn ? v : mn; mx = v > mx ? v : mx;
+    }
     *mn_ = mn; *mx_ = mx;
+    return nan;
 }
-static inline float q8_inv(float mn, float mx) { return mx > mn ? 255.0f / (mx - mn) : 0.0f; }
+static inline float q8_inv(float mn, float mx) { return mx - mn > Q8_MIN_SPAN ? 255.0f / (mx - mn) : 0.0f; }
+/* the row's (scale, min) for the epilogue: NaN where the row holds a NaN or its range is not
+ * finite (every output of that pixel NaN, as the float conv gives), the minimum alone where its
+ * range is below Q8_MIN_SPAN */
+static inline void q8_row_params(int nan, float mn, float mx, float* s, float* m) {
+    const float span = mx - mn;
+    if (nan || !isfinite(span)) { *s = *m = NAN; return; }
+    *s = span > Q8_MIN_SPAN ? span / 255.0f : 0.0f;
+    *m = mn;
+}
 static void q8_row_bytes(const float* x, const float* g, i64 K, i64 K4, float mn, float inv, uint8_t* q) {
     for (i64 k = 0; k < K; k++) {
         const float v = g ? x[k] * g[k] : x[k];
-        float t = nearbyintf((v - mn) * inv);
-        q[k] = (uint8_t)(t < 0.0f ? 0.0f : t > 255.0f ? 255.0f : t);
+        const float t = nearbyintf((v - mn) * inv);
+        q[k] = (uint8_t)(t > 0.0f ? (t < 255.0f ? t : 255.0f) : 0.0f);  /* NaN -> 0 (the row's scale is NaN) */
     }
     for (i64 k = K; k < 4 * K4; k++) q[k] = 0;
 }
@@ -1611,13 +1629,16 @@ static int have_vnni(void) {
 /* one row to bytes, 16 lanes at a time: its range, then (v - min) * 255 / range rounded */
 VNNI static void q8_row_512(const float* x, const float* g, i64 K, i64 K4, uint8_t* q, float* s_, float* mn_) {
     __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY);
+    __mmask16 nan = 0;  /* vminps drops a NaN on the next step: seen separately */
     for (i64 k = 0; k < K; k += 16) {
         const __mmask16 m = lanes16(K - k);
         __m512 v = _mm512_maskz_loadu_ps(m, x + k);
         if (g) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, g + k));
+        nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
         mn = _mm512_mask_min_ps(mn, m, mn, v); mx = _mm512_mask_max_ps(mx, m, mx, v);
     }
-    const float lo = _mm512_reduce_min_ps(mn), hi = _mm512_reduce_max_ps(mx), inv = q8_inv(lo, hi);
+    const float lo = _mm512_reduce_min_ps(mn), hi = _mm512_reduce_max_ps(mx);
+    const float inv = nan ? 0.0f : q8_inv(lo, hi);
     const __m512 vlo = _mm512_set1_ps(lo), vinv = _mm512_set1_ps(inv);
     const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
     for (i64 k = 0; k < 4 * K4; k += 16) {
@@ -1628,7 +1649,7 @@ VNNI static void q8_row_512(const float* x, const float* g, i64 K, i64 K4, uint8
         t = _mm512_maskz_min_epi32(m, _mm512_max_epi32(t, zero), top);  /* lanes past K: 0 */
         _mm_mask_storeu_epi8(q + k, mq, _mm512_cvtepi32_epi8(t));
     }
-    *s_ = (hi - lo) / 255.0f; *mn_ = lo;
+    q8_row_params(nan != 0, lo, hi, s_, mn_);
 }
 VNNI static inline void q8_out(float* y, const float* r, __m512i acc, float s, float mn, const float* cols, i64 PN,
                                int act, __mmask16 m, int stream) {
@@ -1697,9 +1718,9 @@ static void q8_block(const float* x, const int8_t* wq, const float* cols, const 
             if (vnni) { q8_row_512(x + row * K, g, K, K4, q + i * ks, rs + i, rmn + i); continue; }
 #endif
             float mn, mx;
-            q8_row_range(x + row * K, g, K, &mn, &mx);
-            q8_row_bytes(x + row * K, g, K, K4, mn, q8_inv(mn, mx), q + i * ks);
-            rs[i] = (mx - mn) / 255.0f; rmn[i] = mn;
+            const int nan = q8_row_range(x + row * K, g, K, &mn, &mx);
+            q8_row_bytes(x + row * K, g, K, K4, mn, nan ? 0.0f : q8_inv(mn, mx), q + i * ks);
+            q8_row_params(nan, mn, mx, rs + i, rmn + i);
         }
         for (i64 p = p0; p < p1;) {
             const int np = p + 1 < p1 ? 2 : 1;
