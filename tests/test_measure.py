@@ -46,3 +46,27 @@ def test_cli_profile_measure(capsys):
     assert main(["profile", "mobilenet_v3_small", "--size", "64", "--measure", "--iters", "2"]) == 0
     out = capsys.readouterr().out
     assert "MACs" in out and "measured inference" in out and "measured training" in out and "MiB" in out
+
+
+def test_measure_optimized_variants_are_separate_inference_rows():
+    ms = measure("mobilenet_v1", input_size=64, batch_size=2, iters=1, warmup=1, width=0.25, num_classes=5,
+                 training=False, optimized=["fp32", "int8_dynamic"])
+    assert [m.kind for m in ms] == ["inference", "inference, optimize fp32", "inference, optimize int8_dynamic"]
+    assert all(m.batch_size == 2 and m.input_size == (64, 64) and m.images_per_s > 0 for m in ms)
+
+
+def test_measure_optimized_rejects_unknown_variants_and_gpu():
+    import pytest
+    from effnets.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown variant 'int4'"):
+        measure("mobilenet_v1", input_size=32, iters=1, warmup=1, width=0.25, optimized=["int4"])
+    with pytest.raises(ConfigError, match="CPU"):
+        measure("mobilenet_v1", input_size=32, iters=1, warmup=1, width=0.25, optimized=["fp32"], device="meta")
+
+
+def test_cli_profile_measure_optimized(capsys):
+    assert main(["profile", "mobilenet_v3_small", "--size", "64", "--measure", "--iters", "1",
+                 "--optimized", "int8_dynamic"]) == 0
+    out = capsys.readouterr().out
+    assert "measured inference, optimize int8_dynamic" in out and "measured training" in out
+    assert main(["profile", "mobilenet_v3_small", "--optimized", "fp32"]) != 0  # needs --measure

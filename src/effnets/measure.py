@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -197,9 +197,16 @@ class _null:
         return False
 
 
+OPTIMIZED = ("fp32", "bf16", "int8_dynamic")  # what measure(optimized=...) can add
+
+
 def measure(model_or_name, input_size=None, batch_size: int = 1, device="cpu", *, train_batch_size: int | None = None,
-            training: bool = True, iters: int = 10, warmup: int = 3, **overrides) -> list[Measurement]:
-    """Inference (and, if ``training``, training) measurements for a model or registered name."""
+            training: bool = True, iters: int = 10, warmup: int = 3, optimized: Iterable[str] = (),
+            **overrides) -> list[Measurement]:
+    """Inference (and, if ``training``, training) measurements for a model or registered name.
+    ``optimized``: also measure inference of ``effnets.optimize(model, dtype=...)`` for each of
+    ``"fp32"``, ``"bf16"``, ``"int8_dynamic"`` (kind ``"inference, optimize fp32"`` and so on;
+    CPU only: the optimized models are CPU inference models)."""
     from .factory import create_model
     if isinstance(model_or_name, str):
         model = create_model(model_or_name, **overrides)
@@ -211,8 +218,21 @@ def measure(model_or_name, input_size=None, batch_size: int = 1, device="cpu", *
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA is not available on this machine")
+    optimized = list(optimized)
+    for kind in optimized:
+        if kind not in OPTIMIZED:
+            raise ConfigError(f"optimized: unknown variant {kind!r}; choose from {', '.join(OPTIMIZED)}")
+    if optimized and device.type != "cpu":
+        raise ConfigError(f"optimized= measures CPU inference models; drop it or use device='cpu' (got {device})")
     model = model.to(device).to(memory_format=torch.channels_last)
     out = [measure_inference(model, input_size, batch_size, device, iters=iters, warmup=warmup)]
+    if optimized:
+        from .optimize import optimize
+        for kind in optimized:  # before training: optimize works on a copy of the untrained model
+            m = measure_inference(optimize(model, dtype=None if kind == "fp32" else kind), input_size, batch_size,
+                                  device, iters=iters, warmup=warmup)
+            m.kind = f"inference, optimize {kind}"
+            out.append(m)
     if training:
         out.append(measure_training(model, input_size, train_batch_size or batch_size, device,
                                     iters=max(2, iters // 2), warmup=max(1, warmup // 2)))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list registered models")
@@ -21,6 +23,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="also measure latency, throughput and peak memory (inference and training)")
     p.add_argument("--device", default="cpu", help="device for --measure (cpu, cuda, cuda:1)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations for --measure")
+    p.add_argument("--optimized", action="append", default=[], choices=["fp32", "bf16", "int8_dynamic"],
+                   help="with --measure: also measure effnets.optimize(model, dtype=...) inference (CPU); repeatable")
     p.set_defaults(func=cmd_profile)
 
 
@@ -53,10 +57,12 @@ def cmd_info(args) -> int:
 def cmd_profile(args) -> int:
     from .. import profile
     print(profile(args.name, input_size=args.size, batch_size=args.batch))
+    if args.optimized and not args.measure:
+        raise ConfigError("--optimized adds to --measure: pass --measure too")
     if args.measure:
         from ..measure import measure
         for m in measure(args.name, input_size=args.size, batch_size=args.batch, device=args.device,
-                         iters=args.iters):
+                         iters=args.iters, optimized=args.optimized):
             print(f"{'measured ' + m.kind:<20} {m.latency_ms:.2f} ms/batch (p10 {m.latency_p10_ms:.2f}, "
                   f"p90 {m.latency_p90_ms:.2f}), {m.images_per_s:.1f} images/s, peak "
                   f"{m.peak_memory_bytes / 2**20:.1f} MiB [{m.device}, {m.threads} threads]")
