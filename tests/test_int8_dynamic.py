@@ -62,18 +62,23 @@ SHAPES = [(1, 5, 3, 5, 1), (2, 13, 5, 3, 7), (3, 36, 7, 1, 17), (2, 64, 4, 5, 33
           (1, 1, 2, 3, 3), (1, 3, 1, 1, 16)]
 
 
-@pytest.fixture(params=["vnni", "plain_c"])
+LEVELS = {"vnni": 2, "avx2": 1, "plain_c": 0}
+
+
+def _use(level: str) -> None:
+    """Run the int8 kernel's code of that level (``set_int8_isa``), or skip where the CPU lacks it."""
+    K.set_int8_isa(LEVELS[level])
+    if K.int8_isa() != LEVELS[level]:
+        K.set_int8_isa(2)
+        pytest.skip(f"this CPU cannot run the int8 kernel's {level} code")
+
+
+@pytest.fixture(params=list(LEVELS))
 def isa(request):
-    """The AVX512-VNNI code where the CPU has it, and the plain C (``set_avx512(False)``)."""
-    if request.param == "vnni":
-        K.set_avx512(True)
-        if not K.int8_fast():
-            pytest.skip("this CPU has no AVX512-VNNI")
-    else:
-        K.set_avx512(False)
-        assert not K.int8_fast()
+    """The AVX512-VNNI code, the AVX2 code and the plain C, each where the CPU has it."""
+    _use(request.param)
     yield request.param
-    K.set_avx512(True)
+    K.set_int8_isa(2)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -165,26 +170,29 @@ def test_kernel_equals_quantize_rows_then_conv(shape, isa):
 
 @native
 @pytest.mark.parametrize("shape", SHAPES[1:5], ids=lambda s: "x".join(map(str, s)))
-def test_vnni_and_plain_c_agree(shape):
-    """The int32 sums are exact and the bytes the same, so the VNNI code and the plain C differ
-    by the epilogue's float rounding only (4 eps * M)."""
-    K.set_avx512(True)
-    if not K.int8_fast():
-        pytest.skip("this CPU has no AVX512-VNNI")
+def test_vnni_avx2_and_plain_c_agree(shape):
+    """The int32 sums are exact and the bytes the same, so the three codes differ by the
+    epilogue's float rounding only (4 eps * M); VNNI and AVX2 share the epilogue's arithmetic
+    (exp16 repeats exp_v step for step), so they are equal bit for bit."""
     x, weight, bias, gate, res = _case(*shape, seed=1)
     co = shape[-1]
     panels, cols, deq = K.pointwise_weight_q8(weight, bias)
     try:
         for act in K.DW_ACT_CODES:
-            K.set_avx512(True)
-            fast = K.pointwise_q8(x, panels, cols, co, act, residual=res, gate=gate)
-            K.set_avx512(False)
-            assert not K.int8_fast()
-            plain = K.pointwise_q8(x, panels, cols, co, act, residual=res, gate=gate)
+            out = {}
+            for level, code in LEVELS.items():
+                K.set_int8_isa(code)
+                if K.int8_isa() == code:  # else not on this CPU (plain C always is)
+                    out[level] = K.pointwise_q8(x, panels, cols, co, act, residual=res, gate=gate)
             _, mag = _oracle(x, deq, bias, act, gate, res)
-            assert ((fast.double() - plain.double()).abs() <= 4 * EPS * mag).all(), act
+            if len(out) < 2:
+                pytest.skip("this CPU runs only the plain C code")
+            for level, y in out.items():
+                assert ((y.double() - out["plain_c"].double()).abs() <= 4 * EPS * mag).all(), (act, level)
+            if "vnni" in out and "avx2" in out:
+                assert torch.equal(out["vnni"], out["avx2"]), act
     finally:
-        K.set_avx512(True)
+        K.set_int8_isa(2)
 
 
 @native
@@ -480,6 +488,7 @@ def test_int8_layers_are_exactly_the_pointwise_convs(net):
     assert len(names) == len(set(names)) and set(names) == _pointwise_convs(net.model)
     info = q.effnets_optimized
     assert info["dtype"] == "int8_dynamic" and info["min_channels"] == 0 and info["vnni"] == K.int8_fast()
+    assert info["int8_code"] == {2: "avx512-vnni", 1: "avx2", 0: "plain C", -1: "pytorch"}[K.int8_isa()]
     fused = {n: m for n, m in q.named_modules() if isinstance(m, FusedConvAct)}
     ref = dict(opt.named_modules())
     for n, m in fused.items():
@@ -692,3 +701,22 @@ def test_quantize_dynamic_without_native_kernels_still_quantizes(monkeypatch):
     monkeypatch.setattr(K, "_LIB", None)
     q = quantize_dynamic(model)
     assert set(q.effnets_optimized["int8_layers"]) == _pointwise_convs(model)
+
+
+@native
+def test_quantize_dynamic_warns_where_only_plain_c_can_run():
+    model = effnets.create_model("mobilenet_v3_small", num_classes=4).eval()
+    try:
+        K.set_int8_isa(0)
+        with pytest.warns(RuntimeWarning, match="plain C"):
+            q = quantize_dynamic(model)
+        assert q.effnets_optimized["int8_code"] == "plain C"
+        K.set_int8_isa(1)
+        if K.int8_isa() == 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                assert quantize_dynamic(model).effnets_optimized["int8_code"] == "avx2"
+    finally:
+        K.set_int8_isa(2)
+    with pytest.raises(ValueError, match="level"):
+        K.set_int8_isa(3)

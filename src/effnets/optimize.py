@@ -55,6 +55,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -1093,10 +1094,12 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0, compile: bool =
     Cost: one pass per row of input (range, then bytes) inside the GEMM, while the row is in L1.
     Where it pays: 1x1 convs with many input channels (B0's later stages run 2-3.5x faster than
     the fp32 GEMM); with few (16-32) the fp32 epilogue and the rounding pass dominate and int8
-    gains nothing: ``min_channels`` keeps convs with fewer input channels in fp32.  Without
-    VNNI the kernel runs plain C (the same sums, slowly); exports, traces, compiles and other
-    devices run the same arithmetic in PyTorch ops (``kernels.quantize_rows`` + a conv with the
-    dequantized weight), so an exported model computes what the eager one does."""
+    gains nothing: ``min_channels`` keeps convs with fewer input channels in fp32.  Exports,
+    traces, compiles and other devices run the same arithmetic in PyTorch ops (``kernels.quantize_rows`` + a conv with the
+    dequantized weight), so an exported model computes what the eager one does.  Without VNNI
+    the kernel runs AVX2 code (16-bit multiply-adds, the same sums): B0's 1x1 convs at 0.89x the
+    fp32 GEMM's AVX2 speed (b8, one-off), so int8_dynamic pays off on VNNI CPUs; with neither it
+    runs plain C and warns."""
     if min_channels < 0:
         raise ConfigError(f"min_channels must be >= 0, got {min_channels}")
     m = optimize(model)
@@ -1109,8 +1112,14 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0, compile: bool =
                 mod.weight.copy_(kernels.pointwise_weight_q8(mod.weight)[2])
             mod.int8, mod.pw_act = True, act  # pw_act: the epilogue's activation (set even without AVX2)
             names.append(name)
+    isa = kernels.int8_isa()
+    if isa == 0 and names:
+        warnings.warn("quantize_dynamic: this CPU has neither AVX512-VNNI nor AVX2, so the int8 1x1 convs run "
+                      "plain C code, several times slower than the fp32 optimize() model", RuntimeWarning,
+                      stacklevel=2)
     m.effnets_optimized = dict(mode="inference", compile=compile, dtype="int8_dynamic", int8_layers=names,
-                               min_channels=min_channels, vnni=kernels.int8_fast())
+                               min_channels=min_channels, vnni=isa == 2,
+                               int8_code={2: "avx512-vnni", 1: "avx2", 0: "plain C", -1: "pytorch"}[isa])
     if compile:
         return torch.compile(m)
     return m

@@ -97,6 +97,9 @@ def _build() -> ctypes.CDLL:
     lib.eff_pw_q8_fwd.argtypes = [p, p, p, p, p, i64, p, i64, i64, i64, i32, i32]
     lib.eff_pw_q8_fwd.restype = i32  # -1: out of memory
     lib.eff_have_vnni.restype = i32
+    lib.eff_q8_isa.restype = i32
+    lib.eff_q8_set_isa.argtypes = [i32]
+    lib.eff_q8_set_isa.restype = i32
     lib.eff_have_avx2.restype = i32
     lib.eff_have_avx512.restype = i32
     lib.eff_set_avx512.argtypes = [i32]
@@ -580,10 +583,27 @@ Q8_MIN_SPAN = 1e-30  # native.c's: a pixel with a smaller range is stored as its
 
 def int8_fast() -> bool:
     """True where :func:`pointwise_q8` runs its VNNI code (AVX512-VNNI + BW: Intel since Cascade
-    Lake, AMD since Zen 4, and :func:`set_avx512` not turned off); elsewhere it runs plain C (the
-    same int32 sums, far slower)."""
+    Lake, AMD since Zen 4; neither :func:`set_avx512` nor :func:`set_int8_isa` turned it off);
+    elsewhere it runs AVX2 or plain C code (the same int32 sums, slower: :func:`int8_isa`)."""
+    return int8_isa() == 2
+
+
+def int8_isa() -> int:
+    """The code :func:`pointwise_q8` runs now: 2 AVX512-VNNI (4x fp32's multiply-adds per
+    instruction), 1 AVX2 (16-bit multiply-adds: about the fp32 GEMM's speed), 0 plain C (far
+    slower than fp32), -1 no compiled kernels (the PyTorch path)."""
     lib = library()
-    return lib is not None and bool(lib.eff_have_vnni())
+    return -1 if lib is None else int(lib.eff_q8_isa())
+
+
+def set_int8_isa(level: int) -> int:
+    """Caps the code :func:`pointwise_q8` may run: 2 the best the CPU has (AVX512-VNNI), 1 at most
+    AVX2 (16-bit multiply-adds), 0 plain C; all give the same int32 sums.  Returns the previous
+    cap.  For tests and A/B benchmarks; process-wide."""
+    if level not in (0, 1, 2):
+        raise ValueError(f"set_int8_isa: level must be 0, 1 or 2, got {level!r}")
+    lib = library()
+    return 2 if lib is None else int(lib.eff_q8_set_isa(int(level)))
 
 
 def pointwise_weight_q8(weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -692,5 +712,5 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv",
            "pointwise_into", "depthwise_into", "se_gates", "se_gates_into", "quantized_lut", "quantized_gate_mul", "quantize_act",
-           "quantized_channel_mean", "int8_fast", "pointwise_weight_q8", "quantize_rows", "pointwise_q8",
+           "quantized_channel_mean", "int8_fast", "int8_isa", "set_int8_isa", "pointwise_weight_q8", "quantize_rows", "pointwise_q8",
            "pointwise_q8_into"]
