@@ -720,3 +720,17 @@ def test_quantize_dynamic_warns_where_only_plain_c_can_run():
         K.set_int8_isa(2)
     with pytest.raises(ValueError, match="level"):
         K.set_int8_isa(3)
+
+
+def test_optimize_dtype_int8_dynamic_entry_point():
+    from effnets.errors import ConfigError
+    model = effnets.create_model("mobilenet_v3_small", num_classes=4).eval()
+    q = effnets.optimize(model, dtype="int8_dynamic")
+    assert q.effnets_optimized["dtype"] == "int8_dynamic" and q.effnets_optimized["int8_layers"]
+    assert all(m.int8 for n, m in q.named_modules() if n in q.effnets_optimized["int8_layers"])
+    with pytest.raises(ConfigError, match="drop calibration"):
+        effnets.optimize(model, dtype="int8_dynamic", calibration=torch.randn(2, 3, 32, 32))
+    with pytest.raises(ConfigError, match="drop compile"):
+        effnets.optimize(model, dtype="int8_dynamic", compile=True)
+    with pytest.raises(ConfigError, match="int8_dynamic"):  # static int8 without images names the alternative
+        effnets.optimize(model, dtype="int8")

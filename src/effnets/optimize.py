@@ -846,7 +846,10 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
         if calibration is not None:
             raise ConfigError("dtype='int8_dynamic' takes its activation ranges from each input: drop calibration=, "
                               "or use dtype='int8' for static quantization calibrated on it")
-        return quantize_dynamic(model, compile=compile)
+        if compile:
+            raise ConfigError("dtype='int8_dynamic' runs eagerly: under torch.compile its int8 kernel would be "
+                              "replaced by its float emulation (slower than fp32); drop compile=True")
+        return quantize_dynamic(model)
     if isinstance(dtype, str) and dtype.lower() in ("int8", "qint8"):
         if calibration is None:
             raise ConfigError("int8 quantization needs calibration images: optimize(..., calibration=folder); "
@@ -1079,7 +1082,7 @@ def quantize_int8(model: nn.Module, calibration, *, batches: int = 32, compile: 
     return q
 
 
-def quantize_dynamic(model: nn.Module, *, min_channels: int = 0, compile: bool = False) -> nn.Module:
+def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
     """An :func:`optimize`-d copy of ``model`` whose 1x1 convolutions run in int8 on effnets'
     kernel (``kernels.pointwise_q8``): weights rounded to int8 once, one scale per output
     channel; activations rounded to 8 bits on the fly, **one range per pixel** (each pixel's
@@ -1117,11 +1120,9 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0, compile: bool =
         warnings.warn("quantize_dynamic: this CPU has neither AVX512-VNNI nor AVX2, so the int8 1x1 convs run "
                       "plain C code, several times slower than the fp32 optimize() model", RuntimeWarning,
                       stacklevel=2)
-    m.effnets_optimized = dict(mode="inference", compile=compile, dtype="int8_dynamic", int8_layers=names,
+    m.effnets_optimized = dict(mode="inference", compile=False, dtype="int8_dynamic", int8_layers=names,
                                min_channels=min_channels, vnni=isa == 2,
                                int8_code={2: "avx512-vnni", 1: "avx2", 0: "plain C", -1: "pytorch"}[isa])
-    if compile:
-        return torch.compile(m)
     return m
 
 
