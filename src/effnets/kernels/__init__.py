@@ -530,6 +530,22 @@ def pointwise_weight(weight: torch.Tensor) -> torch.Tensor:
     return w.reshape(panels, 16, ci).transpose(1, 2).contiguous()
 
 
+def _residual_and_gate(fn: str, residual: torch.Tensor | None, gate: torch.Tensor | None, shape: tuple,
+                       c: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A 1x1-conv kernel's optional residual (the output's ``shape``, made channels-last float32)
+    and gate ((N, C_in) or (N, C_in, 1, 1), made contiguous float32 (N, C_in)), checked."""
+    n = shape[0]
+    if residual is not None:
+        if tuple(residual.shape) != shape:
+            raise ValueError(f"{fn}: residual {tuple(residual.shape)} does not match the output {shape}")
+        residual = residual.float().contiguous(memory_format=torch.channels_last)
+    if gate is not None:
+        if tuple(gate.shape) not in ((n, c), (n, c, 1, 1)):
+            raise ValueError(f"{fn}: gate {tuple(gate.shape)} must be (N, C_in) = {(n, c)}")
+        gate = _param(gate.reshape(n, c))
+    return residual, gate
+
+
 def pointwise_conv(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, out_channels: int,
                    act: str = "identity", residual: torch.Tensor | None = None,
                    out: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
@@ -550,14 +566,7 @@ def pointwise_conv(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | N
     if act not in DW_ACT_CODES:
         raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
     shape = (n, out_channels, h, w)
-    if residual is not None:
-        if tuple(residual.shape) != shape:
-            raise ValueError(f"pointwise_conv: residual {tuple(residual.shape)} does not match the output {shape}")
-        residual = residual.float().contiguous(memory_format=torch.channels_last)
-    if gate is not None:
-        if tuple(gate.shape) not in ((n, c), (n, c, 1, 1)):
-            raise ValueError(f"pointwise_conv: gate {tuple(gate.shape)} must be (N, C_in) = {(n, c)}")
-        gate = _param(gate.reshape(n, c))
+    residual, gate = _residual_and_gate("pointwise_conv", residual, gate, shape, c)
     out = _output(out, shape)
     b = torch.zeros(out_channels, dtype=torch.float32) if bias is None else _param(bias)
     return pointwise_into(x.contiguous(memory_format=torch.channels_last), panels.float().contiguous(), b, out,
@@ -665,14 +674,7 @@ def pointwise_q8(x: torch.Tensor, panels: torch.Tensor, cols: torch.Tensor, out_
     if act not in DW_ACT_CODES:
         raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
     shape = (n, out_channels, h, w)
-    if residual is not None:
-        if tuple(residual.shape) != shape:
-            raise ValueError(f"pointwise_q8: residual {tuple(residual.shape)} does not match the output {shape}")
-        residual = residual.float().contiguous(memory_format=torch.channels_last)
-    if gate is not None:
-        if tuple(gate.shape) not in ((n, c), (n, c, 1, 1)):
-            raise ValueError(f"pointwise_q8: gate {tuple(gate.shape)} must be (N, C_in) = {(n, c)}")
-        gate = _param(gate.reshape(n, c))
+    residual, gate = _residual_and_gate("pointwise_q8", residual, gate, shape, c)
     return pointwise_q8_into(x.contiguous(memory_format=torch.channels_last), panels.contiguous(), cols.contiguous(),
                              _output(out, shape), DW_ACT_CODES[act], residual, gate)
 

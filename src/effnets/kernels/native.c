@@ -1399,37 +1399,55 @@ static void pw_block(const float* x, const float* wp, const float* bias, const f
     }
 }
 
-void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float* res, const float* gate, i64 hw,
-                float* y, i64 M, i64 K, i64 N, int act, int nt) {
-    /* tiles: mt row blocks (whole row groups, sizes differing by at most one group) x pt panel
-     * blocks, at least 4 per thread and a multiple of the thread count where that is possible, so
-     * the threads get equal work (late stages at batch 1 have 49 rows: split the panels too).
-     * The AVX-512 tiles are 12 rows by two panels and 8 rows by three: groups of 12 rows, blocks of
-     * at least two panels. */
-#ifdef EFF_X86
-    const int wide = avx512();
-#else
-    const int wide = 0;
-#endif
-    const i64 MR = wide ? 2 * PW_MR : PW_MR;
-    const i64 P = (N + 15) / 16, G = (M + MR - 1) / MR;
-    i64 mt = (M + PW_MC / 2) / PW_MC;
+/* a GEMM's M rows (groups of MR) x P panels of 16 output channels as mt row blocks (whole row
+ * groups, sizes differing by at most one group) x pt panel blocks of pc panels, at least 4 per
+ * thread and a multiple of the thread count where that is possible, so the threads get equal work
+ * (late stages at batch 1 have 49 rows: split the panels too); pairs: blocks of at least two
+ * panels (the two-panel tiles: no lone panel on the slower one-panel tile) */
+static void gemm_split(i64 M, i64 P, i64 MR, i64 MC, int nt, int pairs, i64* mt_, i64* pt_, i64* pc_) {
+    const i64 G = (M + MR - 1) / MR;
+    i64 mt = MC ? (M + MC / 2) / MC : 4 * (i64)nt;  /* row blocks of about MC rows, or 4 per thread */
     if (mt < 1) mt = 1;
     if (mt > G) mt = G;
     i64 pt = 1;
     while (pt < P && mt * pt < 4 * (i64)nt) pt++;
     i64 pc = (P + pt - 1) / pt;
-    if (wide && pc == 1 && P > 1) pc = 2;  /* no lone panels: they take the slower one-panel tile */
+    if (pairs && pc == 1 && P > 1) pc = 2;
     pt = (P + pc - 1) / pc;
     while (mt * pt % nt && mt < G && mt * pt < 16 * (i64)nt) mt++;
-    /* outputs larger than the last-level cache go to memory with streaming stores (no read of
-     * each line before it is written); needs 32-byte aligned rows */
-    const int stream = M * N * 4 > pw_stream_limit() && N % 8 == 0 && ((uintptr_t)y & 31) == 0;
+    *mt_ = mt; *pt_ = pt; *pc_ = pc;
+}
+/* work item t of gemm_split's blocks: rows [m0, m1), panels [p0, p1) */
+static void gemm_item(i64 t, i64 M, i64 P, i64 MR, i64 mt, i64 pt, i64 pc, i64* m0, i64* m1, i64* p0, i64* p1) {
+    const i64 G = (M + MR - 1) / MR, im = t / pt, g1 = (im + 1) * G / mt;
+    *m0 = (im * G / mt) * MR;
+    *m1 = g1 * MR < M ? g1 * MR : M;
+    *p0 = (t % pt) * pc;
+    *p1 = *p0 + pc < P ? *p0 + pc : P;
+}
+/* outputs larger than the last-level cache go to memory with streaming stores (no read of each
+ * line before it is written); needs 32-byte aligned rows */
+static int gemm_stream(i64 M, i64 N, const float* y) {
+    return M * N * 4 > pw_stream_limit() && N % 8 == 0 && ((uintptr_t)y & 31) == 0;
+}
+
+void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float* res, const float* gate, i64 hw,
+                float* y, i64 M, i64 K, i64 N, int act, int nt) {
+    /* the AVX-512 tiles are 12 rows by two panels and 8 rows by three: groups of 12 rows, blocks
+     * of at least two panels */
+#ifdef EFF_X86
+    const int wide = avx512();
+#else
+    const int wide = 0;
+#endif
+    const i64 MR = wide ? 2 * PW_MR : PW_MR, P = (N + 15) / 16;
+    i64 mt, pt, pc;
+    gemm_split(M, P, MR, PW_MC, nt, wide, &mt, &pt, &pc);
+    const int stream = gemm_stream(M, N, y);
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 t = 0; t < mt * pt; t++) {
-        const i64 im = t / pt, m0 = (im * G / mt) * MR, g1 = (im + 1) * G / mt;
-        const i64 m1 = g1 * MR < M ? g1 * MR : M;
-        const i64 p0 = (t % pt) * pc, p1 = p0 + pc < P ? p0 + pc : P;
+        i64 m0, m1, p0, p1;
+        gemm_item(t, M, P, MR, mt, pt, pc, &m0, &m1, &p0, &p1);
         pw_block(x, wp, bias, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream);
 #ifdef EFF_X86
         if (stream) _mm_sfence();  /* streamed stores visible before the threads join */
@@ -1838,24 +1856,18 @@ static void q8_block(const float* x, const int8_t* wq, const float* cols, const 
 
 int eff_pw_q8_fwd(const float* x, const int8_t* wq, const float* cols, const float* res, const float* gate, i64 hw,
                   float* y, i64 M, i64 K, i64 N, int act, int nt) {
-    /* work items: row chunks x panel chunks (panels split too where there are few rows, as in
-     * eff_pw_fwd); each item quantizes its rows once per Q8_MR-row group */
-    const i64 P = (N + 15) / 16, G = (M + Q8_MR - 1) / Q8_MR, K4 = (K + 3) / 4;
-    i64 mt = G < 4 * (i64)nt ? G : 4 * (i64)nt, pt = 1;
-    while (pt < P && mt * pt < 4 * (i64)nt) pt++;
-    i64 pc = (P + pt - 1) / pt;
-    if (pc == 1 && P > 1) pc = 2;  /* panels in pairs: the two-panel tile */
-    pt = (P + pc - 1) / pc;
+    /* the fp32 GEMM's split; each item quantizes its rows once per Q8_MR-row group */
+    const i64 P = (N + 15) / 16, K4 = (K + 3) / 4;
+    i64 mt, pt, pc;
+    gemm_split(M, P, Q8_MR, 0, nt, 1, &mt, &pt, &pc);
     const i64 qb = (Q8_MR * 4 * K4 * 2 + 63) / 64 * 64;  /* one thread's rows (16-bit on AVX2) */
     uint8_t* qs = (uint8_t*)aligned_alloc(64, (size_t)(qb * nt));
     if (!qs) return -1;
-    /* as in eff_pw_fwd: outputs beyond the last-level cache go out by streaming stores */
-    const int stream = M * N * 4 > pw_stream_limit() && N % 8 == 0 && ((uintptr_t)y & 31) == 0;
+    const int stream = gemm_stream(M, N, y);
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 t = 0; t < mt * pt; t++) {
-        const i64 im = t / pt, m0 = (im * G / mt) * Q8_MR, g1 = (im + 1) * G / mt;
-        const i64 m1 = g1 * Q8_MR < M ? g1 * Q8_MR : M;
-        const i64 p0 = (t % pt) * pc, p1 = p0 + pc < P ? p0 + pc : P;
+        i64 m0, m1, p0, p1;
+        gemm_item(t, M, P, Q8_MR, mt, pt, pc, &m0, &m1, &p0, &p1);
         q8_block(x, wq, cols, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream, qs + qb * omp_get_thread_num());
 #ifdef EFF_X86
         if (stream) _mm_sfence();
