@@ -530,10 +530,13 @@ def pointwise_weight(weight: torch.Tensor) -> torch.Tensor:
     return w.reshape(panels, 16, ci).transpose(1, 2).contiguous()
 
 
-def _residual_and_gate(fn: str, residual: torch.Tensor | None, gate: torch.Tensor | None, shape: tuple,
-                       c: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """A 1x1-conv kernel's optional residual (the output's ``shape``, made channels-last float32)
-    and gate ((N, C_in) or (N, C_in, 1, 1), made contiguous float32 (N, C_in)), checked."""
+def _epilogue_args(fn: str, act: str, residual: torch.Tensor | None, gate: torch.Tensor | None, shape: tuple,
+                   c: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A 1x1-conv kernel's activation name, optional residual (the output's ``shape``, returned
+    channels-last float32) and gate ((N, C_in) or (N, C_in, 1, 1), returned contiguous float32
+    (N, C_in)), checked."""
+    if act not in DW_ACT_CODES:
+        raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
     n = shape[0]
     if residual is not None:
         if tuple(residual.shape) != shape:
@@ -563,10 +566,8 @@ def pointwise_conv(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | N
             or (panels.shape[0] - 1) * 16 >= out_channels:
         raise ValueError(f"panels must be pointwise_weight() of a ({out_channels}, {c}, 1, 1) weight, got "
                          f"{tuple(panels.shape)}")
-    if act not in DW_ACT_CODES:
-        raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
     shape = (n, out_channels, h, w)
-    residual, gate = _residual_and_gate("pointwise_conv", residual, gate, shape, c)
+    residual, gate = _epilogue_args("pointwise_conv", act, residual, gate, shape, c)
     out = _output(out, shape)
     b = torch.zeros(out_channels, dtype=torch.float32) if bias is None else _param(bias)
     return pointwise_into(x.contiguous(memory_format=torch.channels_last), panels.float().contiguous(), b, out,
@@ -671,10 +672,8 @@ def pointwise_q8(x: torch.Tensor, panels: torch.Tensor, cols: torch.Tensor, out_
             or cols.dtype != torch.float32 or tuple(cols.shape) != (3, p * 16)):
         raise ValueError(f"panels / cols must be pointwise_weight_q8() of a ({out_channels}, {c}, 1, 1) weight, got "
                          f"{panels.dtype} {tuple(panels.shape)} / {cols.dtype} {tuple(cols.shape)}")
-    if act not in DW_ACT_CODES:
-        raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
     shape = (n, out_channels, h, w)
-    residual, gate = _residual_and_gate("pointwise_q8", residual, gate, shape, c)
+    residual, gate = _epilogue_args("pointwise_q8", act, residual, gate, shape, c)
     return pointwise_q8_into(x.contiguous(memory_format=torch.channels_last), panels.contiguous(), cols.contiguous(),
                              _output(out, shape), DW_ACT_CODES[act], residual, gate)
 
