@@ -70,3 +70,12 @@ def test_cli_profile_measure_optimized(capsys):
     out = capsys.readouterr().out
     assert "measured inference, optimize int8_dynamic" in out and "measured training" in out
     assert main(["profile", "mobilenet_v3_small", "--optimized", "fp32"]) != 0  # needs --measure
+
+
+def test_peak_memory_leaves_no_profiler_chatter_on_stderr(capfd):
+    import sys
+    peak_memory(lambda: torch.empty(1 << 10), torch.device("cpu"))
+    peak_memory(lambda: print("from fn", file=sys.stderr, flush=True), torch.device("cpu"))
+    err = capfd.readouterr().err
+    assert "profiler_st" not in err and "USDT" not in err
+    assert "from fn" in err  # the measured call's own output is not hidden

@@ -13,6 +13,8 @@ optimizer state, the input) are added.  This is the CPU analogue of ``max_memory
 tensor memory, not process RSS (no allocator caching, no Python objects)."""
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -104,6 +106,24 @@ def tensor_bytes(*objs) -> int:
     return sum(seen.values())
 
 
+@contextlib.contextmanager
+def _quiet_fd2():
+    """File descriptor 2 on /dev/null for the block: whatever C code or Python writes to stderr
+    there is dropped, so it wraps only the profiler's start and stop, never the measured call."""
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no fd 2 to redirect: say nothing, do nothing
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device, resident: int = 0) -> int:
     """Peak tensor bytes while running ``fn`` once (see the module docstring)."""
     if device.type == "cuda":
@@ -113,8 +133,14 @@ def peak_memory(fn: Callable[[], object], device: torch.device, resident: int = 
         _sync(device)
         return int(torch.cuda.max_memory_allocated(device))
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_fd2():  # kineto prints a "USDT: ... profiler_start" line to the C stderr
+        prof.__enter__()
+    try:
         fn()
+    finally:
+        with _quiet_fd2():
+            prof.__exit__(None, None, None)
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
               and e.device_type() == torch.autograd.DeviceType.CPU]
     events.sort(key=lambda e: e.start_ns())
