@@ -1001,6 +1001,8 @@ def quantize_int8(model: nn.Module, calibration, *, batches: int = 32, compile: 
     keeps 98.6% agreement but runs at 0.48-0.51x (b1) / 0.70-0.72x (b8): its fp32 layers run as
     plain PyTorch ops between (de)quantize steps.  ``keep_fp32=[<the first conv>]`` (the default
     before session 10) runs 0.38-0.56x / 1.18-1.49x at 93.2% agreement.  Neither reaches 2x at 98%.
+    :func:`quantize_dynamic` (no calibration, per-pixel activation ranges) kept 100% agreement
+    there at 1.21-1.30x fp32's speed.
 
     Two choices differ from torch.ao's x86 defaults, both measured (``benchmarks/lowprec.py``,
     top-1 agreement with fp32 on held-out images):
