@@ -813,9 +813,10 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
     activations in bf16, logits returned in fp32), ``"int8"`` (post-training static
     quantization; ``calibration`` is a folder of images, a tensor of images or an iterable of
     image batches, see :func:`quantize_int8`) or ``"int8_dynamic"`` (1x1 convs in int8 with
-    per-pixel activation ranges found on the fly, no calibration: :func:`quantize_dynamic`).  ``compile=True`` wraps the result in
-    ``torch.compile`` (Inductor; weights are frozen, so call it under ``torch.inference_mode``
-    or ``torch.no_grad``).  ``backend="onnxruntime"``: export to ONNX (verified) and run it in
+    per-pixel activation ranges found on the fly, no calibration: :func:`quantize_dynamic`).
+    ``compile=True`` wraps the result in ``torch.compile`` (Inductor; weights are frozen, so call
+    it under ``torch.inference_mode`` or ``torch.no_grad``; not with ``"int8_dynamic"``, which runs
+    eagerly).  ``backend="onnxruntime"``: export to ONNX (verified) and run it in
     ONNX Runtime on CPU, fp32 or, with ``dtype="int8"`` and ``calibration``, statically
     quantized by ONNX Runtime (see ``effnets.export.runtime``).  ``mode="train"`` returns the
     model itself in channels_last with memory-efficient training blocks on (the switch in
@@ -1100,8 +1101,9 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
     Where it pays: 1x1 convs with many input channels (B0's later stages run 2-3.5x faster than
     the fp32 GEMM); with few (16-32) the fp32 epilogue and the rounding pass dominate and int8
     gains nothing: ``min_channels`` keeps convs with fewer input channels in fp32.  Exports,
-    traces, compiles and other devices run the same arithmetic in PyTorch ops (``kernels.quantize_rows`` + a conv with the
-    dequantized weight), so an exported model computes what the eager one does.  Without VNNI
+    traces, compiles and other devices run the same arithmetic in PyTorch ops
+    (``kernels.quantize_rows`` + a conv with the dequantized weight), so an exported model
+    computes what the eager one does.  Without VNNI
     the kernel runs AVX2 code (16-bit multiply-adds, the same sums): B0's 1x1 convs at 0.89x the
     fp32 GEMM's AVX2 speed (b8, one-off), so int8_dynamic pays off on VNNI CPUs; with neither it
     runs plain C and warns."""

@@ -712,6 +712,6 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "pointwise_available", "pointwise_weight", "pointwise_conv",
-           "pointwise_into", "depthwise_into", "se_gates", "se_gates_into", "quantized_lut", "quantized_gate_mul", "quantize_act",
-           "quantized_channel_mean", "int8_fast", "int8_isa", "set_int8_isa", "pointwise_weight_q8", "quantize_rows", "pointwise_q8",
-           "pointwise_q8_into"]
+           "pointwise_into", "depthwise_into", "se_gates", "se_gates_into", "quantized_lut", "quantized_gate_mul",
+           "quantize_act", "quantized_channel_mean", "int8_fast", "int8_isa", "set_int8_isa", "pointwise_weight_q8",
+           "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]
