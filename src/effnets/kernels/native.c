@@ -1802,7 +1802,8 @@ static void q8_block(const float* x, const int8_t* wq, const float* cols, const 
         for (int i = 0; i < Q8_MR; i++) {
             const i64 row = r0 + (i < nrows ? i : 0);
             const float* g = gate ? gate + (row / hw) * K : NULL;
-            if (i >= nrows) { memset(q + i * ks * (isa == 1 ? 2 : 1), 0, ks); rs[i] = rmn[i] = 0.0f; continue; }
+            const i64 rb = ks * (isa == 1 ? 2 : 1);  /* a row's bytes (16-bit values on AVX2) */
+            if (i >= nrows) { memset(q + i * rb, 0, rb); rs[i] = rmn[i] = 0.0f; continue; }
 #ifdef EFF_X86
             if (vnni) { q8_row_512(x + row * K, g, K, K4, q + i * ks, rs + i, rmn + i); continue; }
             if (isa == 1) { q8_row_avx2(x + row * K, g, K, K4, (uint16_t*)q + i * ks, rs + i, rmn + i); continue; }
