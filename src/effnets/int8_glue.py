@@ -21,14 +21,12 @@ not dense per-tensor quint8, and inside :func:`aten_ops` (the exporters' referen
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from . import kernels
+from .plain_ops import aten_ops, plain_mode
 
 # activation modules whose dequantize -> act -> quantize is replaced by a table
 _ACTS = {nn.SiLU: F.silu, nn.Hardswish: F.hardswish, nn.Sigmoid: torch.sigmoid, nn.Hardsigmoid: F.hardsigmoid,
@@ -36,28 +34,6 @@ _ACTS = {nn.SiLU: F.silu, nn.Hardswish: F.hardswish, nn.Sigmoid: torch.sigmoid, 
 _BY_NAME = {cls.__name__: fn for cls, fn in _ACTS.items()}
 _TABLES: dict = {}  # (act, in scale, in zero point, out scale, out zero point) -> uint8 table
 
-
-_ATEN_ONLY = [False]  # set by aten_ops()
-
-
-@contextlib.contextmanager
-def aten_ops() -> Iterator[None]:
-    """Within this block the glue runs torch.ao's own ops.  The exporters' reference run uses it:
-    a traced graph holds those ops, and the kernels round a few values differently (the gate
-    product and pooling exactly where torch.ao rounds a float result, effnets' SiLU one ulp
-    apart), which in an int8 model can move a logit by a quantization step."""
-    old, _ATEN_ONLY[0] = _ATEN_ONLY[0], True
-    try:
-        yield
-    finally:
-        _ATEN_ONLY[0] = old
-
-
-def _native_ok() -> bool:
-    """The kernels run eagerly only: a trace, script or compile must see the ATen ops instead (a
-    traced graph would keep the output allocation and lose the ctypes call that fills it)."""
-    return not (_ATEN_ONLY[0] or torch.jit.is_scripting() or torch.jit.is_tracing()
-                or torch.compiler.is_compiling())
 
 
 def _table(act: str, in_scale: float, in_zp: int, scale: float, zp: int) -> torch.Tensor:
@@ -80,7 +56,7 @@ def quantized_act(x: torch.Tensor, scale, zero_point, act: str) -> torch.Tensor:
     """``quantize_per_tensor(act(x.dequantize()), scale, zero_point, quint8)`` by table lookup; for
     a float ``x`` (a layer kept in float feeding quantized ones) ``act`` and the quantization in
     one native pass."""
-    if not _native_ok():
+    if plain_mode():  # torch.ao's own ops (effnets.plain_ops)
         return torch.quantize_per_tensor(_BY_NAME[act](x.dequantize() if x.is_quantized else x), scale, zero_point,
                                          torch.quint8)
     scale, zero_point = float(scale), int(zero_point)
@@ -98,7 +74,7 @@ def quantized_act(x: torch.Tensor, scale, zero_point, act: str) -> torch.Tensor:
 def quantized_gate_mul(x: torch.Tensor, gate: torch.Tensor, scale, zero_point) -> torch.Tensor:
     """``quantized.mul(x, gate, scale, zero_point)``, natively where ``gate`` is one value per
     image and channel of a channels-last ``x``."""
-    if _native_ok() and gate.ndim == 4 and x.ndim == 4 and gate.shape[2:] == (1, 1) and gate.shape[:2] == x.shape[:2]:
+    if not plain_mode() and gate.ndim == 4 and x.ndim == 4 and gate.shape[2:] == (1, 1) and gate.shape[:2] == x.shape[:2]:
         g = gate.dequantize() if gate.is_quantized else gate
         y = kernels.quantized_gate_mul(x, g, float(scale), int(zero_point))
         if y is not None:
@@ -110,7 +86,7 @@ def quantized_mean(x: torch.Tensor, dim, keepdim: bool = False) -> torch.Tensor:
     """``x.mean(dim, keepdim)``, natively where it is a squeeze-excite's pooling (the spatial dims
     of a channels-last quint8 tensor)."""
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    if _native_ok() and x.is_quantized and x.ndim == 4 and tuple(d % 4 for d in dims) == (2, 3):
+    if not plain_mode() and x.is_quantized and x.ndim == 4 and tuple(d % 4 for d in dims) == (2, 3):
         y = kernels.quantized_channel_mean(x)
         if y is not None:
             return y if keepdim else y.reshape(x.shape[0], x.shape[1])

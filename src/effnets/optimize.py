@@ -65,10 +65,11 @@ from torch.nn.modules import module as _module_hooks  # the global hook registri
 
 from . import kernels
 from .errors import ConfigError
-from .int8_glue import _ATEN_ONLY, fuse_int8_glue
+from .int8_glue import fuse_int8_glue
 from .layers.conv import Conv2dSame, ConvNormAct
 from .layers.padding import pad_same
 from .layers.se import SqueezeExcite
+from .plain_ops import plain_mode as _plain_mode  # module global: tests may patch it
 from .profiling import forward_with_hooks
 
 
@@ -121,14 +122,6 @@ try:  # oneDNN bf16 convolutions need AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/
     _MKLDNN_BF16 = _MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 except (AttributeError, RuntimeError):
     _MKLDNN_BF16 = False
-
-
-def _plain_mode() -> bool:
-    """True where only standard ATen ops may appear (compile, export, scripting, tracing), and in
-    the exporters' reference run (``int8_glue.aten_ops``): it must compute what the traced graph
-    holds, and in an int8 model a native kernel's last-ulp difference can move a value across a
-    rounding boundary (int8_dynamic B0: 0.3% of the logits apart)."""
-    return (_ATEN_ONLY[0] or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

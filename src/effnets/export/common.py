@@ -85,9 +85,9 @@ def check_exportable(model, fmt: str) -> None:
 
 @contextlib.contextmanager
 def export_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """eval mode, the plain (non-SDPA) attention path and an int8 model's glue on torch.ao's own
-    ops (what a traced graph holds; ``effnets.int8_glue.aten_ops``), restored afterwards."""
-    from ..int8_glue import aten_ops
+    """eval mode, the plain (non-SDPA) attention path and optimized models on their plain ATen ops
+    (what a traced graph holds; ``effnets.plain_ops.aten_ops``), restored afterwards."""
+    from ..plain_ops import aten_ops
     was_training = model.training
     model.eval()
     try:

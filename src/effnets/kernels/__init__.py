@@ -96,7 +96,6 @@ def _build() -> ctypes.CDLL:
     lib.eff_q_channel_sums.restype = None
     lib.eff_pw_q8_fwd.argtypes = [p, p, p, p, p, i64, p, i64, i64, i64, i32, i32]
     lib.eff_pw_q8_fwd.restype = i32  # -1: out of memory
-    lib.eff_have_vnni.restype = i32
     lib.eff_q8_isa.restype = i32
     lib.eff_q8_set_isa.argtypes = [i32]
     lib.eff_q8_set_isa.restype = i32

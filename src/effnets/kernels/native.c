@@ -1878,13 +1878,6 @@ int eff_pw_q8_fwd(const float* x, const int8_t* wq, const float* cols, const flo
     return 0;
 }
 int eff_q8_isa(void) { return q8_isa(); }
-int eff_have_vnni(void) {
-#ifdef EFF_X86
-    return have_vnni();
-#else
-    return 0;
-#endif
-}
 
 int eff_have_avx2(void) { return have_avx2(); }
 
