@@ -618,3 +618,33 @@ def test_pointwise_conv_streaming_stores_match(isa):
             assert _rel(y, F.silu(F.conv2d(x.double(), wt.double()))) < 1e-5
     finally:
         lib.eff_pw_set_stream_bytes(default)
+
+
+@pw
+def test_silu_underflows_to_zero_as_in_pytorch(isa):
+    """SiLU(z) for z below -88.4 is -0 (exp(-z) overflows, z / inf), as PyTorch computes it below -88.7, in
+    every kernel with a SiLU epilogue (1x1 GEMM, depthwise conv, in-place SiLU; AVX-512, AVX2
+    and the scalar tail alike), and the sigmoid gate underflows to 0.  Clamping exp's argument
+    instead gave z * 4e-39: tiny values whose products with weights are subnormal and slowed
+    the next layer's FMAs (microcode assists) on randomly initialised EfficientNetV2-S."""
+    z = torch.tensor([-1e4, -1000.0, -100.0, -88.5, -88.0, -87.0, -20.0, -1.0, 0.0, 1.0, 20.0, 88.0, 100.0, 1e4])
+    c = z.numel() + 3  # 17 channels: a vector body and a scalar tail
+    zc = torch.cat([z, torch.full((3,), -500.0)])
+    ref = F.silu(zc.double())
+    # 1x1 conv with an identity weight: output channel j = act(input channel j)
+    x = zc.reshape(1, c, 1, 1).expand(2, c, 3, 5).contiguous(memory_format=torch.channels_last)
+    eye = torch.eye(c).reshape(c, c, 1, 1)
+    y = K.pointwise_conv(x, K.pointwise_weight(eye), torch.zeros(c), c, "silu")
+    # depthwise 3x3 with only the centre tap: output = act(input)
+    taps = torch.zeros(c, 1, 3, 3)
+    taps[:, 0, 1, 1] = 1.0
+    d, _ = K.depthwise_forward(x, K.depthwise_taps(taps), torch.zeros(c), 1, (1, 1), "silu")
+    s = K.silu_(zc.clone())
+    for out in (y[0, :, 1, 2], d[0, :, 1, 2], s):
+        assert torch.equal(out[zc < -88.4], torch.zeros(int((zc < -88.4).sum()))), out
+        assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-35)  # float32 PyTorch: -3e-37 at -88.5
+    # the squeeze-excite's sigmoid gate: logits below -88.4 give exactly 0
+    w1, b1 = torch.eye(c), torch.zeros(c)
+    g = K.se_gates(zc.reshape(1, c), w1, b1, torch.eye(c), torch.zeros(c), "identity", "sigmoid")
+    assert torch.equal(g[0][zc < -88.4], torch.zeros(int((zc < -88.4).sum())))
+    assert torch.allclose(g[0].double(), torch.sigmoid(zc.double()), rtol=1e-6, atol=1e-38)

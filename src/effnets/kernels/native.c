@@ -33,8 +33,10 @@ enum { ACT_IDENTITY = 0, ACT_SILU = 1, ACT_RELU = 2, ACT_HARDSWISH = 3, ACT_RELU
 
 /* ---- scalar reference math (tails and non-AVX2 machines) ---- */
 static inline float flush_tiny(float v) { return fabsf(v) < FLT_MIN ? 0.0f : v; }  /* see flush_tiny_v */
+#define EXP_HI 88.3762626647949f  /* above: exp overflows the fit's range, and the result is +inf */
 static inline float exp_s(float x) {
-    x = fminf(fmaxf(x, -87.3365402f), 88.3762626647949f);
+    if (x > EXP_HI) return INFINITY;  /* SiLU(z < -88) = z / inf = -0, as in PyTorch, not z * 4e-39 */
+    x = fminf(fmaxf(x, -87.3365402f), EXP_HI);
     float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
@@ -65,7 +67,8 @@ static inline float dact_s(float z, int act) {  /* d act / dz */
 /* exp(x) = 2^n * 2^f, n = round(x log2 e), |f| <= 1/2: f from one FMA on the exact product
  * plus the low part of log2 e, then a degree-5 fit of 2^f (relative error 8e-8) */
 AVX2 static inline __m256 exp_v(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365402f)), _mm256_set1_ps(88.3762626647949f));
+    const __m256 big = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_HI), _CMP_GT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365402f)), _mm256_set1_ps(EXP_HI));
     const __m256 L = _mm256_set1_ps(1.44269504088896341f), Llo = _mm256_set1_ps(1.92596299e-08f);
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, L), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 f = _mm256_fmadd_ps(x, Llo, _mm256_fmsub_ps(x, L, n));
@@ -76,9 +79,9 @@ AVX2 static inline __m256 exp_v(__m256 x) {
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69314694f));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0000001f));
     __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+    return _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e)), _mm256_set1_ps(INFINITY), big);
 }
-/* |v| below FLT_MIN -> 0.  Squeeze-excite gates reach 4e-39 (sigmoid of a logit below -88) and
+/* |v| below FLT_MIN -> 0.  Squeeze-excite gates reach 1e-38 (sigmoid of a logit near -87.5) and
  * gated activations go lower: on Intel CPUs every FMA that reads such a subnormal value takes a
  * microcode assist, and a trained EfficientNet-B0's last project conv read 17% subnormal inputs
  * and ran 15x slower for it (45 vs 3 ms, batch 8).  The gate kernels flush what they write. */
@@ -124,7 +127,8 @@ AVX512 static inline __m256 hi256(__m512 v) { return _mm256_castpd_ps(_mm512_ext
 /* exp_v and act_v on 16 lanes, the same arithmetic step for step (the same results bit for bit:
  * tested), so an epilogue's exp costs half the instructions of two 8-lane halves */
 AVX512 static inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365402f)), _mm512_set1_ps(88.3762626647949f));
+    const __mmask16 big = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_HI), _CMP_GT_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365402f)), _mm512_set1_ps(EXP_HI));
     const __m512 L = _mm512_set1_ps(1.44269504088896341f), Llo = _mm512_set1_ps(1.92596299e-08f);
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, L), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_fmadd_ps(x, Llo, _mm512_fmsub_ps(x, L, n));
@@ -135,7 +139,7 @@ AVX512 static inline __m512 exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314694f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001f));
     const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
+    return _mm512_mask_blend_ps(big, _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e)), _mm512_set1_ps(INFINITY));
 }
 AVX512 static inline __m512 act16(__m512 z, int act) {
     const __m512 zero = _mm512_setzero_ps();
