@@ -342,12 +342,46 @@ def report(res) -> str:
             lines.append(f"| {k} ({r['config']}) | {r['images_per_s']:.2f} | {r['peak_memory_bytes'] / 2**20:.0f} |")
         lines.append(f"| **ours / best peer** | **{o['images_per_s'] / fast['images_per_s']:.2f}x** (vs {fast['impl']}) | "
                      f"**{o['peak_memory_bytes'] / lean['peak_memory_bytes']:.2f}x** (vs {lean['impl']}) |")
+    lines += ["", *targets(res)]
     m = res["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; fp32 matmul peak "
               f"{m['matmul_peak_gflops']:.1f} GFLOP/s; load average at start {m['loadavg_start']}, end {m['loadavg_end']}.",
               "GFLOP/s counts direct-convolution FLOPs; effnets runs some 3x3 convs by Winograd F(4x4, 3x3), "
               "which needs fewer, so its figure is an effective rate and can pass 100% of the matmul peak."]
     return "\n".join(lines)
+
+
+# issue 5's targets that one `make bench` run can check (int8's is make bench-lowprec's)
+TARGETS = (("eager", "eager", 1.6, "eager optimized >= 1.6x the best eager peer"),
+           ("eager", "compiled", 0.9, "eager optimized >= 0.9x the best compiled peer"),
+           ("compiled", "compiled", 1.1, "compiled >= 1.1x the best compiled peer"))
+
+
+def targets(res) -> list[str]:
+    """One line per target: where this run reached it and where not, with the ratios."""
+    lines = ["Targets (issue 5) in this run:"]
+    for ours_key, peer_key, goal, text in TARGETS:
+        hit, miss = [], []
+        for model, batch in sorted({(r["model"], r["batch"]) for r in res["inference"]}):
+            rows = [r for r in res["inference"] if r["model"] == model and r["batch"] == batch]
+            ours = next(r for r in rows if r["impl"] == "effnets")
+            peers = [r[peer_key] for r in rows if r["impl"] != "effnets" and peer_key in r]
+            if ours_key not in ours or not peers:
+                continue
+            ratio = ours[ours_key] / max(peers)
+            (hit if ratio >= goal else miss).append(f"{model} b{batch} {ratio:.2f}x")
+        if hit or miss:
+            lines.append(f"- {text}: reached for {', '.join(hit) or 'none'}; "
+                         f"not reached for {', '.join(miss) or 'none'}")
+    if res["training"]:
+        tr = {r["impl"]: r for r in res["training"]}
+        peers = [r for k, r in tr.items() if k != "effnets"]
+        speed = tr["effnets"]["images_per_s"] / max(r["images_per_s"] for r in peers)
+        memory = tr["effnets"]["peak_memory_bytes"] / min(r["peak_memory_bytes"] for r in peers)
+        lines.append(f"- training >= 1.1x the faster peer: {'reached' if speed >= 1.1 else 'not reached'} "
+                     f"({speed:.2f}x); peak memory <= 0.7x the lower peer: "
+                     f"{'reached' if memory <= 0.7 else 'not reached'} ({memory:.2f}x)")
+    return lines
 
 
 def chart(res, path) -> None:
