@@ -27,6 +27,7 @@ import argparse
 import copy
 import functools
 import json
+import math
 import os
 import platform
 import signal
@@ -357,6 +358,11 @@ TARGETS = (("eager", "eager", 1.6, "eager optimized >= 1.6x the best eager peer"
            ("compiled", "compiled", 1.1, "compiled >= 1.1x the best compiled peer"))
 
 
+def _down(ratio: float) -> str:
+    """The ratio to three decimals, rounded down: 1.59996x printed as 1.600x would read as reaching 1.6x."""
+    return f"{math.floor(ratio * 1000) / 1000:.3f}"
+
+
 def targets(res) -> list[str]:
     """One line per target: where this run reached it and where not, with the ratios."""
     lines = ["Targets (issue 5) in this run:"]
@@ -369,7 +375,7 @@ def targets(res) -> list[str]:
             if ours_key not in ours or not peers:
                 continue
             ratio = ours[ours_key] / max(peers)
-            (hit if ratio >= goal else miss).append(f"{model} b{batch} {ratio:.2f}x")
+            (hit if ratio >= goal else miss).append(f"{model} b{batch} {_down(ratio)}x")
         if hit or miss:
             lines.append(f"- {text}: reached for {', '.join(hit) or 'none'}; "
                          f"not reached for {', '.join(miss) or 'none'}")
@@ -379,8 +385,8 @@ def targets(res) -> list[str]:
         speed = tr["effnets"]["images_per_s"] / max(r["images_per_s"] for r in peers)
         memory = tr["effnets"]["peak_memory_bytes"] / min(r["peak_memory_bytes"] for r in peers)
         lines.append(f"- training >= 1.1x the faster peer: {'reached' if speed >= 1.1 else 'not reached'} "
-                     f"({speed:.2f}x); peak memory <= 0.7x the lower peer: "
-                     f"{'reached' if memory <= 0.7 else 'not reached'} ({memory:.2f}x)")
+                     f"({_down(speed)}x); peak memory <= 0.7x the lower peer: "
+                     f"{'reached' if memory <= 0.7 else 'not reached'} ({-float(_down(-memory)):.3f}x)")
     return lines
 
 

@@ -38,12 +38,20 @@ def test_targets_against_the_best_peer_of_each_row(bench):
     lines = bench.targets(_res())
     eager, vs_compiled, compiled, training = lines[1:]
     # b1: 90 / max(50, 60) = 1.50x (the best peer is torchvision, not the first one); b8: 100 / 70 = 1.43x
-    assert "reached for none" in eager and "efficientnet_b0 b1 1.50x" in eager and "b8 1.43x" in eager
+    assert "reached for none" in eager and "efficientnet_b0 b1 1.500x" in eager and "b8 1.428x" in eager
     # eager 100 vs best compiled 95: 1.05x >= 0.9x; compiled 100 / 95 = 1.05x < 1.1x
-    assert "reached for efficientnet_b0 b8 1.05x; not reached for none" in vs_compiled
-    assert "reached for none; not reached for efficientnet_b0 b8 1.05x" in compiled
+    assert "reached for efficientnet_b0 b8 1.052x; not reached for none" in vs_compiled
+    assert "reached for none; not reached for efficientnet_b0 b8 1.052x" in compiled
     # training: 20 / 19 = 1.05x (not reached); memory 800 / 1000 = 0.80x against the leaner peer (not reached)
-    assert "not reached (1.05x)" in training and "not reached (0.80x)" in training
+    assert "not reached (1.052x)" in training and "not reached (0.800x)" in training
+
+
+def test_ratios_are_printed_on_the_side_of_the_target_they_fall(bench):
+    # 1.59996x is short of 1.6x and must not print as 1.600x; 0.70004x misses <= 0.7x and must not print 0.700x
+    assert bench._down(1.59996) == "1.599" and bench._down(1.6) == "1.600"
+    res = _res()
+    res["training"][0]["peak_memory_bytes"] = int(0.70004 * 1000 * 2**20)
+    assert "not reached (0.701x)" in bench.targets(res)[-1]
 
 
 def test_report_carries_the_targets_and_skips_training_when_absent(bench):
