@@ -456,6 +456,70 @@ def test_winograd_conv3x3_matches_float64(n, ci, co, h, w, pad, rounds, act):
     assert _rel(y0, _ACTS64[act](F.conv2d(x.double(), wt.double(), None, 1, pad))) < 2e-5
 
 
+
+@wino
+@pytest.mark.parametrize("n,ci,co,h,w,pad,block", [
+    (2, 8, 16, 9, 7, (1, 1), None),   # the last tiles overhang both edges; one block of 12 (6 tiles)
+    (1, 16, 8, 4, 4, (1, 1), None),   # one tile
+    (1, 8, 24, 6, 11, (0, 0), None),  # no padding; 24 output channels: the last panel is half empty
+    (3, 24, 40, 13, 13, (1, 1), 5),   # blocks of 5 tiles, the last one short, rows not a multiple of the GEMM tile
+    (2, 64, 64, 40, 40, (1, 1), None),  # 200 tiles: blocks of 24 on the threads
+    (1, 32, 48, 17, 9, (1, 1), 1),    # a tile per block
+])
+@pytest.mark.parametrize("act", ["identity", "silu", "relu", "relu6"])
+def test_winograd_fused_matches_float64_and_the_bmm_route(n, ci, co, h, w, pad, block, act, isa):
+    """The fused kernel (transforms and the 36 products per block of tiles) computes what
+    winograd_conv3x3 computes: against float64 within Winograd's float32 bound, and against the
+    bmm route within a few float32 roundings (only the order of the products' sums differs)."""
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(n, ci, h, w), torch.randn(co, ci, 3, 3) / ci ** 0.5, torch.randn(co)
+    ref = _ACTS64[act](F.conv2d(x.double(), wt.double(), b.double(), 1, pad))
+    u = K.winograd_weight(wt)
+    y = K.winograd_conv3x3_fused(x, K.winograd_panels(u), b, pad, act, tiles_per_block=block)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, ref) < 2e-5
+    # the products' sums in another order: float32 roundings of the transformed values, which run
+    # up to ~10x the output's size (measured up to 2.1e-6 of the output's largest value)
+    assert _rel(y, K.winograd_conv3x3(x, u, b, pad, act).double()) < 5e-6
+    out = torch.full(ref.shape, float("nan")).contiguous(memory_format=torch.channels_last)
+    assert K.winograd_conv3x3_fused(x, K.winograd_panels(u), b, pad, act, out=out) is out
+    assert torch.equal(out, K.winograd_conv3x3_fused(x, K.winograd_panels(u), b, pad, act))
+
+
+@wino
+def test_winograd_panels_hold_the_matrices():
+    u = K.winograd_weight(torch.randn(24, 8, 3, 3))
+    panels = K.winograd_panels(u)
+    assert panels.shape == (36, 2, 8, 16)
+    # panel q, column j = output channel 16 q + j; zero past the 24 channels
+    assert torch.equal(panels.permute(0, 2, 1, 3).reshape(36, 8, 32)[:, :, :24], u)
+    assert not panels.permute(0, 2, 1, 3).reshape(36, 8, 32)[:, :, 24:].any()
+
+
+@wino
+def test_winograd_fused_rejects_what_it_cannot_compute():
+    u = K.winograd_weight(torch.randn(16, 8, 3, 3))
+    panels, b = K.winograd_panels(u), torch.zeros(16)
+    x = torch.randn(1, 8, 8, 8)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        K.winograd_conv3x3_fused(x.double(), panels, b, (1, 1))
+    with pytest.raises(ValueError, match="panels must be"):
+        K.winograd_conv3x3_fused(torch.randn(1, 16, 8, 8), panels, b, (1, 1))
+    with pytest.raises(ValueError, match="panels must be"):
+        K.winograd_conv3x3_fused(x, u, b, (1, 1))
+    with pytest.raises(ValueError, match="bias"):
+        K.winograd_conv3x3_fused(x, panels, None, (1, 1))
+    with pytest.raises(ValueError, match="bias"):
+        K.winograd_conv3x3_fused(x, panels, torch.zeros(40), (1, 1))
+    with pytest.raises(ValueError, match="no output"):
+        K.winograd_conv3x3_fused(torch.randn(1, 8, 2, 2), panels, b, (0, 0))
+    with pytest.raises(ValueError, match="act must be"):
+        K.winograd_conv3x3_fused(x, panels, b, (1, 1), "gelu")
+    with pytest.raises(ValueError, match="tiles_per_block"):
+        K.winograd_conv3x3_fused(x, panels, b, (1, 1), tiles_per_block=0)
+    with pytest.raises(ValueError, match="winograd_panels needs"):
+        K.winograd_panels(torch.randn(16, 8, 3, 3))
+
 @wino
 def test_winograd_rejects_what_it_cannot_compute():
     u = K.winograd_weight(torch.randn(16, 8, 3, 3))

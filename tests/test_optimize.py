@@ -386,6 +386,7 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
         pytest.skip("Winograd kernels need the native build on x86 AVX2")
     opt_mod = sys.modules["effnets.optimize"]
     calls = record_calls(monkeypatch, kernels, "winograd_conv3x3")
+    fused_calls = record_calls(monkeypatch, kernels, "winograd_conv3x3_fused")
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
     n_eligible = _winograd_eligible(model)
@@ -395,25 +396,37 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
         ref = model(x)
         for mode, expected in (("1", n_eligible), ("0", 0)):
             monkeypatch.setattr(opt_mod, "_WINOGRAD", mode)
-            calls.clear()
-            out = effnets.optimize(model)(x)
-            assert len(calls) == expected
+            opt = effnets.optimize(model)
+            opt(x)  # the first call times the routes
+            calls.clear(), fused_calls.clear()
+            out = opt(x)
+            assert len(calls) + len(fused_calls) == expected
             assert _rel_err(out, ref) < 1e-4
         monkeypatch.setattr(opt_mod, "_WINOGRAD", "auto")
         opt = effnets.optimize(model)
         assert _rel_err(opt(x), ref) < 1e-4
-        choices = [m._wino[tuple(m_in.shape)] for m, m_in in _conv_inputs(opt, x) if m.wino_act is not None]
+        layers = [(m, tuple(m_in.shape)) for m, m_in in _conv_inputs(opt, x) if m.wino_act is not None]
+        choices = [m._wino[shape] for m, shape in layers]
         assert len(choices) == n_eligible and all(isinstance(c, bool) for c in choices)
-        calls.clear()
-        opt(x)  # the choices are kept: Winograd runs exactly where it was chosen, no more timing
-        assert len(calls) == sum(choices)
-        # the transformed weight (4x the weight) is held only by layers that chose Winograd
-        convs = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.wino_act is not None]
-        assert all(("u" in m._wino) == any(v is True for v in m._wino.values()) for m in convs)
+        fused = [m._wino[("fused", shape)] for m, shape in layers]
+        assert all(isinstance(f, bool) for f in fused)
+        calls.clear(), fused_calls.clear()
+        opt(x)  # the choices are kept: each Winograd route runs exactly where it was chosen, no more timing
+        assert len(fused_calls) == sum(c and f for c, f in zip(choices, fused))
+        assert len(calls) == sum(c and not f for c, f in zip(choices, fused))
+        # each transformed weight (4x the weight) is held only by layers whose choice uses it
+        for m, shape in layers:
+            assert ("up" in m._wino) == (m._wino[shape] and m._wino[("fused", shape)])
+            assert ("u" in m._wino) == (m._wino[shape] and not m._wino[("fused", shape)])
         monkeypatch.setattr(opt_mod, "_faster", lambda a, b: False)
         lean = effnets.optimize(model)
         assert _rel_err(lean(x), ref) < 1e-4
-        assert not any("u" in m._wino for m in lean.modules() if isinstance(m, FusedConvAct))
+        assert not any("u" in m._wino or "up" in m._wino for m in lean.modules() if isinstance(m, FusedConvAct))
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b: True)  # fused beats bmm, Winograd beats direct
+        eager = effnets.optimize(model)
+        fused_calls.clear()
+        assert _rel_err(eager(x), ref) < 1e-4
+        assert len(fused_calls) == n_eligible
 
 
 def _conv_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[FusedConvAct, torch.Tensor]]:
@@ -432,14 +445,17 @@ def test_compiled_graph_runs_winograd_inside_the_conv_op(monkeypatch):
         pytest.skip("Winograd kernels need the native build on x86 AVX2")
     monkeypatch.setattr(sys.modules["effnets.optimize"], "_WINOGRAD", "1")
     calls = record_calls(monkeypatch, kernels, "winograd_conv3x3")
+    fused_calls = record_calls(monkeypatch, kernels, "winograd_conv3x3_fused")
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model("resnet_rs_50", num_classes=10)).eval()
     compiled = effnets.optimize(model, compile=True)
     graph = torch.compile(compiled._orig_mod, backend=lambda gm, ex: gm.forward, fullgraph=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
+        assert _rel_err(graph(x), model(x)) < 1e-4  # the first call times the two Winograd routes
+        calls.clear(), fused_calls.clear()
         assert _rel_err(graph(x), model(x)) < 1e-4
-    assert len(calls) == _winograd_eligible(model)
+    assert len(calls) + len(fused_calls) == _winograd_eligible(model)
 
 
 def test_resnet_rs_block_tail_runs_as_one_native_call(monkeypatch):

@@ -22,11 +22,13 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    ResNet-RS blocks hand their squeeze-excite the shortcut: pooling, gate, product, sum and ReLU
    in one native call (two passes over the block output instead of five).
 4. **Winograd F(4x4, 3x3)** (Lavin & Gray 2016, arXiv 1509.09308) for 3x3 stride-1 dense convs
-   (``kernels.winograd_conv3x3``: native transforms, ``torch.bmm`` for the 36 products, bias and
-   activation in the output transform): a quarter of the multiplies, so ResNet-RS and
-   EfficientNetV2's Fused-MBConv stages run ~1.5-2x faster per conv.  Each layer times both
-   algorithms once per input shape and keeps the faster, which makes the first call per shape
-   slower (V2-S batch 8: ~5 s instead of ~1.3 s) (``EFFNETS_WINOGRAD=1``/``0``: always/never);
+   (``kernels.winograd_conv3x3_fused``: transforms and the 36 products per block of tiles, in
+   cache, the products on the 1x1 GEMM's tiles; or ``kernels.winograd_conv3x3``: native
+   transforms, ``torch.bmm`` for the products; bias and activation in the output transform): a
+   quarter of the multiplies, so ResNet-RS and EfficientNetV2's Fused-MBConv stages run ~1.5-2x
+   faster per conv.  Each layer times the three ways once per input shape and keeps the fastest,
+   which makes the first call per shape slower (V2-S batch 8: ~5 s instead of ~1.3 s)
+   (``EFFNETS_WINOGRAD=1``/``0``: always/never);
    float32 error ~4e-6 relative per conv, a few times direct convolution's.
 5. **1x1 convs on effnets' GEMM** (``kernels.pointwise_conv``: bias, activation, SiLU included,
    in the epilogue while the tile is in registers) where it times faster than oneDNN for the
@@ -245,26 +247,47 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
     memory, so it wins on large maps with moderate channels (ResNet-RS and EfficientNetV2 early
     stages: ~1.3-2x) and loses on 5x5 maps with 512 channels; timing it once per layer and
     input shape (as ``cudnn.benchmark`` does) decides by the machine, not a rule of thumb.
-    ``cache`` holds the choices and, while some input shape uses Winograd, the transformed
-    weight (4x the weight's size: dropped when every shape so far chose direct)
-    (``EFFNETS_WINOGRAD=1``: always Winograd, ``0``: never).  ``out()``: a buffer for
-    Winograd's output, or None."""
+    Winograd itself runs one of two ways, also timed: the fused kernel
+    (``kernels.winograd_conv3x3_fused``: transforms and products per block of tiles, in cache;
+    1.05-1.3x on the layers above) or transforms + ``torch.bmm`` (``winograd_conv3x3``: better
+    where the 36 C_in x C_out matrices are large and the tiles few).  ``cache`` holds the choices
+    (shape -> Winograd or not, ("fused", shape) -> which Winograd) and the transformed weights
+    each chosen route needs (4x the weight's size each: ``"u"`` for bmm, ``"up"`` for fused;
+    dropped when no shape uses them) (``EFFNETS_WINOGRAD=1``: always Winograd, ``0``: never).
+    ``out()``: a buffer for Winograd's output, or None."""
     key = tuple(x.shape)
     choice = cache.get(key)
     if choice is False:
         return direct()
-    u = cache.get("u")
-    if u is None:
-        u = cache["u"] = kernels.winograd_weight(weight)
+    pad = tuple(padding)
 
-    def wino() -> torch.Tensor:
-        return kernels.winograd_conv3x3(x, u, bias, tuple(padding), act, out=out())
+    def held(name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        w = cache.get(name)
+        if w is None:
+            w = cache[name] = make()
+        return w
+
+    def bmm() -> torch.Tensor:
+        return kernels.winograd_conv3x3(x, held("u", lambda: kernels.winograd_weight(weight)), bias, pad, act,
+                                        out=out())
+
+    def fused() -> torch.Tensor:
+        u = cache.get("u")
+        up = held("up", lambda: kernels.winograd_panels(kernels.winograd_weight(weight) if u is None else u))
+        return kernels.winograd_conv3x3_fused(x, up, bias, pad, act, out=out())
 
     if choice is None:
+        wino = fused if bias is not None and _faster(fused, bmm) else bmm
         choice = cache[key] = _WINOGRAD == "1" or _faster(wino, direct)
-        if not choice and not any(v is True for v in cache.values()):
-            del cache["u"]
-    return wino() if choice else direct()
+        cache[("fused", key)] = wino is fused
+        routes = {cache.get(("fused", k)) for k, v in cache.items() if v is True and k and isinstance(k[0], int)}
+        if True not in routes:
+            cache.pop("up", None)
+        if False not in routes:
+            cache.pop("u", None)
+    if not choice:
+        return direct()
+    return fused() if cache.get(("fused", key)) else bmm()
 
 
 def _native_graph_ok(x: torch.Tensor, w: torch.Tensor) -> bool:

@@ -946,64 +946,67 @@ void eff_se_gate(float* x, const float* mean, float mean_scale, const float* w1,
         o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34, d12), m5);                  \
     } while (0)
 
-/* x (N, H, W, C) -> v (36, t1 - t0, C) for tiles t0 <= t < t1, tile t = (n, ty, tx) row-major over
- * (N, TH, TW); tile (ty, tx) reads input rows 4ty - PH .. 4ty - PH + 5 (zero outside) */
-AVX2 void eff_wino_in(const float* x, float* v, i64 N, i64 H, i64 W, i64 C, i64 TH, i64 TW, int PH, int PW,
-                      i64 t0, i64 t1, int nt) {
-    const i64 T = t1 - t0;
-    (void)N;
-    #pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 t = t0; t < t1; t++) {
-        const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
-        const i64 r0 = ty * 4 - PH, c0 = tx * 4 - PW;
-        const float* src[36];
-        for (int i = 0; i < 6; i++)
-            for (int j = 0; j < 6; j++) {
-                i64 r = r0 + i, c = c0 + j;
-                src[i * 6 + j] = (r >= 0 && r < H && c >= 0 && c < W) ? x + ((n * H + r) * W + c) * C : NULL;
-            }
-        float* dst = v + (t - t0) * C;
-        for (i64 ch = 0; ch < C; ch += 8) {
-            __m256 d[36], u[36], o[6];
-            for (int k = 0; k < 36; k++) d[k] = src[k] ? _mm256_loadu_ps(src[k] + ch) : _mm256_setzero_ps();
-            for (int j = 0; j < 6; j++) {  /* columns: u = B^T d */
-                WINO_BT(d[j], d[6 + j], d[12 + j], d[18 + j], d[24 + j], d[30 + j], o);
-                for (int i = 0; i < 6; i++) u[i * 6 + j] = o[i];
-            }
-            for (int i = 0; i < 6; i++) {  /* rows: v = u B */
-                WINO_BT(u[i * 6], u[i * 6 + 1], u[i * 6 + 2], u[i * 6 + 3], u[i * 6 + 4], u[i * 6 + 5], o);
-                for (int j = 0; j < 6; j++) _mm256_storeu_ps(dst + (i64)(i * 6 + j) * T * C + ch, o[j]);
-            }
+/* x (N, H, W, C) -> v (36, T, C): tile t = (n, ty, tx), row-major over (N, TH, TW), as row t - t0
+ * of each of the 36 matrices (row stride C, matrix stride T * C); the tile reads input rows
+ * 4ty - PH .. 4ty - PH + 5 (zero outside) */
+AVX2 static void wino_in_tile(const float* x, float* v, i64 T, i64 t, i64 t0, i64 H, i64 W, i64 C, i64 TH, i64 TW,
+                              int PH, int PW) {
+    const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
+    const i64 r0 = ty * 4 - PH, c0 = tx * 4 - PW;
+    const float* src[36];
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) {
+            i64 r = r0 + i, c = c0 + j;
+            src[i * 6 + j] = (r >= 0 && r < H && c >= 0 && c < W) ? x + ((n * H + r) * W + c) * C : NULL;
+        }
+    float* dst = v + (t - t0) * C;
+    for (i64 ch = 0; ch < C; ch += 8) {
+        __m256 d[36], u[36], o[6];
+        for (int k = 0; k < 36; k++) d[k] = src[k] ? _mm256_loadu_ps(src[k] + ch) : _mm256_setzero_ps();
+        for (int j = 0; j < 6; j++) {  /* columns: u = B^T d */
+            WINO_BT(d[j], d[6 + j], d[12 + j], d[18 + j], d[24 + j], d[30 + j], o);
+            for (int i = 0; i < 6; i++) u[i * 6 + j] = o[i];
+        }
+        for (int i = 0; i < 6; i++) {  /* rows: v = u B */
+            WINO_BT(u[i * 6], u[i * 6 + 1], u[i * 6 + 2], u[i * 6 + 3], u[i * 6 + 4], u[i * 6 + 5], o);
+            for (int j = 0; j < 6; j++) _mm256_storeu_ps(dst + (i64)(i * 6 + j) * T * C + ch, o[j]);
         }
     }
 }
-
-/* m (36, t1 - t0, C) -> y (N, OH, OW, C): A^T m A per tile, + bias, activation; rows and columns
- * past the output's edge (the last tiles overhang it) are dropped */
-AVX2 void eff_wino_out(const float* m, const float* bias, float* y, i64 N, i64 OH, i64 OW, i64 C, i64 TH, i64 TW,
-                       i64 t0, i64 t1, int act, int nt) {
-    const i64 T = t1 - t0;
+AVX2 void eff_wino_in(const float* x, float* v, i64 N, i64 H, i64 W, i64 C, i64 TH, i64 TW, int PH, int PW,
+                      i64 t0, i64 t1, int nt) {
     (void)N;
     #pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 t = t0; t < t1; t++) {
-        const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
-        const float* src = m + (t - t0) * C;
-        const int rows = OH - ty * 4 < 4 ? (int)(OH - ty * 4) : 4, cols = OW - tx * 4 < 4 ? (int)(OW - tx * 4) : 4;
-        for (i64 ch = 0; ch < C; ch += 8) {
-            __m256 a[36], w[24], o[4];
-            for (int k = 0; k < 36; k++) a[k] = _mm256_loadu_ps(src + (i64)k * T * C + ch);
-            for (int j = 0; j < 6; j++) {  /* columns: w = A^T m */
-                WINO_AT(a[j], a[6 + j], a[12 + j], a[18 + j], a[24 + j], a[30 + j], o);
-                for (int r = 0; r < 4; r++) w[r * 6 + j] = o[r];
-            }
-            __m256 b = bias ? _mm256_loadu_ps(bias + ch) : _mm256_setzero_ps();
-            for (int r = 0; r < rows; r++) {  /* rows: y = w A */
-                WINO_AT(w[r * 6], w[r * 6 + 1], w[r * 6 + 2], w[r * 6 + 3], w[r * 6 + 4], w[r * 6 + 5], o);
-                float* yr = y + ((n * OH + ty * 4 + r) * OW + tx * 4) * C + ch;
-                for (int s = 0; s < cols; s++) _mm256_storeu_ps(yr + s * C, act_v(_mm256_add_ps(o[s], b), act));
-            }
+    for (i64 t = t0; t < t1; t++) wino_in_tile(x, v, t1 - t0, t, t0, H, W, C, TH, TW, PH, PW);
+}
+
+/* m (36, T, C), tile t at row t - t0 -> y (N, OH, OW, C): A^T m A, + bias, activation; rows and
+ * columns past the output's edge (the last tiles overhang it) are dropped */
+AVX2 static void wino_out_tile(const float* m, const float* bias, float* y, i64 T, i64 t, i64 t0, i64 OH, i64 OW,
+                               i64 C, i64 TH, i64 TW, int act) {
+    const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
+    const float* src = m + (t - t0) * C;
+    const int rows = OH - ty * 4 < 4 ? (int)(OH - ty * 4) : 4, cols = OW - tx * 4 < 4 ? (int)(OW - tx * 4) : 4;
+    for (i64 ch = 0; ch < C; ch += 8) {
+        __m256 a[36], w[24], o[4];
+        for (int k = 0; k < 36; k++) a[k] = _mm256_loadu_ps(src + (i64)k * T * C + ch);
+        for (int j = 0; j < 6; j++) {  /* columns: w = A^T m */
+            WINO_AT(a[j], a[6 + j], a[12 + j], a[18 + j], a[24 + j], a[30 + j], o);
+            for (int r = 0; r < 4; r++) w[r * 6 + j] = o[r];
+        }
+        __m256 b = bias ? _mm256_loadu_ps(bias + ch) : _mm256_setzero_ps();
+        for (int r = 0; r < rows; r++) {  /* rows: y = w A */
+            WINO_AT(w[r * 6], w[r * 6 + 1], w[r * 6 + 2], w[r * 6 + 3], w[r * 6 + 4], w[r * 6 + 5], o);
+            float* yr = y + ((n * OH + ty * 4 + r) * OW + tx * 4) * C + ch;
+            for (int s = 0; s < cols; s++) _mm256_storeu_ps(yr + s * C, act_v(_mm256_add_ps(o[s], b), act));
         }
     }
+}
+AVX2 void eff_wino_out(const float* m, const float* bias, float* y, i64 N, i64 OH, i64 OW, i64 C, i64 TH, i64 TW,
+                       i64 t0, i64 t1, int act, int nt) {
+    (void)N;
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, t1 - t0, t, t0, OH, OW, C, TH, TW, act);
 }
 #endif
 /* ---- backward of a per-image, per-channel gate y = x * g (squeeze-excite), channels-last ----
@@ -1458,6 +1461,43 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
 #endif
     }
 }
+
+#ifdef EFF_X86
+/* ---- Winograd F(4x4, 3x3) with the transforms and the 36 products fused, a block of B tiles at a
+ * time on one thread: the block's transformed input (36 x B x C) and products (36 x B x C_out)
+ * stay in the core's cache, where eff_wino_in / torch.bmm / eff_wino_out send whole rounds of
+ * tiles through memory three times; the products run on the 1x1 GEMM's tiles (pw_block), one
+ * per position, with up = the 36 (C x C_out) matrices G g G^T as 16-column panels
+ * (36, ceil(C_out / 16), C, 16).  The panels are read once per block: for wide layers on small
+ * maps (few tiles, 36 x C x C_out large) the bmm route is the better one, and the caller times
+ * both.  -1: out of memory. */
+int eff_wino_fused(const float* x, const float* up, const float* bias, float* y, i64 N, i64 H, i64 W, i64 C,
+                   i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt) {
+    const i64 TH = (OH + 3) / 4, TW = (OW + 3) / 4, T = N * TH * TW, P = (Co + 15) / 16, nb = (T + B - 1) / B;
+    const i64 vb = (36 * B * C * 4 + 63) / 64 * 64, mb = (36 * B * P * 16 * 4 + 63) / 64 * 64;
+    const int threads = nb < nt ? (int)nb : nt;
+    char* scratch = (char*)aligned_alloc(64, (size_t)((vb + mb) * threads));
+    float* zeros = (float*)calloc((size_t)(P * 16), sizeof(float));
+    if (!scratch || !zeros) { free(scratch); free(zeros); return -1; }
+    #pragma omp parallel num_threads(threads)
+    {
+        float* v = (float*)(scratch + (vb + mb) * omp_get_thread_num());
+        float* m = (float*)((char*)v + vb);
+        #pragma omp for schedule(static)
+        for (i64 b = 0; b < nb; b++) {
+            const i64 t0 = b * B, t1 = t0 + B < T ? t0 + B : T, n = t1 - t0;
+            for (i64 t = t0; t < t1; t++) wino_in_tile(x, v, n, t, t0, H, W, C, TH, TW, PH, PW);
+            for (int q = 0; q < 36; q++)  /* m[q] = v[q] @ (G g G^T)[q] */
+                pw_block(v + q * n * C, up + q * P * C * 16, zeros, NULL, NULL, 1, m + q * n * Co, 0, n, 0, P, C, Co,
+                         ACT_IDENTITY, 0);
+            for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, n, t, t0, OH, OW, Co, TH, TW, act);
+        }
+    }
+    free(scratch);
+    free(zeros);
+    return 0;
+}
+#endif
 
 /* ---- int8 inference glue (post-training quantized models, quint8 tensors) ----
  * y[i] = lut[x[i]]: an activation between two quantized tensors as one lookup per byte (PyTorch:
