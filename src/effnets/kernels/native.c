@@ -947,9 +947,9 @@ void eff_se_gate(float* x, const float* mean, float mean_scale, const float* w1,
     } while (0)
 
 /* x (N, H, W, C) -> v (36, T, C): tile t = (n, ty, tx), row-major over (N, TH, TW), as row t - t0
- * of each of the 36 matrices (row stride C, matrix stride T * C); the tile reads input rows
+ * of each of the 36 matrices (row stride C, matrix stride ld >= T * C); the tile reads input rows
  * 4ty - PH .. 4ty - PH + 5 (zero outside) */
-AVX2 static void wino_in_tile(const float* x, float* v, i64 T, i64 t, i64 t0, i64 H, i64 W, i64 C, i64 TH, i64 TW,
+AVX2 static void wino_in_tile(const float* x, float* v, i64 ld, i64 t, i64 t0, i64 H, i64 W, i64 C, i64 TH, i64 TW,
                               int PH, int PW) {
     const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
     const i64 r0 = ty * 4 - PH, c0 = tx * 4 - PW;
@@ -969,7 +969,7 @@ AVX2 static void wino_in_tile(const float* x, float* v, i64 T, i64 t, i64 t0, i6
         }
         for (int i = 0; i < 6; i++) {  /* rows: v = u B */
             WINO_BT(u[i * 6], u[i * 6 + 1], u[i * 6 + 2], u[i * 6 + 3], u[i * 6 + 4], u[i * 6 + 5], o);
-            for (int j = 0; j < 6; j++) _mm256_storeu_ps(dst + (i64)(i * 6 + j) * T * C + ch, o[j]);
+            for (int j = 0; j < 6; j++) _mm256_storeu_ps(dst + (i64)(i * 6 + j) * ld + ch, o[j]);
         }
     }
 }
@@ -977,19 +977,19 @@ AVX2 void eff_wino_in(const float* x, float* v, i64 N, i64 H, i64 W, i64 C, i64 
                       i64 t0, i64 t1, int nt) {
     (void)N;
     #pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 t = t0; t < t1; t++) wino_in_tile(x, v, t1 - t0, t, t0, H, W, C, TH, TW, PH, PW);
+    for (i64 t = t0; t < t1; t++) wino_in_tile(x, v, (t1 - t0) * C, t, t0, H, W, C, TH, TW, PH, PW);
 }
 
-/* m (36, T, C), tile t at row t - t0 -> y (N, OH, OW, C): A^T m A, + bias, activation; rows and
+/* m (36, T, C), tile t at row t - t0, matrix stride ld -> y (N, OH, OW, C): A^T m A, + bias, activation; rows and
  * columns past the output's edge (the last tiles overhang it) are dropped */
-AVX2 static void wino_out_tile(const float* m, const float* bias, float* y, i64 T, i64 t, i64 t0, i64 OH, i64 OW,
+AVX2 static void wino_out_tile(const float* m, const float* bias, float* y, i64 ld, i64 t, i64 t0, i64 OH, i64 OW,
                                i64 C, i64 TH, i64 TW, int act) {
     const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
     const float* src = m + (t - t0) * C;
     const int rows = OH - ty * 4 < 4 ? (int)(OH - ty * 4) : 4, cols = OW - tx * 4 < 4 ? (int)(OW - tx * 4) : 4;
     for (i64 ch = 0; ch < C; ch += 8) {
         __m256 a[36], w[24], o[4];
-        for (int k = 0; k < 36; k++) a[k] = _mm256_loadu_ps(src + (i64)k * T * C + ch);
+        for (int k = 0; k < 36; k++) a[k] = _mm256_loadu_ps(src + (i64)k * ld + ch);
         for (int j = 0; j < 6; j++) {  /* columns: w = A^T m */
             WINO_AT(a[j], a[6 + j], a[12 + j], a[18 + j], a[24 + j], a[30 + j], o);
             for (int r = 0; r < 4; r++) w[r * 6 + j] = o[r];
@@ -1006,7 +1006,7 @@ AVX2 void eff_wino_out(const float* m, const float* bias, float* y, i64 N, i64 O
                        i64 t0, i64 t1, int act, int nt) {
     (void)N;
     #pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, t1 - t0, t, t0, OH, OW, C, TH, TW, act);
+    for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, (t1 - t0) * C, t, t0, OH, OW, C, TH, TW, act);
 }
 #endif
 /* ---- backward of a per-image, per-channel gate y = x * g (squeeze-excite), channels-last ----
@@ -1474,7 +1474,11 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
 int eff_wino_fused(const float* x, const float* up, const float* bias, float* y, i64 N, i64 H, i64 W, i64 C,
                    i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt) {
     const i64 TH = (OH + 3) / 4, TW = (OW + 3) / 4, T = N * TH * TW, P = (Co + 15) / 16, nb = (T + B - 1) / B;
-    const i64 vb = (36 * B * C * 4 + 63) / 64 * 64, mb = (36 * B * P * 16 * 4 + 63) / 64 * 64;
+    /* matrix strides of an odd number of cache lines: the 36 rows a tile transform reads or writes
+     * then fall in 36 different L1 sets (a stride of 18 KiB put them in two, and the output
+     * transform of a 75x75x192 layer took 10 ms instead of ~3) */
+    const i64 ldv = ((B * C + 15) / 16 | 1) * 16, ldm = ((B * Co + 15) / 16 | 1) * 16;
+    const i64 vb = (36 * ldv * 4 + 63) / 64 * 64, mb = (36 * ldm * 4 + 63) / 64 * 64;
     const int threads = nb < nt ? (int)nb : nt;
     char* scratch = (char*)aligned_alloc(64, (size_t)((vb + mb) * threads));
     float* zeros = (float*)calloc((size_t)(P * 16), sizeof(float));
@@ -1486,11 +1490,11 @@ int eff_wino_fused(const float* x, const float* up, const float* bias, float* y,
         #pragma omp for schedule(static)
         for (i64 b = 0; b < nb; b++) {
             const i64 t0 = b * B, t1 = t0 + B < T ? t0 + B : T, n = t1 - t0;
-            for (i64 t = t0; t < t1; t++) wino_in_tile(x, v, n, t, t0, H, W, C, TH, TW, PH, PW);
+            for (i64 t = t0; t < t1; t++) wino_in_tile(x, v, ldv, t, t0, H, W, C, TH, TW, PH, PW);
             for (int q = 0; q < 36; q++)  /* m[q] = v[q] @ (G g G^T)[q] */
-                pw_block(v + q * n * C, up + q * P * C * 16, zeros, NULL, NULL, 1, m + q * n * Co, 0, n, 0, P, C, Co,
+                pw_block(v + q * ldv, up + q * P * C * 16, zeros, NULL, NULL, 1, m + q * ldm, 0, n, 0, P, C, Co,
                          ACT_IDENTITY, 0);
-            for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, n, t, t0, OH, OW, Co, TH, TW, act);
+            for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, ldm, t, t0, OH, OW, Co, TH, TW, act);
         }
     }
     free(scratch);
