@@ -486,6 +486,28 @@ def test_winograd_fused_matches_float64_and_the_bmm_route(n, ci, co, h, w, pad, 
     assert torch.equal(out, K.winograd_conv3x3_fused(x, K.winograd_panels(u), b, pad, act))
 
 
+
+@wino
+@pytest.mark.parametrize("act", ["silu", "relu6"])
+def test_winograd_avx512_code_equals_avx2_code_bit_for_bit(act):
+    """The output transform's 16-channel code (and the fused route's GEMM tiles) do the AVX2
+    code's arithmetic step for step: both Winograd routes give the same bits on either ISA
+    (40 channels: two 16-channel groups and an 8-channel rest)."""
+    if not K.set_avx512(True):
+        pytest.skip("this CPU has no AVX-512F")
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(2, 24, 11, 9) * 2, torch.randn(40, 24, 3, 3) * 0.2, torch.randn(40)
+    u = K.winograd_weight(wt)
+    outs = []
+    try:
+        for on in (True, False):
+            K.set_avx512(on)
+            outs.append((K.winograd_conv3x3(x, u, b, (1, 1), act), K.winograd_conv3x3_fused(x, K.winograd_panels(u), b,
+                                                                                             (1, 1), act)))
+    finally:
+        K.set_avx512(True)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
 @wino
 def test_winograd_panels_hold_the_matrices():
     u = K.winograd_weight(torch.randn(24, 8, 3, 3))

@@ -980,6 +980,38 @@ AVX2 void eff_wino_in(const float* x, float* v, i64 N, i64 H, i64 W, i64 C, i64 
     for (i64 t = t0; t < t1; t++) wino_in_tile(x, v, (t1 - t0) * C, t, t0, H, W, C, TH, TW, PH, PW);
 }
 
+/* wino_out_tile's arithmetic on 16 channels at a time, step for step (the same results bit for
+ * bit: act16 repeats act_v), for channels [0, C - C % 16); returns where it stopped */
+#define WINO_AT16(m0, m1, m2, m3, m4, m5, o)                                                        \
+    do {                                                                                            \
+        __m512 s12 = _mm512_add_ps(m1, m2), d12 = _mm512_sub_ps(m1, m2);                            \
+        __m512 s34 = _mm512_add_ps(m3, m4), d34 = _mm512_sub_ps(m3, m4);                            \
+        o[0] = _mm512_add_ps(_mm512_add_ps(m0, s12), s34);                                          \
+        o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);                                     \
+        o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);                                     \
+        o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m5);                  \
+    } while (0)
+AVX512 static i64 wino_out_tile_512(const float* src, const float* bias, float* y0, i64 ld, i64 OW, i64 C, int rows,
+                                    int cols, int act) {
+    i64 ch = 0;
+    for (; ch + 16 <= C; ch += 16) {
+        __m512 a[36], w[24], o[4];
+        for (int k = 0; k < 36; k++) a[k] = _mm512_loadu_ps(src + (i64)k * ld + ch);
+        for (int j = 0; j < 6; j++) {
+            WINO_AT16(a[j], a[6 + j], a[12 + j], a[18 + j], a[24 + j], a[30 + j], o);
+            for (int r = 0; r < 4; r++) w[r * 6 + j] = o[r];
+        }
+        const __m512 b = bias ? _mm512_loadu_ps(bias + ch) : _mm512_setzero_ps();
+        for (int r = 0; r < rows; r++) {
+            WINO_AT16(w[r * 6], w[r * 6 + 1], w[r * 6 + 2], w[r * 6 + 3], w[r * 6 + 4], w[r * 6 + 5], o);
+            float* yr = y0 + r * OW * C + ch;
+            for (int s = 0; s < cols; s++) _mm512_storeu_ps(yr + s * C, act16(_mm512_add_ps(o[s], b), act));
+        }
+    }
+    return ch;
+}
+#undef WINO_AT16
+
 /* m (36, T, C), tile t at row t - t0, matrix stride ld -> y (N, OH, OW, C): A^T m A, + bias, activation; rows and
  * columns past the output's edge (the last tiles overhang it) are dropped */
 AVX2 static void wino_out_tile(const float* m, const float* bias, float* y, i64 ld, i64 t, i64 t0, i64 OH, i64 OW,
@@ -987,7 +1019,9 @@ AVX2 static void wino_out_tile(const float* m, const float* bias, float* y, i64 
     const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
     const float* src = m + (t - t0) * C;
     const int rows = OH - ty * 4 < 4 ? (int)(OH - ty * 4) : 4, cols = OW - tx * 4 < 4 ? (int)(OW - tx * 4) : 4;
-    for (i64 ch = 0; ch < C; ch += 8) {
+    const i64 start = avx512() ? wino_out_tile_512(src, bias, y + ((n * OH + ty * 4) * OW + tx * 4) * C, ld, OW, C, rows,
+                                                   cols, act) : 0;
+    for (i64 ch = start; ch < C; ch += 8) {
         __m256 a[36], w[24], o[4];
         for (int k = 0; k < 36; k++) a[k] = _mm256_loadu_ps(src + (i64)k * ld + ch);
         for (int j = 0; j < 6; j++) {  /* columns: w = A^T m */
