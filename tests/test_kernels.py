@@ -490,9 +490,9 @@ def test_winograd_fused_matches_float64_and_the_bmm_route(n, ci, co, h, w, pad, 
 @wino
 @pytest.mark.parametrize("act", ["silu", "relu6"])
 def test_winograd_avx512_code_equals_avx2_code_bit_for_bit(act):
-    """The output transform's 16-channel code (and the fused route's GEMM tiles) do the AVX2
-    code's arithmetic step for step: both Winograd routes give the same bits on either ISA
-    (40 channels: two 16-channel groups and an 8-channel rest)."""
+    """The transforms' 16-channel code (and the fused route's GEMM tiles) do the AVX2 code's
+    arithmetic step for step: both Winograd routes give the same bits on either ISA (24 input
+    and 40 output channels: 16-channel groups and an 8-channel rest on both sides)."""
     if not K.set_avx512(True):
         pytest.skip("this CPU has no AVX-512F")
     torch.manual_seed(0)
