@@ -54,10 +54,19 @@ def test_overrides_and_user_file(tmp_path):
     ("progressive.stage=3", "did you mean stages"),
     ("crop_scale=[0.9, 0.1]", "crop_scale"),
     ("noequals", "key=value"),
+    ("progressive.=false", "names no sub-setting"),
+    ("epochs.=3", "names no sub-setting"),
 ])
 def test_bad_settings_are_clear(assign, words):
     with pytest.raises(ConfigError, match=words):
         load_recipe("demo", [assign])
+
+
+def test_empty_sub_setting_in_a_mapping_is_clear():
+    # found by tests/test_fuzz.py: {"progressive": {"": False}} replaced the whole progressive
+    # schedule by False, and validation then crashed with an AttributeError
+    with pytest.raises(ConfigError, match="names no sub-setting"):
+        load_recipe("demo", {"progressive": {"": False}})
 
 
 def test_unknown_recipe():

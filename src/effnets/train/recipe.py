@@ -225,10 +225,12 @@ def _set(recipe: Recipe, key: str, value) -> None:
         for k, v in value.items():
             _set(recipe, f"progressive.{k}", v)
         return
-    head, _, rest = key.partition(".")
+    head, dot, rest = key.partition(".")
     ftypes = {f.name: str(f.type) for f in fields(Recipe)}
     if head not in ftypes:
         raise _unknown(key, ftypes)
+    if dot and not rest:  # "progressive." (or {"progressive": {"": ...}}): no sub-setting named
+        raise ConfigError(f"recipe setting {key!r} names no sub-setting: write {head}.NAME=VALUE")
     if rest:
         if head in ("model_args", "teacher_args"):
             getattr(recipe, head)[rest] = value
