@@ -922,44 +922,36 @@ void eff_se_gate(float* x, const float* mean, float mean_scale, const float* w1,
  * (torch.bmm, whose GEMM runs near the machine's peak); these two routines are the transforms on
  * either side, vectorised across channels (C % 8 == 0, AVX2). */
 #ifdef EFF_X86
-/* B^T applied to six vectors (a column or row of the patch) */
-#define WINO_BT(d0, d1, d2, d3, d4, d5, o)                                                          \
+/* B^T applied to six vectors (a column or row of the patch), on W-bit vectors (256: AVX2, 512:
+ * AVX-512, the same arithmetic step for step) */
+#define WINO_BT_W(W, d0, d1, d2, d3, d4, d5, o)                                                     \
     do {                                                                                            \
-        __m256 f4 = _mm256_set1_ps(4.0f), f5 = _mm256_set1_ps(5.0f), f2 = _mm256_set1_ps(2.0f);      \
-        __m256 t13 = _mm256_fnmadd_ps(f4, d2, d4), t14 = _mm256_fnmadd_ps(f4, d1, d3);              \
-        __m256 t23 = _mm256_sub_ps(d4, d2), t24 = _mm256_mul_ps(f2, _mm256_sub_ps(d1, d3));          \
-        o[0] = _mm256_add_ps(_mm256_fnmadd_ps(f5, d2, _mm256_mul_ps(f4, d0)), d4);                  \
-        o[1] = _mm256_add_ps(t13, t14);                                                             \
-        o[2] = _mm256_sub_ps(t13, t14);                                                             \
-        o[3] = _mm256_sub_ps(t23, t24);                                                             \
-        o[4] = _mm256_add_ps(t23, t24);                                                             \
-        o[5] = _mm256_add_ps(_mm256_fnmadd_ps(f5, d3, _mm256_mul_ps(f4, d1)), d5);                  \
+        __m##W f4 = _mm##W##_set1_ps(4.0f), f5 = _mm##W##_set1_ps(5.0f), f2 = _mm##W##_set1_ps(2.0f); \
+        __m##W t13 = _mm##W##_fnmadd_ps(f4, d2, d4), t14 = _mm##W##_fnmadd_ps(f4, d1, d3);          \
+        __m##W t23 = _mm##W##_sub_ps(d4, d2), t24 = _mm##W##_mul_ps(f2, _mm##W##_sub_ps(d1, d3));    \
+        o[0] = _mm##W##_add_ps(_mm##W##_fnmadd_ps(f5, d2, _mm##W##_mul_ps(f4, d0)), d4);            \
+        o[1] = _mm##W##_add_ps(t13, t14);                                                           \
+        o[2] = _mm##W##_sub_ps(t13, t14);                                                           \
+        o[3] = _mm##W##_sub_ps(t23, t24);                                                           \
+        o[4] = _mm##W##_add_ps(t23, t24);                                                           \
+        o[5] = _mm##W##_add_ps(_mm##W##_fnmadd_ps(f5, d3, _mm##W##_mul_ps(f4, d1)), d5);            \
     } while (0)
-/* A^T applied to six vectors -> four */
-#define WINO_AT(m0, m1, m2, m3, m4, m5, o)                                                          \
+#define WINO_BT(d0, d1, d2, d3, d4, d5, o) WINO_BT_W(256, d0, d1, d2, d3, d4, d5, o)
+/* A^T applied to six vectors -> four, on W-bit vectors */
+#define WINO_AT_W(W, m0, m1, m2, m3, m4, m5, o)                                                     \
     do {                                                                                            \
-        __m256 s12 = _mm256_add_ps(m1, m2), d12 = _mm256_sub_ps(m1, m2);                            \
-        __m256 s34 = _mm256_add_ps(m3, m4), d34 = _mm256_sub_ps(m3, m4);                            \
-        o[0] = _mm256_add_ps(_mm256_add_ps(m0, s12), s34);                                          \
-        o[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), d34, d12);                                     \
-        o[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), s34, s12);                                     \
-        o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34, d12), m5);                  \
+        __m##W s12 = _mm##W##_add_ps(m1, m2), d12 = _mm##W##_sub_ps(m1, m2);                        \
+        __m##W s34 = _mm##W##_add_ps(m3, m4), d34 = _mm##W##_sub_ps(m3, m4);                        \
+        o[0] = _mm##W##_add_ps(_mm##W##_add_ps(m0, s12), s34);                                      \
+        o[1] = _mm##W##_fmadd_ps(_mm##W##_set1_ps(2.0f), d34, d12);                                 \
+        o[2] = _mm##W##_fmadd_ps(_mm##W##_set1_ps(4.0f), s34, s12);                                 \
+        o[3] = _mm##W##_add_ps(_mm##W##_fmadd_ps(_mm##W##_set1_ps(8.0f), d34, d12), m5);            \
     } while (0)
+#define WINO_AT(m0, m1, m2, m3, m4, m5, o) WINO_AT_W(256, m0, m1, m2, m3, m4, m5, o)
 
 /* wino_in_tile's arithmetic on 16 channels at a time, step for step (the same results bit for
  * bit), for channels [0, C - C % 16); returns where it stopped */
-#define WINO_BT16(d0, d1, d2, d3, d4, d5, o)                                                        \
-    do {                                                                                            \
-        __m512 f4 = _mm512_set1_ps(4.0f), f5 = _mm512_set1_ps(5.0f), f2 = _mm512_set1_ps(2.0f);      \
-        __m512 t13 = _mm512_fnmadd_ps(f4, d2, d4), t14 = _mm512_fnmadd_ps(f4, d1, d3);              \
-        __m512 t23 = _mm512_sub_ps(d4, d2), t24 = _mm512_mul_ps(f2, _mm512_sub_ps(d1, d3));          \
-        o[0] = _mm512_add_ps(_mm512_fnmadd_ps(f5, d2, _mm512_mul_ps(f4, d0)), d4);                  \
-        o[1] = _mm512_add_ps(t13, t14);                                                             \
-        o[2] = _mm512_sub_ps(t13, t14);                                                             \
-        o[3] = _mm512_sub_ps(t23, t24);                                                             \
-        o[4] = _mm512_add_ps(t23, t24);                                                             \
-        o[5] = _mm512_add_ps(_mm512_fnmadd_ps(f5, d3, _mm512_mul_ps(f4, d1)), d5);                  \
-    } while (0)
+#define WINO_BT16(d0, d1, d2, d3, d4, d5, o) WINO_BT_W(512, d0, d1, d2, d3, d4, d5, o)
 AVX512 static i64 wino_in_tile_512(const float* const* src, float* dst, i64 ld, i64 C) {
     i64 ch = 0;
     for (; ch + 16 <= C; ch += 16) {
@@ -1014,15 +1006,7 @@ AVX2 void eff_wino_in(const float* x, float* v, i64 N, i64 H, i64 W, i64 C, i64 
 
 /* wino_out_tile's arithmetic on 16 channels at a time, step for step (the same results bit for
  * bit: act16 repeats act_v), for channels [0, C - C % 16); returns where it stopped */
-#define WINO_AT16(m0, m1, m2, m3, m4, m5, o)                                                        \
-    do {                                                                                            \
-        __m512 s12 = _mm512_add_ps(m1, m2), d12 = _mm512_sub_ps(m1, m2);                            \
-        __m512 s34 = _mm512_add_ps(m3, m4), d34 = _mm512_sub_ps(m3, m4);                            \
-        o[0] = _mm512_add_ps(_mm512_add_ps(m0, s12), s34);                                          \
-        o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);                                     \
-        o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);                                     \
-        o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m5);                  \
-    } while (0)
+#define WINO_AT16(m0, m1, m2, m3, m4, m5, o) WINO_AT_W(512, m0, m1, m2, m3, m4, m5, o)
 AVX512 static i64 wino_out_tile_512(const float* src, const float* bias, float* y0, i64 ld, i64 OW, i64 C, int rows,
                                     int cols, int act) {
     i64 ch = 0;
