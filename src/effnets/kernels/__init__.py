@@ -505,7 +505,6 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
-
 def winograd_panels(u: torch.Tensor) -> torch.Tensor:
     """``u = winograd_weight(weight)`` (36, C_in, C_out) as the 16-column panels
     :func:`winograd_conv3x3_fused` multiplies by: (36, ceil(C_out / 16), C_in, 16), zero past C_out."""
@@ -522,9 +521,10 @@ def winograd_conv3x3_fused(x: torch.Tensor, panels: torch.Tensor, bias: torch.Te
                            padding: tuple[int, int], act: str = "identity", out: torch.Tensor | None = None,
                            tiles_per_block: int | None = None) -> torch.Tensor:
     """:func:`winograd_conv3x3` with ``panels = winograd_panels(winograd_weight(weight))`` and
-    ``bias`` (C_out,) float32 (zeros for none; it gives C_out), the transforms and the 36 products done together, ``tiles_per_block`` tiles at a time on one
-    thread (default: 24, 12 where that leaves fewer than 4 blocks per thread), so the transformed
-    tiles never leave the core's cache; the products run on the 1x1 GEMM's tiles.  The same
+    ``bias`` (C_out,) float32 (zeros for none; it gives C_out): the transforms and the 36 products
+    done together, ``tiles_per_block`` tiles at a time on one thread (default: 24, 12 where that
+    leaves fewer than 4 blocks per thread), so the transformed tiles never leave the core's cache;
+    the products run on the 1x1 GEMM's tiles.  The same
     arithmetic as :func:`winograd_conv3x3` up to the order of the sums (float32 rounding).  The
     panels (36 x C_in x C_out) are read once per block: for wide layers on small maps
     :func:`winograd_conv3x3` is faster (``effnets.optimize`` times both)."""
@@ -555,6 +555,7 @@ def winograd_conv3x3_fused(x: torch.Tensor, panels: torch.Tensor, bias: torch.Te
                                 co, oh, ow, padding[0], padding[1], DW_ACT_CODES[act], block, nt):
         raise MemoryError(f"winograd_conv3x3_fused: no memory for {nt} blocks of {block} tiles")
     return y
+
 
 def pointwise_available() -> bool:
     """True where :func:`pointwise_conv` runs vectorised (the kernels are built, x86 with AVX2 + FMA)."""

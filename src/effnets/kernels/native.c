@@ -918,9 +918,10 @@ void eff_se_gate(float* x, const float* mean, float mean_scale, const float* w1,
  * "Fast Algorithms for Convolutional Neural Networks", arXiv 1509.09308; interpolation points
  * 0, 1, -1, 2, -2 and infinity).  Each 4x4 output tile is A^T [(G g G^T) . (B^T d B)] A for its
  * 6x6 input patch d: 36 products per tile and channel pair where direct convolution needs 144.
- * The products are 36 matrix products (tiles x C_in) @ (C_in x C_out), done by the caller
- * (torch.bmm, whose GEMM runs near the machine's peak); these two routines are the transforms on
- * either side, vectorised across channels (C % 8 == 0, AVX2). */
+ * The products are 36 matrix products (tiles x C_in) @ (C_in x C_out): done by the caller
+ * (torch.bmm) around eff_wino_in / eff_wino_out, or block by block in eff_wino_fused (after the
+ * 1x1 GEMM below).  The transforms are vectorised across channels (C % 8 == 0; AVX2, and AVX-512
+ * for each 16 channels). */
 #ifdef EFF_X86
 /* B^T applied to six vectors (a column or row of the patch), on W-bit vectors (256: AVX2, 512:
  * AVX-512, the same arithmetic step for step) */
@@ -1525,8 +1526,8 @@ int eff_wino_fused(const float* x, const float* up, const float* bias, float* y,
                    i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt) {
     const i64 TH = (OH + 3) / 4, TW = (OW + 3) / 4, T = N * TH * TW, P = (Co + 15) / 16, nb = (T + B - 1) / B;
     /* matrix strides of an odd number of cache lines: the 36 rows a tile transform reads or writes
-     * then fall in 36 different L1 sets (a stride of 18 KiB put them in two, and the output
-     * transform of a 75x75x192 layer took 10 ms instead of ~3) */
+     * then fall in 36 different L1 sets (a stride of 18 KiB put them in two: V2-S's 75x75 48->192
+     * layer took 27 ms at batch 8 instead of 19) */
     const i64 ldv = ((B * C + 15) / 16 | 1) * 16, ldm = ((B * Co + 15) / 16 | 1) * 16;
     const i64 vb = (36 * ldv * 4 + 63) / 64 * 64, mb = (36 * ldm * 4 + 63) / 64 * 64;
     const int threads = nb < nt ? (int)nb : nt;
