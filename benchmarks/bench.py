@@ -306,20 +306,30 @@ def _loadavg():
         return None
 
 
+def _rows(res):
+    """(model, batch), effnets' row and the peers' rows, for every model and batch of the run, in
+    MODELS order."""
+    order = [m[0] for m in MODELS]
+    keys = sorted({(r["model"], r["batch"]) for r in res["inference"]},
+                  key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k))
+    for key in keys:
+        rows = [r for r in res["inference"] if (r["model"], r["batch"]) == key]
+        yield key, next(r for r in rows if r["impl"] == "effnets"), [r for r in rows if r["impl"] != "effnets"]
+
+
+def _best(peers: list, key: str) -> dict | None:
+    """The peer row with the highest ``key`` figure (images/s), or None where no peer has one."""
+    return max((r for r in peers if key in r), key=lambda r: r[key], default=None)
+
+
 def report(res) -> str:
     lines = ["| model | batch | effnets eager (img/s) | best eager peer | ours / best | effnets compiled | "
              "best compiled peer | ours / best | ours eager / best compiled peer | GFLOP/s, direct-conv count (% of peak) | "
              "effnets in ONNX Runtime (img/s) / best eager peer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     peak = res["machine"]["matmul_peak_gflops"]
-    keys = sorted({(r["model"], r["batch"]) for r in res["inference"]}, key=lambda k: ([m[0] for m in MODELS].index(k[0]), k[1]))
-    for model, batch in keys:
-        rows = [r for r in res["inference"] if r["model"] == model and r["batch"] == batch]
-        ours = next(r for r in rows if r["impl"] == "effnets")
-        peers = [r for r in rows if r["impl"] != "effnets"]
-        bp = max(peers, key=lambda r: r["eager"])
-        cpeers = [r for r in peers if "compiled" in r]
-        bc = max(cpeers, key=lambda r: r["compiled"]) if cpeers else None
+    for (model, batch), ours, peers in _rows(res):
+        bp, bc = _best(peers, "eager"), _best(peers, "compiled")
         c_ours = ours.get("compiled")
         lines.append(
             f"| {model} | {batch} | {ours['eager']:.1f} | {bp['eager']:.1f} ({bp['impl']}, {bp['eager_config']}) | "
@@ -358,9 +368,10 @@ TARGETS = (("eager", "eager", 1.6, "eager optimized >= 1.6x the best eager peer"
            ("compiled", "compiled", 1.1, "compiled >= 1.1x the best compiled peer"))
 
 
-def _down(ratio: float) -> str:
-    """The ratio to three decimals, rounded down: 1.59996x printed as 1.600x would read as reaching 1.6x."""
-    return f"{math.floor(ratio * 1000) / 1000:.3f}"
+def _rounded(ratio: float, up: bool) -> str:
+    """The ratio to three decimals, rounded away from the target's side (down for "at least",
+    up for "at most"): 1.59996x printed as 1.600x would read as reaching 1.6x."""
+    return f"{(math.ceil if up else math.floor)(ratio * 1000) / 1000:.3f}"
 
 
 def targets(res) -> list[str]:
@@ -368,14 +379,12 @@ def targets(res) -> list[str]:
     lines = ["Targets (issue 5) in this run:"]
     for ours_key, peer_key, goal, text in TARGETS:
         hit, miss = [], []
-        for model, batch in sorted({(r["model"], r["batch"]) for r in res["inference"]}):
-            rows = [r for r in res["inference"] if r["model"] == model and r["batch"] == batch]
-            ours = next(r for r in rows if r["impl"] == "effnets")
-            peers = [r[peer_key] for r in rows if r["impl"] != "effnets" and peer_key in r]
-            if ours_key not in ours or not peers:
+        for (model, batch), ours, peers in _rows(res):
+            best = _best(peers, peer_key)
+            if ours_key not in ours or best is None:
                 continue
-            ratio = ours[ours_key] / max(peers)
-            (hit if ratio >= goal else miss).append(f"{model} b{batch} {_down(ratio)}x")
+            ratio = ours[ours_key] / best[peer_key]
+            (hit if ratio >= goal else miss).append(f"{model} b{batch} {_rounded(ratio, up=False)}x")
         if hit or miss:
             lines.append(f"- {text}: reached for {', '.join(hit) or 'none'}; "
                          f"not reached for {', '.join(miss) or 'none'}")
@@ -385,8 +394,8 @@ def targets(res) -> list[str]:
         speed = tr["effnets"]["images_per_s"] / max(r["images_per_s"] for r in peers)
         memory = tr["effnets"]["peak_memory_bytes"] / min(r["peak_memory_bytes"] for r in peers)
         lines.append(f"- training >= 1.1x the faster peer: {'reached' if speed >= 1.1 else 'not reached'} "
-                     f"({_down(speed)}x); peak memory <= 0.7x the lower peer: "
-                     f"{'reached' if memory <= 0.7 else 'not reached'} ({-float(_down(-memory)):.3f}x)")
+                     f"({_rounded(speed, up=False)}x); peak memory <= 0.7x the lower peer: "
+                     f"{'reached' if memory <= 0.7 else 'not reached'} ({_rounded(memory, up=True)}x)")
     return lines
 
 
@@ -398,7 +407,7 @@ def chart(res, path) -> None:
     except ImportError:  # pragma: no cover
         print("matplotlib missing: no chart")
         return
-    keys = sorted({(r["model"], r["batch"]) for r in res["inference"]}, key=lambda k: ([m[0] for m in MODELS].index(k[0]), k[1]))
+    keys = [k for k, _, _ in _rows(res)]
     impls = ["effnets", "timm", "torchvision"]
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(keys)), 4.5))
     w = 0.8 / (len(impls) + 2)

@@ -48,7 +48,7 @@ def test_targets_against_the_best_peer_of_each_row(bench):
 
 def test_ratios_are_printed_on_the_side_of_the_target_they_fall(bench):
     # 1.59996x is short of 1.6x and must not print as 1.600x; 0.70004x misses <= 0.7x and must not print 0.700x
-    assert bench._down(1.59996) == "1.599" and bench._down(1.6) == "1.600"
+    assert bench._rounded(1.59996, up=False) == "1.599" and bench._rounded(1.6, up=False) == "1.600"
     res = _res()
     res["training"][0]["peak_memory_bytes"] = int(0.70004 * 1000 * 2**20)
     assert "not reached (0.701x)" in bench.targets(res)[-1]

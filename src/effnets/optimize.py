@@ -267,13 +267,14 @@ def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[
             w = cache[name] = make()
         return w
 
+    def u() -> torch.Tensor:  # G g G^T; the fused route's panels are made from it too (pruned below)
+        return held("u", lambda: kernels.winograd_weight(weight))
+
     def bmm() -> torch.Tensor:
-        return kernels.winograd_conv3x3(x, held("u", lambda: kernels.winograd_weight(weight)), bias, pad, act,
-                                        out=out())
+        return kernels.winograd_conv3x3(x, u(), bias, pad, act, out=out())
 
     def fused() -> torch.Tensor:
-        u = cache.get("u")
-        up = held("up", lambda: kernels.winograd_panels(kernels.winograd_weight(weight) if u is None else u))
+        up = held("up", lambda: kernels.winograd_panels(u()))
         return kernels.winograd_conv3x3_fused(x, up, bias, pad, act, out=out())
 
     if choice is None:
