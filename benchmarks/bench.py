@@ -234,7 +234,7 @@ def main(argv=None) -> int:
             if ort_model is not None:  # a different runtime: reported apart, not in "eager", and timed
                 # alone: its worker threads spin after each call and would slow whatever runs next
                 rates.update(interleaved_rates({"effnets:onnxruntime": (ort_model, x)}, iters))
-            compiled_rates, compile_s = {}, {}
+            compiled_rates, compile_s, routes = {}, {}, {}
             if batch in cbatches:  # compile each, then time the compiled models in turns too
                 cms = {}
                 for impl, name in impls:
@@ -243,6 +243,9 @@ def main(argv=None) -> int:
                     if cm is not None:
                         cms[impl] = (cm, xcl)
                 compiled_rates = interleaved_rates(cms, iters) if cms else {}
+                # optimize(compile=True) keeps the eager model where that timed faster: which ran
+                routes = {impl: next(iter(cm.chosen.values()), None) for impl, (cm, _) in cms.items()
+                          if hasattr(cm, "chosen")}
                 del cms
                 torch._dynamo.reset()
             for impl, _ in impls:
@@ -259,13 +262,16 @@ def main(argv=None) -> int:
                     row["compile_s"] = compile_s[impl]
                     if impl in compiled_rates:
                         row["compiled"] = compiled_rates[impl]
+                        if routes.get(impl):
+                            row["compiled_route"] = routes[impl]
                     else:
                         row["compile_timeout"] = True
                 row["gflops"] = 2 * macs[impl] * row["eager"] / 1e9
                 res["inference"].append(row)
                 print(f"  {key:<19} {impl:<12} b{batch}  eager {row['eager']:8.1f} img/s ({row['eager_config']})"
                       + (f"  onnxruntime {row['onnxruntime']:8.1f} img/s" if "onnxruntime" in row else "")
-                      + (f"  compiled {row['compiled']:8.1f} img/s (compile {row['compile_s']:.0f} s)"
+                      + (f"  compiled {row['compiled']:8.1f} img/s (compile {row['compile_s']:.0f} s"
+                         + (", eager kept" if row.get("compiled_route") == "eager" else "") + ")"
                          if "compiled" in row else "")
                       + (f"  compile timed out (> {row['compile_s']:.0f} s)" if row.get("compile_timeout") else "")
                       + f"  {row['gflops']:.1f} GFLOP/s", flush=True)
@@ -334,7 +340,8 @@ def report(res) -> str:
         lines.append(
             f"| {model} | {batch} | {ours['eager']:.1f} | {bp['eager']:.1f} ({bp['impl']}, {bp['eager_config']}) | "
             f"**{ours['eager'] / bp['eager']:.2f}x** | "
-            + (f"{c_ours:.1f}" if c_ours else "timed out" if ours.get("compile_timeout") else "-") + " | "
+            + (f"{c_ours:.1f}" + (" (eager kept)" if ours.get("compiled_route") == "eager" else "") if c_ours
+               else "timed out" if ours.get("compile_timeout") else "-") + " | "
             + (f"{bc['compiled']:.1f} ({bc['impl']})" if bc else "-")
             + "".join(f"; {r['impl']} timed out" for r in peers if r.get("compile_timeout")) + " | "
             + (f"**{c_ours / bc['compiled']:.2f}x**" if bc and c_ours else "-") + " | "

@@ -59,3 +59,11 @@ def test_report_carries_the_targets_and_skips_training_when_absent(bench):
     text = bench.report(res)
     assert "| efficientnet_b0 | 1 | 90.0 | 60.0 (torchvision, channels_last) | **1.50x** |" in text
     assert "Targets (issue 5) in this run:" in text and "training" not in text.split("Targets")[1]
+
+
+def test_report_says_when_compile_kept_the_eager_model(bench):
+    res = _res(training=False)
+    res["inference"][3]["compiled_route"] = "eager"
+    assert "| 100.0 (eager kept) | 95.0 (timm) |" in bench.report(res)
+    res["inference"][3]["compiled_route"] = "compiled"
+    assert "| 100.0 | 95.0 (timm) |" in bench.report(res)

@@ -246,6 +246,47 @@ def test_compiled_matches_original():
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         assert _rel_err(opt(x), model(x)) < 1e-4
+    assert set(opt.chosen) == {((1, 3, 64, 64), torch.float32)} and set(opt.chosen.values()) <= {"eager", "compiled"}
+
+
+@pytest.mark.parametrize("eager_wins", [True, False])
+def test_compile_keeps_the_faster_of_eager_and_compiled_per_shape(monkeypatch, eager_wins):
+    """optimize(compile=True)'s wrapper times the eager optimized model against the compiled one
+    on the first call per input shape and runs the winner from then on; with autograd on it
+    always runs the compiled model.  (A stand-in for Inductor: what is timed is the choice.)"""
+    from effnets.optimize import CompiledOrEager
+    optimize_mod = sys.modules["effnets.optimize"]
+    torch.manual_seed(0)
+    model = effnets.create_model("mobilenet_v3_small", num_classes=5).eval()
+    eager = effnets.optimize(model)
+    compiled_calls = []
+
+    class StandIn(nn.Module):
+        def forward(self, x):
+            compiled_calls.append(tuple(x.shape))
+            return model(x)
+
+    x, x2 = torch.randn(2, 3, 64, 64), torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        eager(x), eager(x2)  # its layers' own timed choices (also _faster) made before the stand-in below
+    timed = []
+    monkeypatch.setattr(optimize_mod, "_faster", lambda a, b, runs=3: timed.append((a(), b())) or eager_wins)
+    wrapped = CompiledOrEager(eager, StandIn())
+    with torch.inference_mode():
+        ref = model(x)
+        for _ in range(3):
+            assert _rel_err(wrapped(x), ref) < 1e-4
+        assert len(timed) == 1  # timed once for this shape, not on every call
+        assert wrapped.chosen == {((2, 3, 64, 64), torch.float32): "eager" if eager_wins else "compiled"}
+        # first call: compiled once before timing, once in the timing; then once per call if it won
+        assert len(compiled_calls) == 2 + (0 if eager_wins else 3)
+        wrapped(x2)
+        assert len(timed) == 2 and ((1, 3, 96, 96), torch.float32) in wrapped.chosen
+    before = len(compiled_calls)
+    wrapped(x)  # grad enabled: not an inference call, the compiled model runs
+    assert len(compiled_calls) == before + 1
+    assert wrapped.card is eager.card and wrapped._orig_mod is eager  # attributes as on torch.compile's wrapper
+    assert not any(name.startswith("compiled") for name, _ in wrapped.named_modules())
 
 
 def test_native_silu_path_equals_onednn_swish(monkeypatch):
