@@ -271,7 +271,7 @@ def main(argv=None) -> int:
                 print(f"  {key:<19} {impl:<12} b{batch}  eager {row['eager']:8.1f} img/s ({row['eager_config']})"
                       + (f"  onnxruntime {row['onnxruntime']:8.1f} img/s" if "onnxruntime" in row else "")
                       + (f"  compiled {row['compiled']:8.1f} img/s (compile {row['compile_s']:.0f} s"
-                         + (", eager kept" if row.get("compiled_route") == "eager" else "") + ")"
+                         + (", eager kept" if _kept_eager(row) else "") + ")"
                          if "compiled" in row else "")
                       + (f"  compile timed out (> {row['compile_s']:.0f} s)" if row.get("compile_timeout") else "")
                       + f"  {row['gflops']:.1f} GFLOP/s", flush=True)
@@ -293,6 +293,11 @@ def main(argv=None) -> int:
     chart(res, os.path.join(args.out, "bench.png"))
     print(f"wrote {args.out}/bench.json, bench.md, bench.png in {res['wall_s']:.0f} s")
     return 0
+
+
+def _kept_eager(row: dict) -> bool:
+    """True where optimize(compile=True) timed the eager model faster and kept it for this shape."""
+    return row.get("compiled_route") == "eager"
 
 
 def _cpu_name() -> str:
@@ -340,7 +345,7 @@ def report(res) -> str:
         lines.append(
             f"| {model} | {batch} | {ours['eager']:.1f} | {bp['eager']:.1f} ({bp['impl']}, {bp['eager_config']}) | "
             f"**{ours['eager'] / bp['eager']:.2f}x** | "
-            + (f"{c_ours:.1f}" + (" (eager kept)" if ours.get("compiled_route") == "eager" else "") if c_ours
+            + (f"{c_ours:.1f}" + (" (eager kept)" if _kept_eager(ours) else "") if c_ours
                else "timed out" if ours.get("compile_timeout") else "-") + " | "
             + (f"{bc['compiled']:.1f} ({bc['impl']})" if bc else "-")
             + "".join(f"; {r['impl']} timed out" for r in peers if r.get("compile_timeout")) + " | "
