@@ -62,14 +62,14 @@ SHAPES = [(1, 5, 3, 5, 1), (2, 13, 5, 3, 7), (3, 36, 7, 1, 17), (2, 64, 4, 5, 33
           (1, 1, 2, 3, 3), (1, 3, 1, 1, 16)]
 
 
-LEVELS = {"vnni": 2, "avx2": 1, "plain_c": 0}
+LEVELS = {"amx": 3, "vnni": 2, "avx2": 1, "plain_c": 0}
 
 
 def _use(level: str) -> None:
     """Run the int8 kernel's code of that level (``set_int8_isa``), or skip where the CPU lacks it."""
     K.set_int8_isa(LEVELS[level])
     if K.int8_isa() != LEVELS[level]:
-        K.set_int8_isa(2)
+        K.set_int8_isa(K.INT8_BEST)
         pytest.skip(f"this CPU cannot run the int8 kernel's {level} code")
 
 
@@ -78,7 +78,7 @@ def isa(request):
     """The AVX512-VNNI code, the AVX2 code and the plain C, each where the CPU has it."""
     _use(request.param)
     yield request.param
-    K.set_int8_isa(2)
+    K.set_int8_isa(K.INT8_BEST)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -192,7 +192,46 @@ def test_vnni_avx2_and_plain_c_agree(shape):
             if "vnni" in out and "avx2" in out:
                 assert torch.equal(out["vnni"], out["avx2"]), act
     finally:
-        K.set_int8_isa(2)
+        K.set_int8_isa(K.INT8_BEST)
+
+
+# products large enough for the AMX code (>= 256 rows, >= 8M multiply-adds): rows not a multiple
+# of its 32-row groups, input channels not of its 64-channel tiles, an odd and an even panel count
+AMX_SHAPES = [(3, 100, 13, 11, 250), (1, 200, 17, 19, 150)]
+
+
+@native
+@pytest.mark.parametrize("shape", AMX_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_amx_tiles_equal_the_vnni_code_bit_for_bit(shape):
+    """The AMX code sums the same int32 products as the VNNI code and shares its epilogue, so
+    their outputs are equal bit for bit; and both are the float64 conv of the quantized input."""
+    x, weight, bias, gate, res = _case(*shape, seed=3)
+    co = shape[-1]
+    panels, cols, deq = K.pointwise_weight_q8(weight, bias)
+    try:
+        K.set_int8_isa(3)
+        if K.int8_isa() != 3:
+            pytest.skip("this CPU (or its OS) offers no AMX tiles")
+        for act in K.DW_ACT_CODES:
+            K.set_int8_isa(3)
+            amx = K.pointwise_q8(x, panels, cols, co, act, residual=res, gate=gate)
+            assert K.int8_last_code() == 3
+            K.set_int8_isa(2)
+            vnni = K.pointwise_q8(x, panels, cols, co, act, residual=res, gate=gate)
+            assert K.int8_last_code() == 2
+            assert torch.equal(amx, vnni), act
+            ref, mag = _oracle(x, deq, bias, act, gate, res)
+            assert ((amx.double() - ref).abs() <= 8 * EPS * mag).all(), act
+    finally:
+        K.set_int8_isa(K.INT8_BEST)
+
+
+@native
+def test_small_products_take_the_vnni_code_even_with_amx():
+    x, weight, bias, _, _ = _case(*SHAPES[4])  # 72 rows: below AMX's 256
+    panels, cols, _ = K.pointwise_weight_q8(weight, bias)
+    K.pointwise_q8(x, panels, cols, SHAPES[4][-1])
+    assert K.int8_last_code() == min(K.int8_isa(), 2)
 
 
 @native
@@ -320,6 +359,9 @@ def test_weight_panels_cols_and_dequantized_weight(co, ci):
     panels, cols, deq = K.pointwise_weight_q8(w, b)
     p, k4 = (co + 15) // 16, (ci + 3) // 4
     assert panels.dtype == torch.int8 and tuple(panels.shape) == (p, k4, 16, 4)
+    # panels lie whole AMX tiles (16 quads) apart, zeros between: the AMX code reads whole tiles
+    assert panels.stride() == (64 * 16 * ((ci + 63) // 64), 64, 4, 1)
+    assert not torch.as_strided(panels, (p, panels.stride(0) // 64, 16, 4), panels.stride())[:, k4:].any()
     assert cols.dtype == torch.float32 and tuple(cols.shape) == (3, p * 16)
     assert deq.dtype == torch.float32 and deq.shape == w.shape
     full = panels.permute(0, 2, 1, 3).reshape(p * 16, k4 * 4).long()  # [out channel, in channel]
@@ -488,7 +530,7 @@ def test_int8_layers_are_exactly_the_pointwise_convs(net):
     assert len(names) == len(set(names)) and set(names) == _pointwise_convs(net.model)
     info = q.effnets_optimized
     assert info["dtype"] == "int8_dynamic" and info["min_channels"] == 0 and info["vnni"] == K.int8_fast()
-    assert info["int8_code"] == {2: "avx512-vnni", 1: "avx2", 0: "plain C", -1: "pytorch"}[K.int8_isa()]
+    assert info["int8_code"] == {3: "amx", 2: "avx512-vnni", 1: "avx2", 0: "plain C", -1: "pytorch"}[K.int8_isa()]
     fused = {n: m for n, m in q.named_modules() if isinstance(m, FusedConvAct)}
     ref = dict(opt.named_modules())
     for n, m in fused.items():
@@ -717,9 +759,9 @@ def test_quantize_dynamic_warns_where_only_plain_c_can_run():
                 warnings.simplefilter("error", RuntimeWarning)
                 assert quantize_dynamic(model).effnets_optimized["int8_code"] == "avx2"
     finally:
-        K.set_int8_isa(2)
+        K.set_int8_isa(K.INT8_BEST)
     with pytest.raises(ValueError, match="level"):
-        K.set_int8_isa(3)
+        K.set_int8_isa(4)
 
 
 def test_optimize_dtype_int8_dynamic_entry_point():

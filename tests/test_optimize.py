@@ -107,6 +107,43 @@ def test_bf16_close_and_fp32_logits():
     assert _rel_err(out, ref) < 0.1
 
 
+@pytest.mark.skipif(effnets.kernels.library() is None, reason="native kernels not built")
+@pytest.mark.parametrize("shape", [(3, 37, 11, 13), (1, 96, 56, 56), (2, 1, 1, 1)])
+def test_bf16_channel_sums_equal_the_float64_sums(shape):
+    """One fp32 pass over the bf16 values: within fp32 summation error of the float64 sums of the
+    same bf16 values; NCHW input or another dtype is refused (None) for the caller's fallback."""
+    g = torch.Generator().manual_seed(shape[1])
+    x = (torch.randn(*shape, generator=g) * 3 + 1).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    s = effnets.kernels.bf16_channel_sums(x)
+    ref = x.double().sum((2, 3))
+    assert s.dtype == torch.float32 and s.shape == shape[:2]
+    tol = 4 * shape[2] * shape[3] * 2.0 ** -24 * x.double().abs().sum((2, 3)) + 1e-30
+    assert ((s.double() - ref).abs() <= tol).all()
+    assert effnets.kernels.bf16_channel_sums(x.contiguous()) is None or shape[2] * shape[3] == 1
+    assert effnets.kernels.bf16_channel_sums(x.float().contiguous(memory_format=torch.channels_last)) is None
+
+
+def test_bf16_squeeze_excite_pools_natively_and_matches_the_mean_path(monkeypatch):
+    """optimize(dtype=bf16) pools each squeeze-excite's input with the native bf16 sums; the
+    logits equal (to bf16 rounding) those of the same model pooling with PyTorch's mean."""
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    opt = effnets.optimize(model, dtype=torch.bfloat16)
+    x = torch.randn(2, 3, 64, 64)
+    calls = []
+    real = effnets.kernels.bf16_channel_sums
+    monkeypatch.setattr(effnets.kernels, "bf16_channel_sums", lambda t: calls.append(t.shape) or real(t))
+    with torch.inference_mode():
+        native = opt(x)
+    n_se = sum(type(m).__name__ == "FastSqueezeExcite" for m in opt.modules())
+    if effnets.kernels.library() is not None:
+        assert len(calls) == n_se == 16
+    monkeypatch.setattr(effnets.kernels, "bf16_channel_sums", lambda t: None)
+    with torch.inference_mode():
+        plain = opt(x)
+    assert _rel_err(native, plain) < 0.02 and native.argmax(1).tolist() == plain.argmax(1).tolist()
+
+
 def test_bad_arguments():
     model = effnets.create_model("mobilenet_v1", num_classes=10)
     with pytest.raises(effnets.ConfigError):

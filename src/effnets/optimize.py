@@ -729,6 +729,11 @@ class FastSqueezeExcite(nn.Module):
             p = self._parameters
             return kernels.se_gate_(x, sums, p["w1"], p["b1"], p["w2"], p["b2"], *self.native_names,
                                     mean_scale=1.0 / (x.shape[2] * x.shape[3]) if sums is not None else 1.0)
+        if sums is None and x.dtype == torch.bfloat16 and not _plain_mode():
+            # bf16 (optimize(dtype=bf16)): pooled in one native fp32 pass, not via PyTorch's fp32 copy
+            sums = kernels.bf16_channel_sums(x)
+            if sums is not None:
+                sums = sums.to(torch.bfloat16)
         s = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
         # in place: x is the block's fresh conv output, so no new buffer
         return _se_apply(x, s, self.w1, self.b1, self.w2, self.b2, self.act, self.gate, inplace)
@@ -1177,8 +1182,8 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
                       "plain C code, several times slower than the fp32 optimize() model", RuntimeWarning,
                       stacklevel=2)
     m.effnets_optimized = dict(mode="inference", compile=False, dtype="int8_dynamic", int8_layers=names,
-                               min_channels=min_channels, vnni=isa == 2,
-                               int8_code={2: "avx512-vnni", 1: "avx2", 0: "plain C", -1: "pytorch"}[isa])
+                               min_channels=min_channels, vnni=isa >= 2,
+                               int8_code={**kernels.INT8_LEVELS, -1: "pytorch"}[isa])
     return m
 
 

@@ -96,7 +96,9 @@ def _build() -> ctypes.CDLL:
     lib.eff_q_from_float.restype = None
     lib.eff_q_channel_sums.argtypes = [p, p, i64, i64, i64, i32]
     lib.eff_q_channel_sums.restype = None
-    lib.eff_pw_q8_fwd.argtypes = [p, p, p, p, p, i64, p, i64, i64, i64, i32, i32]
+    lib.eff_bf16_channel_sums.argtypes = [p, p, i64, i64, i64, i32]
+    lib.eff_bf16_channel_sums.restype = None
+    lib.eff_pw_q8_fwd.argtypes = [p, p, i64, p, p, p, i64, p, i64, i64, i64, i32, i32]
     lib.eff_pw_q8_fwd.restype = i32  # -1: out of memory
     lib.eff_q8_isa.restype = i32
     lib.eff_q8_set_isa.argtypes = [i32]
@@ -389,6 +391,18 @@ def quantized_gate_mul(x: torch.Tensor, gate: torch.Tensor, scale: float, zero_p
     return y
 
 
+def bf16_channel_sums(x: torch.Tensor) -> torch.Tensor | None:
+    """Spatial sums (fp32, (N, C)) of a channels-last bfloat16 CPU ``x`` (N, C, H, W) in one pass,
+    without the float32 copy PyTorch's mean makes; None where the native library is missing."""
+    if (x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.ndim != 4
+            or not x.is_contiguous(memory_format=torch.channels_last) or library() is None):
+        return None
+    n, c, h, w = x.shape
+    sums = torch.empty((n, c), dtype=torch.float32)
+    library().eff_bf16_channel_sums(x.data_ptr(), sums.data_ptr(), n, h * w, c, torch.get_num_threads())
+    return sums
+
+
 def quantized_channel_mean(x: torch.Tensor) -> torch.Tensor | None:
     """Spatial means of a channels-last quint8 ``x`` (N, C, H, W) as an (N, C, 1, 1) quint8 tensor
     with ``x``'s scale and zero point (the mean of the stored bytes, rounded half to even: what
@@ -642,31 +656,47 @@ def pointwise_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, ou
 
 
 Q8_MIN_SPAN = 1e-30  # native.c's: a pixel with a smaller range is stored as its minimum
+INT8_LEVELS = {3: "amx", 2: "avx512-vnni", 1: "avx2", 0: "plain C"}  # pointwise_q8's code, best first
+INT8_BEST = 3
+
+
+def q8_quads(in_channels: int) -> int:
+    """Four-channel groups one int8 weight panel spans in memory: whole AMX tiles of 16 (native.c's
+    q8_kp); :func:`pointwise_weight_q8`'s panels are a view with that stride."""
+    return (in_channels + 63) // 64 * 16
 
 
 def int8_fast() -> bool:
-    """True where :func:`pointwise_q8` runs its VNNI code (AVX512-VNNI + BW: Intel since Cascade
-    Lake, AMD since Zen 4; neither :func:`set_avx512` nor :func:`set_int8_isa` turned it off);
-    elsewhere it runs AVX2 or plain C code (the same int32 sums, slower: :func:`int8_isa`)."""
-    return int8_isa() == 2
+    """True where :func:`pointwise_q8` runs its AMX or VNNI code (AVX512-VNNI + BW: Intel since
+    Cascade Lake, AMD since Zen 4; neither :func:`set_avx512` nor :func:`set_int8_isa` turned it
+    off); elsewhere it runs AVX2 or plain C code (the same int32 sums, slower: :func:`int8_isa`)."""
+    return int8_isa() >= 2
 
 
 def int8_isa() -> int:
-    """The code :func:`pointwise_q8` runs now: 2 AVX512-VNNI (4x fp32's multiply-adds per
-    instruction), 1 AVX2 (16-bit multiply-adds: about the fp32 GEMM's speed), 0 plain C (far
+    """The code :func:`pointwise_q8` runs now: 3 AMX tiles (Intel Xeon since Sapphire Rapids, where
+    Linux lends the tile state), 2 AVX512-VNNI (4x fp32's multiply-adds per instruction), 1 AVX2 (16-bit multiply-adds: about the fp32 GEMM's speed), 0 plain C (far
     slower than fp32), -1 no compiled kernels (the PyTorch path)."""
     lib = library()
     return -1 if lib is None else int(lib.eff_q8_isa())
 
 
-def set_int8_isa(level: int) -> int:
-    """Caps the code :func:`pointwise_q8` may run: 2 the best the CPU has (AVX512-VNNI), 1 at most
-    AVX2 (16-bit multiply-adds), 0 plain C; all give the same int32 sums.  Returns the previous
-    cap.  For tests and A/B benchmarks; process-wide."""
-    if level not in (0, 1, 2):
-        raise ValueError(f"set_int8_isa: level must be 0, 1 or 2, got {level!r}")
+def int8_last_code() -> int:
+    """The code the last :func:`pointwise_q8` call ran (3 AMX, 2 VNNI, 1 AVX2, 0 plain C; -1 none
+    yet): AMX takes only products of at least 256 rows, 48 input and 32 output channels and 8M
+    multiply-adds, where it timed faster."""
     lib = library()
-    return 2 if lib is None else int(lib.eff_q8_set_isa(int(level)))
+    return -1 if lib is None else int(lib.eff_q8_last_code())
+
+
+def set_int8_isa(level: int) -> int:
+    """Caps the code :func:`pointwise_q8` may run: 3 the best the CPU has (AMX), 2 at most
+    AVX512-VNNI, 1 at most AVX2 (16-bit multiply-adds), 0 plain C; all give the same int32 sums.
+    Returns the previous cap.  For tests and A/B benchmarks; process-wide."""
+    if level not in INT8_LEVELS:
+        raise ValueError(f"set_int8_isa: level must be one of {sorted(INT8_LEVELS)}, got {level!r}")
+    lib = library()
+    return INT8_BEST if lib is None else int(lib.eff_q8_set_isa(int(level)))
 
 
 def pointwise_weight_q8(weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -674,7 +704,8 @@ def pointwise_weight_q8(weight: torch.Tensor, bias: torch.Tensor | None = None
     """A 1x1 conv weight (C_out, C_in, 1, 1) in int8 for :func:`pointwise_q8`: one symmetric scale
     per output channel (max |w| / 127, values -127..127).  Returns ``(panels, cols, dequantized)``:
     panels (ceil(C_out / 16), ceil(C_in / 4), 16, 4) int8 (four input channels of one output
-    channel adjacent, zero padding), cols (3, P * 16) float32 = (scale, scale * sum of the int8
+    channel adjacent, zero padding; a view whose panels lie :func:`q8_quads` quads apart, whole
+    AMX tiles, zeros between), cols (3, P * 16) float32 = (scale, scale * sum of the int8
     row, bias), and the dequantized weight (int8 x scale, float32, the weight's shape): what the
     plain PyTorch path convolves with, so both paths use the same weights."""
     if weight.ndim != 4 or tuple(weight.shape[2:]) != (1, 1):
@@ -684,10 +715,10 @@ def pointwise_weight_q8(weight: torch.Tensor, bias: torch.Tensor | None = None
     scale = w.abs().amax(1) / 127.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(w / scale[:, None]).clamp_(-127, 127)
-    p, k4 = (co + 15) // 16, (ci + 3) // 4
-    full = torch.zeros(p * 16, k4 * 4, dtype=torch.int8)
+    p, kp = (co + 15) // 16, q8_quads(ci)
+    full = torch.zeros(p * 16, kp * 4, dtype=torch.int8)
     full[:co, :ci] = q.to(torch.int8)
-    panels = full.reshape(p, 16, k4, 4).permute(0, 2, 1, 3).contiguous()
+    panels = full.reshape(p, 16, kp, 4).permute(0, 2, 1, 3).contiguous()[:, :(ci + 3) // 4]
     cols = torch.zeros(3, p * 16, dtype=torch.float32)
     cols[0, :co] = scale
     cols[1, :co] = scale * q.sum(1)
@@ -727,7 +758,9 @@ def pointwise_q8(x: torch.Tensor, panels: torch.Tensor, cols: torch.Tensor, out_
                          f"{panels.dtype} {tuple(panels.shape)} / {cols.dtype} {tuple(cols.shape)}")
     shape = (n, out_channels, h, w)
     residual, gate = _epilogue_args("pointwise_q8", act, residual, gate, shape, c)
-    return pointwise_q8_into(x.contiguous(memory_format=torch.channels_last), panels.contiguous(), cols.contiguous(),
+    if panels.stride()[1:] != (64, 4, 1) or panels.stride(0) < 64 * panels.shape[1]:
+        panels = panels.contiguous()  # a copy: the panels back to back (the AMX code then not taken)
+    return pointwise_q8_into(x.contiguous(memory_format=torch.channels_last), panels, cols.contiguous(),
                              _output(out, shape), DW_ACT_CODES[act], residual, gate)
 
 
@@ -735,7 +768,7 @@ def pointwise_q8_into(x: torch.Tensor, panels: torch.Tensor, cols: torch.Tensor,
                       residual: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`pointwise_q8` without its checks, for a caller that made them once (``effnets.optimize``)."""
     n, c, h, w = x.shape
-    if library().eff_pw_q8_fwd(x.data_ptr(), panels.data_ptr(), cols.data_ptr(), _ptr(residual), _ptr(gate), h * w,
+    if library().eff_pw_q8_fwd(x.data_ptr(), panels.data_ptr(), panels.stride(0) // 64, cols.data_ptr(), _ptr(residual), _ptr(gate), h * w,
                                out.data_ptr(), n * h * w, c, out.shape[1], act_code, torch.get_num_threads()):
         raise MemoryError("pointwise_q8: no memory for the row buffers")
     return out
@@ -766,5 +799,5 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "pointwise_available",
            "pointwise_weight", "pointwise_conv", "pointwise_into", "depthwise_into", "se_gates", "se_gates_into",
-           "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "int8_fast", "int8_isa",
-           "set_int8_isa", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]
+           "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "bf16_channel_sums", "int8_fast", "int8_isa",
+           "set_int8_isa", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]

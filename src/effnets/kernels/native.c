@@ -24,6 +24,8 @@
 #include <unistd.h>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#include <cpuid.h>
+#include <sys/syscall.h>
 #define EFF_X86 1
 #endif
 
@@ -1690,6 +1692,25 @@ void eff_q_channel_sums(const uint8_t* x, int64_t* s, i64 N, i64 HW, i64 C, int 
     }
 }
 
+/* channel sums of a bf16 channels-last tensor (N * HW rows of C values) into s[n * C + c], in fp32
+ * (a bf16 value is the high half of its fp32): a bf16 model's squeeze-excite pooling.  PyTorch's
+ * mean over H, W of a channels-last bf16 tensor converts it to fp32 first: 33 ms for B0's first
+ * stage at batch 8 against 1 ms for the fp32 mean (one-off, 2 threads) */
+void eff_bf16_channel_sums(const uint16_t* x, float* s, i64 N, i64 HW, i64 C, int nt) {
+    #pragma omp parallel for schedule(static) num_threads(N > 1 && N * HW * C > (1 << 16) ? nt : 1)
+    for (i64 n = 0; n < N; n++) {
+        float* acc = s + n * C;
+        for (i64 c = 0; c < C; c++) acc[c] = 0.0f;
+        for (i64 r = 0; r < HW; r++) {
+            const uint16_t* xr = x + (n * HW + r) * C;
+            for (i64 c = 0; c < C; c++) {
+                union { uint32_t u; float f; } v = { (uint32_t)xr[c] << 16 };
+                acc[c] += v.f;
+            }
+        }
+    }
+}
+
 /* ---- int8 1x1 convolution: int8 weights, activations quantized per row on the fly ----
  * y[r, n] = act(sum_k xq[r, k] * wq[n, k] * s_r * sw_n + min_r * sw_n * sum_k wq[n, k] + b_n) (+ res)
  * where row r of x (times its image's gates) is quantized to bytes over its own range:
@@ -1699,10 +1720,15 @@ void eff_q_channel_sums(const uint8_t* x, int64_t* s, i64 N, i64 HW, i64 C, int 
  * differ 10x in range between channels and images, which a per-tensor static scale cannot follow.
  * The u8 x s8 products are summed exactly in int32 (VNNI vpdpbusd: 64 multiply-adds per
  * instruction, 4x an fp32 FMA), and the int32 sums never overflow for K < 2^31 / (255 * 127).
- * Weights: panels of 16 output channels, (P, K4, 16, 4) bytes with K4 = ceil(K / 4): the four
- * bytes of one k-quad of one channel are adjacent (vpdpbusd's operand layout); padding is zero.
+ * Weights: panels of 16 output channels, (P, K4, 16, 4) bytes with K4 = ceil(K / 4), panel p at
+ * wq + p * ps * 64 (ps >= K4 quads: kernels.pointwise_weight_q8 pads each panel to whole AMX tiles,
+ * ps = q8_kp(K), zeros past K4): the four bytes of one k-quad of one channel are adjacent
+ * (vpdpbusd's operand layout, and an AMX B tile's: 16 quads by 16 channels); padding is zero.
  * cols: (3, P * 16) floats, sw_n, sw_n * sum_k wq[n, k], b_n, zero past N. */
 #define Q8_MR 12
+#define Q8_AMX_MR 32  /* the AMX code's rows per group: two tiles of 16 */
+/* k-quads per weight panel: a whole number of AMX tiles (16 quads, 64 input channels) */
+static inline i64 q8_kp(i64 K) { return (K + 63) / 64 * 16; }
 /* a row whose range is below this is stored as its minimum (error < 1e-30; 255 / range would
  * overflow below ~7.5e-37); kernels.quantize_rows uses the same bound */
 #define Q8_MIN_SPAN 1e-30f
@@ -1877,12 +1903,84 @@ AVX2 static void q8_tile_avx2(const uint16_t* q, i64 ks, i64 K4, const int8_t* w
         else _mm256_maskstore_ps(yr[i] + c, m, v);
     }
 }
+/* AMX (Intel Xeon since Sapphire Rapids): tdpbusd multiplies a 16 x 64 tile of row bytes by a
+ * 16-quad x 16-channel tile of weights into 16 x 16 int32 sums, 1024 multiply-adds per instruction
+ * (16x vpdpbusd's), the same exact int32 sums.  Linux (5.16+) lends a thread the 8 KiB tile state
+ * only after the process asks for it (arch_prctl ARCH_REQ_XCOMP_PERM); where it refuses, or the CPU
+ * lacks AMX-TILE / AMX-INT8 (CPUID 7.0 EDX bits 24, 25), the VNNI code runs. */
+#define AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+static int have_amx(void) {
+    static int v = -1;
+    if (v < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        const int cpu = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1u) && (d >> 25 & 1u);
+        v = cpu && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    }
+    return v && have_vnni();
+}
+typedef struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } q8_tilecfg;
+/* rows [m0, m1) x panels [p0, p1): 32 rows quantized into q (row stride 4 * KP, zeros past K),
+ * then each pair of panels: tiles 0-3 the 32 x 32 sums, 4-5 the row bytes, 6-7 the two panels'
+ * weights; the sums go through L1 (acc) to the VNNI code's epilogue */
+AMX static void q8_block_amx(const float* x, const int8_t* wq, i64 ps, const float* cols, const float* res,
+                             const float* gate, i64 hw, float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N,
+                             int act, int stream, uint8_t* q) {
+    const i64 KP = q8_kp(K), PN = ((N + 15) / 16) * 16, ks = 4 * KP;
+    q8_tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+    _tile_loadconfig(&cfg);
+    int32_t acc[Q8_AMX_MR * 32] __attribute__((aligned(64)));
+    float rs[Q8_AMX_MR], rmn[Q8_AMX_MR];
+    for (i64 r0 = m0; r0 < m1; r0 += Q8_AMX_MR) {
+        const int nrows = (int)(m1 - r0 < Q8_AMX_MR ? m1 - r0 : Q8_AMX_MR), two_a = nrows > 16;
+        for (int i = 0; i < (two_a ? 32 : 16); i++) {
+            if (i >= nrows) { memset(q + i * ks, 0, ks); continue; }
+            const i64 row = r0 + i;
+            q8_row_512(x + row * K, gate ? gate + (row / hw) * K : NULL, K, KP, q + i * ks, rs + i, rmn + i);
+        }
+        for (i64 p = p0; p < p1; p += 2) {
+            const int np = p + 1 < p1 ? 2 : 1;
+            const int8_t *b0 = wq + p * ps * 64, *b1 = b0 + ps * 64;  /* ps >= KP: the tiles stay in the panel */
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (i64 kc = 0; kc < KP; kc += 16) {
+                _tile_loadd(4, q + 4 * kc, ks);
+                _tile_loadd(6, b0 + 64 * kc, 64);
+                _tile_dpbusd(0, 4, 6);
+                if (two_a) { _tile_loadd(5, q + 16 * ks + 4 * kc, ks); _tile_dpbusd(2, 5, 6); }
+                if (np == 2) {
+                    _tile_loadd(7, b1 + 64 * kc, 64);
+                    _tile_dpbusd(1, 4, 7);
+                    if (two_a) _tile_dpbusd(3, 5, 7);
+                }
+            }
+            _tile_stored(0, acc, 128); _tile_stored(1, acc + 16, 128);
+            _tile_stored(2, acc + 16 * 32, 128); _tile_stored(3, acc + 16 * 32 + 16, 128);
+            const i64 c0 = p * 16, last = N - c0 - (np - 1) * 16 < 16 ? N - c0 - (np - 1) * 16 : 16;
+            const __mmask16 mk0 = np == 2 ? 0xFFFF : lanes16(last), mk1 = lanes16(last);
+            for (int i = 0; i < nrows; i++) {
+                const i64 r = r0 + i;
+                const float* rr = res ? res + r * N + c0 : NULL;
+                q8_out(y + r * N + c0, rr, _mm512_load_si512(acc + i * 32), rs[i], rmn[i], cols + c0, PN, act, mk0,
+                       stream);
+                if (np == 2)
+                    q8_out(y + r * N + c0 + 16, rr ? rr + 16 : NULL, _mm512_load_si512(acc + i * 32 + 16), rs[i],
+                           rmn[i], cols + c0 + 16, PN, act, mk1, stream);
+            }
+        }
+    }
+    _tile_release();
+}
 #endif
-/* which int8 code runs: 2 the best the CPU has, 1 at most AVX2, 0 plain C (tests, A/B) */
-static int q8_isa_cap = 2;
+/* which int8 code runs: 3 the best the CPU has (AMX), 2 at most AVX512-VNNI, 1 at most AVX2, 0 plain C
+ * (tests, A/B) */
+static int q8_isa_cap = 3;
+static int q8_last = -1;  /* the code the last eff_pw_q8_fwd ran (tests) */
 int eff_q8_set_isa(int level) { const int old = q8_isa_cap; q8_isa_cap = level; return old; }
 static int q8_isa(void) {
 #ifdef EFF_X86
+    if (q8_isa_cap >= 3 && have_amx()) return 3;
     if (q8_isa_cap >= 2 && have_vnni()) return 2;
     if (q8_isa_cap >= 1 && have_avx2()) return 1;
 #endif
@@ -1890,12 +1988,12 @@ static int q8_isa(void) {
 }
 /* rows [m0, m1) x panels [p0, p1) on the calling thread: Q8_MR rows quantized into q (L1), then
  * every panel of the block read against them */
-static void q8_block(const float* x, const int8_t* wq, const float* cols, const float* res, const float* gate, i64 hw,
+static void q8_block(const float* x, const int8_t* wq, i64 ps, const float* cols, const float* res, const float* gate, i64 hw,
                      float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N, int act, int stream, uint8_t* q) {
-    const i64 K4 = (K + 3) / 4, PN = ((N + 15) / 16) * 16, ks = 4 * K4;
+    const i64 K4 = (K + 3) / 4, KP = ps, PN = ((N + 15) / 16) * 16, ks = 4 * K4;
     float rs[Q8_MR], rmn[Q8_MR];
     float* yr[Q8_MR]; const float* rr[Q8_MR];
-    const int isa = q8_isa(), vnni = isa == 2;
+    const int isa = q8_isa() < 2 ? q8_isa() : 2, vnni = isa == 2;  /* AMX's callers: the VNNI code here */
     for (i64 r0 = m0; r0 < m1; r0 += Q8_MR) {
         const int nrows = (int)(m1 - r0 < Q8_MR ? m1 - r0 : Q8_MR);
         for (int i = 0; i < Q8_MR; i++) {
@@ -1921,7 +2019,7 @@ static void q8_block(const float* x, const int8_t* wq, const float* cols, const 
             }
 #ifdef EFF_X86
             if (vnni) {
-                q8_tile(q, K4, wq + p * K4 * 64, np == 2 ? wq + (p + 1) * K4 * 64 : NULL, nrows, yr, rr, rs, rmn,
+                q8_tile(q, K4, wq + p * KP * 64, np == 2 ? wq + (p + 1) * KP * 64 : NULL, nrows, yr, rr, rs, rmn,
                         cols + c0, PN, (int)ncols, act, stream);
                 p += np;
                 continue;
@@ -1932,7 +2030,7 @@ static void q8_block(const float* x, const int8_t* wq, const float* cols, const 
             if (isa == 1) {
                 for (int h = 0; h < 2 && 8 * h < nc; h++)
                     for (int r = 0; r < nrows; r += 6)
-                        q8_tile_avx2((const uint16_t*)q + r * ks, ks, K4, wq + p * K4 * 64 + 32 * h,
+                        q8_tile_avx2((const uint16_t*)q + r * ks, ks, K4, wq + p * KP * 64 + 32 * h,
                                      nrows - r < 6 ? nrows - r : 6, yr + r, rr + r, 8 * h, rs + r, rmn + r,
                                      cols + c0 + 8 * h, PN, (int)(nc - 8 * h < 8 ? nc - 8 * h : 8), act);
                 p += 1;
@@ -1942,7 +2040,7 @@ static void q8_block(const float* x, const int8_t* wq, const float* cols, const 
             for (int i = 0; i < nrows; i++)  /* plain C: one panel, exact int32 sums, same epilogue */
                 for (i64 j = 0; j < nc; j++) {
                     int32_t acc = 0;
-                    const int8_t* wj = wq + p * K4 * 64 + j * 4;
+                    const int8_t* wj = wq + p * KP * 64 + j * 4;
                     for (i64 k = 0; k < 4 * K4; k++) acc += (int32_t)q[i * ks + k] * (int32_t)wj[(k / 4) * 64 + k % 4];
                     const i64 n = c0 + j;
                     float v = act_s((float)acc * (rs[i] * cols[n]) + (rmn[i] * cols[PN + n] + cols[2 * PN + n]), act);
@@ -1954,21 +2052,34 @@ static void q8_block(const float* x, const int8_t* wq, const float* cols, const 
     }
 }
 
-int eff_pw_q8_fwd(const float* x, const int8_t* wq, const float* cols, const float* res, const float* gate, i64 hw,
+int eff_pw_q8_fwd(const float* x, const int8_t* wq, i64 ps, const float* cols, const float* res, const float* gate, i64 hw,
                   float* y, i64 M, i64 K, i64 N, int act, int nt) {
     /* the fp32 GEMM's split; each item quantizes its rows once per Q8_MR-row group */
-    const i64 P = (N + 15) / 16, K4 = (K + 3) / 4;
+    const i64 P = (N + 15) / 16, K4 = (K + 3) / 4, KP = q8_kp(K);
+    /* AMX where the product is large: on smaller ones (B0 / MobileNetV3 at batch 1: 49-196 rows)
+     * the VNNI code timed faster, 0.7-1.0x (tiles of 32 rows half empty, fewer items per thread),
+     * and with few channels (40 -> 240, 96 -> 24 at b8: 0.82-0.94x) the epilogue dominates; 784
+     * rows x 8M+ multiply-adds: AMX 1.4-2.3x (one-off sweeps on a Xeon with AMX, 2 threads) */
+    const int amx = q8_isa() == 3 && ps >= KP && M >= 256 && K >= 48 && N >= 32 && M * K * N >= ((i64)8 << 20);
+    q8_last = amx ? 3 : q8_isa() < 2 ? q8_isa() : 2;
+    const i64 MR = amx ? Q8_AMX_MR : Q8_MR;
     i64 mt, pt, pc;
-    gemm_split(M, P, Q8_MR, 0, nt, 1, &mt, &pt, &pc);
-    const i64 qb = (Q8_MR * 4 * K4 * 2 + 63) / 64 * 64;  /* one thread's rows (16-bit on AVX2) */
+    gemm_split(M, P, MR, 0, nt, 1, &mt, &pt, &pc);
+    /* one thread's rows (16-bit on AVX2; AMX: 32 rows of 4 * KP bytes) */
+    const i64 qb = ((amx ? Q8_AMX_MR * 4 * KP : Q8_MR * 4 * K4 * 2) + 63) / 64 * 64;
     uint8_t* qs = (uint8_t*)aligned_alloc(64, (size_t)(qb * nt));
     if (!qs) return -1;
     const int stream = gemm_stream(M, N, y);
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 t = 0; t < mt * pt; t++) {
         i64 m0, m1, p0, p1;
-        gemm_item(t, M, P, Q8_MR, mt, pt, pc, &m0, &m1, &p0, &p1);
-        q8_block(x, wq, cols, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream, qs + qb * omp_get_thread_num());
+        gemm_item(t, M, P, MR, mt, pt, pc, &m0, &m1, &p0, &p1);
+        uint8_t* q = qs + qb * omp_get_thread_num();
+#ifdef EFF_X86
+        if (amx) q8_block_amx(x, wq, ps, cols, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream, q);
+        else
+#endif
+        q8_block(x, wq, ps, cols, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream, q);
 #ifdef EFF_X86
         if (stream) _mm_sfence();
 #endif
@@ -1977,9 +2088,10 @@ int eff_pw_q8_fwd(const float* x, const int8_t* wq, const float* cols, const flo
     return 0;
 }
 int eff_q8_isa(void) { return q8_isa(); }
+int eff_q8_last_code(void) { return q8_last; }
 
 int eff_have_avx2(void) { return have_avx2(); }
 
 int eff_have_avx512(void) { return have_avx512(); }
 
-int eff_abi_version(void) { return 13; }
+int eff_abi_version(void) { return 14; }
