@@ -732,11 +732,28 @@ class FastSqueezeExcite(nn.Module):
         if sums is None and x.dtype == torch.bfloat16 and not _plain_mode():
             # bf16 (optimize(dtype=bf16)): pooled in one native fp32 pass, not via PyTorch's fp32 copy
             sums = kernels.bf16_channel_sums(x)
+            if sums is not None and inplace and self.native_names:
+                # and the MLP natively in fp32: bf16 addmm on one pooled row costs ~38 us (B0 b1: 1.1 of 10 ms)
+                a, g = self.native_names
+                gates = kernels.se_gates_into(sums, *self._fp32_params(), torch.empty_like(sums),
+                                              kernels.SE_ACT_CODES[a], kernels.SE_ACT_CODES[g],
+                                              1.0 / (x.shape[2] * x.shape[3]))
+                return x.mul_(gates.to(torch.bfloat16)[:, :, None, None])
             if sums is not None:
                 sums = sums.to(torch.bfloat16)
         s = sums / (x.shape[2] * x.shape[3]) if sums is not None else x.mean((2, 3))
         # in place: x is the block's fresh conv output, so no new buffer
         return _se_apply(x, s, self.w1, self.b1, self.w2, self.b2, self.act, self.gate, inplace)
+
+    def _fp32_params(self) -> tuple[torch.Tensor, ...]:
+        """w1, b1, w2, b2 as contiguous float32 (copies of bf16 ones, rebuilt when they change)."""
+        p = self._parameters
+        key = tuple((t.data_ptr(), t._version) for t in (p["w1"], p["b1"], p["w2"], p["b2"]))
+        cached = self.__dict__.get("_fp32_cache")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_fp32_cache"] = (key, tuple(
+                p[k].detach().float().contiguous() for k in ("w1", "b1", "w2", "b2")))
+        return cached[1]
 
     def gate_residual_(self, x: torch.Tensor, shortcut: torch.Tensor, act: nn.Module) -> torch.Tensor | None:
         """``act(self(x) + shortcut)`` in place on ``x`` as one native call (means, gates, product,
