@@ -655,6 +655,38 @@ def test_avx512_code_equals_avx2_code_bit_for_bit(act):
 
 
 @pw
+@pytest.mark.parametrize("c,h,w,k,stride,pad", [
+    (56, 13, 12, 5, 1, (2, 2)),    # 12 columns: a full block of 8 and a partial one, borders in both
+    (40, 7, 7, 5, 1, (2, 2)),      # B0's 7x7 maps: one partial block, most taps at the border
+    (24, 9, 20, 3, 1, (1, 1)),     # 3x3 stride 1: an interior block between two border blocks
+    (40, 11, 11, 5, 2, (2, 2)),    # 5x5 stride 2, channels past a multiple of 16
+    (16, 6, 5, 3, 1, (0, 1)),      # unequal padding, a row shorter than a block
+    (8, 5, 3, 5, 1, (2, 2)),       # a row narrower than the kernel
+])
+@pytest.mark.parametrize("act", ["identity", "silu", "hardswish"])
+def test_depthwise_blocks_equal_the_pixel_code_bit_for_bit(c, h, w, k, stride, pad, act):
+    """The 8-pixel register-blocked depthwise code (AVX-512, 3x3 and 5x5) adds each output's taps
+    in the order the 4-pixel and per-pixel code do, skipping those in the padding: equal bits,
+    and its channel sums equal theirs.  (Channel counts are multiples of 8: past those the
+    per-pixel code's scalar tail uses the scalar exp, which rounds differently from the vector one;
+    odd counts are held to float64 in test_depthwise_forward_matches_float64.)"""
+    if not K.set_avx512(True):
+        pytest.skip("this CPU has no AVX-512F")
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(3, c, h, w) * 3, torch.randn(c, 1, k, k), torch.randn(c)
+    outs = []
+    try:
+        for on in (True, False):
+            K.set_depthwise_blocks(on)
+            outs.append(K.depthwise_forward(x, K.depthwise_taps(wt), b, stride, pad, act, channel_sums=True))
+    finally:
+        K.set_depthwise_blocks(True)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    ref = _ACTS64[act](F.conv2d(x.double(), wt.double(), b.double(), stride, pad, 1, c))
+    assert _rel(outs[0][0], ref) < 1e-5
+
+
+@pw
 def test_pointwise_conv_rejects_what_it_cannot_read():
     wt = torch.randn(24, 8, 1, 1)
     panels = K.pointwise_weight(wt)

@@ -107,6 +107,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_have_avx512.restype = i32
     lib.eff_set_avx512.argtypes = [i32]
     lib.eff_set_avx512.restype = i32
+    lib.eff_dw_set_blocks.argtypes = [i32]
+    lib.eff_dw_set_blocks.restype = i32
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
     return lib
 
@@ -585,6 +587,14 @@ def set_avx512(on: bool) -> bool:
     return lib is not None and bool(lib.eff_set_avx512(int(bool(on))))
 
 
+def set_depthwise_blocks(on: bool) -> bool:
+    """Lets the inference depthwise kernel run its 8-pixel register-blocked AVX-512 code for 3x3
+    and 5x5 kernels (the default) or only its 4-pixel code; returns the previous setting.  The
+    two give the same bits.  For tests and A/B benchmarks; process-wide."""
+    lib = library()
+    return lib is not None and bool(lib.eff_dw_set_blocks(int(bool(on))))
+
+
 def pointwise_weight(weight: torch.Tensor) -> torch.Tensor:
     """A 1x1 conv weight (C_out, C_in, 1, 1) as the panels :func:`pointwise_conv` reads:
     (ceil(C_out / 16), C_in, 16) float32, output channels 16 at a time, zero past C_out."""
@@ -800,4 +810,4 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "pointwise_available",
            "pointwise_weight", "pointwise_conv", "pointwise_into", "depthwise_into", "se_gates", "se_gates_into",
            "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "bf16_channel_sums", "int8_fast", "int8_isa",
-           "set_int8_isa", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]
+           "set_int8_isa", "set_depthwise_blocks", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]

@@ -588,6 +588,70 @@ AVX512 static i64 dw_fwd_row_interior_512(float* yrow, const float* const* xr, c
     return ow;
 }
 #undef DW_FMA4
+/* A whole output row, eight pixels at a time, 16 channels a step, for the common kernels (3x3,
+ * 5x5; stride 1 or 2), with K and S known to the compiler.  Input-stationary: for each kernel
+ * row, every input pixel under the block is loaded once and multiplied into each of the block's
+ * outputs it reaches (K of them at stride 1), with the row's K weight vectors in registers; the
+ * 4-pixel code above loads an input vector for every multiply-add, and border pixels go through
+ * the per-pixel gather.  Here input columns outside the image are skipped (zero padding), so the
+ * borders take the same path: on 7x7 and 14x14 maps most pixels are border pixels for a 5x5
+ * kernel.  CPUs that split a 512-bit load in two (AMD Zen 4) ran the 4-pixel code load-bound.
+ * Each output still sums its taps in (kernel row, kernel column) order from the bias, skipping
+ * those outside the image, so the results equal the 4-pixel, gather and AVX2 code bit for bit. */
+#define DW_UR 8
+/* one block of eight output pixels (np of them stored) at input column iw0; CHECK 0 where every
+ * input column under the block lies inside the image (no tests in the loop) */
+__attribute__((always_inline)) AVX512 static inline void dw_block8_512(
+        float* o, const float* const* xr, const int* kh, int nkh, const float* wt, const float* b, i64 W, i64 iw0,
+        int np, i64 C, const int K, const int S, const int CHECK, int act) {
+    for (i64 c = 0; c < C; c += 16) {
+        const __mmask16 m = lanes16(C - c);
+        const __m512 bv = b ? _mm512_maskz_loadu_ps(m, b + c) : _mm512_setzero_ps();
+        __m512 acc[DW_UR];
+        _Pragma("GCC unroll 8") for (int p = 0; p < DW_UR; p++) acc[p] = bv;
+        for (int i = 0; i < nkh; i++) {
+            const float* wr = wt + (i64)kh[i] * K * C + c;
+            const float* xp = xr[i] + iw0 * C + c;
+            __m512 w[5];
+            _Pragma("GCC unroll 5") for (int kw = 0; kw < K; kw++) w[kw] = _mm512_maskz_loadu_ps(m, wr + kw * C);
+            _Pragma("GCC unroll 24") for (int j = 0; j < (DW_UR - 1) * S + K; j++) {
+                if (CHECK && (iw0 + j < 0 || iw0 + j >= W)) continue;  /* zero padding, or past the row */
+                const __m512 v = _mm512_maskz_loadu_ps(m, xp + j * C);
+                _Pragma("GCC unroll 8") for (int p = 0; p < DW_UR; p++) {
+                    const int kw = j - p * S;
+                    if (kw >= 0 && kw < K) acc[p] = _mm512_fmadd_ps(v, w[kw], acc[p]);
+                }
+            }
+        }
+        _Pragma("GCC unroll 8") for (int p = 0; p < DW_UR; p++)
+            if (p < np) _mm512_mask_storeu_ps(o + p * C + c, m, act16(acc[p], act));
+    }
+}
+__attribute__((always_inline)) AVX512 static inline void dw_row8_512(
+        float* yrow, const float* const* xr, const int* kh, int nkh, const float* wt, const float* b, i64 W,
+        i64 OW, i64 C, const int K, const int S, int PW, int act) {
+    for (i64 ow = 0; ow < OW; ow += DW_UR) {
+        const int np = OW - ow < DW_UR ? (int)(OW - ow) : DW_UR;
+        const i64 iw0 = ow * S - PW;
+        if (iw0 >= 0 && iw0 + (DW_UR - 1) * S + K <= W)
+            dw_block8_512(yrow + ow * C, xr, kh, nkh, wt, b, W, iw0, np, C, K, S, 0, act);
+        else
+            dw_block8_512(yrow + ow * C, xr, kh, nkh, wt, b, W, iw0, np, C, K, S, 1, act);
+    }
+}
+/* dw_row8_512 where it timed faster than the 4-pixel code (AMD Zen 4, 2 threads, batch 8, B0's and
+ * MobileNetV3's shapes, min of 40 alternating calls): 5x5 kernels 1.3-2.5x (most on 7x7 and 14x14
+ * maps, where the borders dominate), 3x3 stride 1 on rows up to 32 pixels 1.1-1.6x; 3x3 on larger
+ * rows 0.9-1.05x (memory-bound; 16-channel steps read half cache lines) and 3x3 stride 2 0.95x
+ * (each input feeds one or two outputs) stay on the 4-pixel code.  0 where it did not run. */
+AVX512 static int dw_fwd_row_blocks_512(float* yrow, const float* const* xr, const int* kh, int nkh, const float* wt,
+                                        const float* b, i64 W, i64 OW, i64 C, int K, int S, int PW, int act) {
+    if (K == 3 && S == 1 && OW <= 32) dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 3, 1, PW, act);
+    else if (K == 5 && S == 1) dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 5, 1, PW, act);
+    else if (K == 5 && S == 2) dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 5, 2, PW, act);
+    else return 0;
+    return 1;
+}
 AVX2 static void add_rows_v(float* acc, const float* y, i64 n, i64 C) {  /* acc[c] += sum_j y[j*C + c] */
     for (i64 j = 0; j < n; j++) {
         const float* r = y + j * C; i64 c = 0;
@@ -721,6 +785,8 @@ void eff_dw_bwd_weight(const float* dy, const float* x, double* dwt, i64 N, i64 
  * another pass over the block's largest tensor). */
 /* One output row of the inference depthwise conv: xrow[kh] is the input row under kernel row kh
  * (NULL where it lies outside the image).  Interior pixels four at a time, borders tap by tap. */
+static int dw_blocks = 1;  /* 0: the 4-pixel code only (A/B timing, tests) */
+int eff_dw_set_blocks(int on) { const int old = dw_blocks; dw_blocks = on; return old; }
 static void dw_fwd_row(float* yrow, const float* const* xrow, const float* wt, const float* bias, i64 W, i64 C,
                        i64 OW, int K, int S, int PW, int act) {
     i64 lo = OW, hi = OW;  /* interior columns: every tap inside the image */
@@ -733,8 +799,12 @@ static void dw_fwd_row(float* yrow, const float* const* xrow, const float* wt, c
         hi = W - K + PW >= 0 ? (W - K + PW) / S + 1 : 0;
         if (hi > OW) hi = OW;
         if (hi < lo) hi = lo;
-        hi = avx512() ? dw_fwd_row_interior_512(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act)
-                         : dw_fwd_row_interior_v(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act);
+        if (avx512()) {
+            if (dw_blocks && dw_fwd_row_blocks_512(yrow, xr, kh_, nkh, wt, bias, W, OW, C, K, S, PW, act)) return;
+            hi = dw_fwd_row_interior_512(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act);
+        } else {
+            hi = dw_fwd_row_interior_v(yrow, xr, kh_, nkh, wt, bias, lo, hi, C, K, S, PW, act);
+        }
     }
 #endif
     const float* xs[DW_MAX_TAPS]; const float* ws[DW_MAX_TAPS];
