@@ -294,6 +294,8 @@ def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatc
     project conv's GEMM), and the outputs still equal the original's."""
     monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b: False)  # never oneDNN
     calls = record_calls(monkeypatch, K, "depthwise_into", lambda *a, **kw: a[4] is not None)  # sums asked for
+    # blocks whose expand conv runs in the same pass (forward_expanded)
+    fused = record_calls(monkeypatch, K, "expand_depthwise_into", lambda *a, **kw: a[7] is not None)
     se_calls = record_calls(monkeypatch, K, "se_gate_")
     folded = record_calls(monkeypatch, K, "se_gates_into")
     gated_gemm = record_calls(monkeypatch, K, "pointwise_into", lambda *a, **kw: kw.get("gate") is not None)
@@ -303,12 +305,12 @@ def test_optimized_depthwise_convs_run_native_and_feed_squeeze_excite(monkeypatc
     x = torch.randn(2, 3, 96, 96)
     with torch.inference_mode():
         opt(x)  # the first call also times the choices
-        for rec in (calls, se_calls, folded, gated_gemm):
+        for rec in (calls, fused, se_calls, folded, gated_gemm):
             rec.clear()
         ref, out = model(x), opt(x)
     n_dw = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
     n_se = sum(1 for m in model.modules() if getattr(m, "se", None) is not None and hasattr(m, "conv_dw"))
-    assert len(calls) == n_dw and sum(map(bool, calls)) == n_se > 0
+    assert len(calls) + len(fused) == n_dw and sum(map(bool, calls + fused)) == n_se > 0 and fused
     # every squeeze-excite ran as one native call; folded gates feed a gated GEMM
     assert len(se_calls) + len(folded) == n_se and sum(map(bool, gated_gemm)) == len(folded)
     assert _rel(out, ref) < 1e-4
@@ -684,6 +686,51 @@ def test_depthwise_blocks_equal_the_pixel_code_bit_for_bit(c, h, w, k, stride, p
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     ref = _ACTS64[act](F.conv2d(x.double(), wt.double(), b.double(), stride, pad, 1, c))
     assert _rel(outs[0][0], ref) < 1e-5
+
+
+@pw
+@pytest.mark.parametrize("n,ci,cm,h,w,k,stride,pad", [
+    (2, 16, 96, 12, 12, 3, 2, (1, 1)),   # MBConv's stride-2 3x3 (B0 stage 2's first block, small)
+    (2, 24, 144, 9, 11, 3, 1, (1, 1)),   # stride 1: each expanded row read by three output rows
+    (1, 24, 40, 11, 11, 5, 2, (2, 2)),   # 5x5 stride 2
+    (3, 40, 48, 7, 7, 5, 1, (2, 2)),     # 7x7 maps: more kernel rows than a thread's share of rows
+    (3, 13, 37, 9, 8, 3, 1, (0, 1)),     # odd channels, unequal padding
+])
+@pytest.mark.parametrize("acts", [("silu", "silu"), ("hardswish", "relu"), ("relu6", "identity")])
+def test_expand_depthwise_equals_the_two_kernels_bit_for_bit(n, ci, cm, h, w, k, stride, pad, acts, isa):
+    """The expand 1x1 conv and the depthwise conv in one pass (the expanded rows in a per-thread
+    ring, never written out) give the bits of the two kernels called one after the other, on 1
+    or 2 threads (the rows at the seam of two threads' shares are expanded twice); the channel
+    sums agree to rounding (partial sums split differently) and with float64."""
+    torch.manual_seed(0)
+    x = torch.randn(n, ci, h, w).contiguous(memory_format=torch.channels_last)
+    wpw, bpw = torch.randn(cm, ci, 1, 1) * 0.3, torch.randn(cm)
+    wdw, bdw = torch.randn(cm, 1, k, k) * 0.3, torch.randn(cm)
+    panels, taps = K.pointwise_weight(wpw), K.depthwise_taps(wdw)
+    pa, da = (K.DW_ACT_CODES[a] for a in acts)
+    e = torch.empty(n, cm, h, w).contiguous(memory_format=torch.channels_last)
+    oh, ow = (h + 2 * pad[0] - k) // stride + 1, (w + 2 * pad[1] - k) // stride + 1
+    ref = torch.empty(n, cm, oh, ow).contiguous(memory_format=torch.channels_last)
+    ref_sums = torch.empty(n, cm)
+    K.depthwise_into(K.pointwise_into(x, panels, bpw, e, pa), taps, bdw, ref, ref_sums, stride, pad, da)
+    y64 = _ACTS64[acts[1]](F.conv2d(_ACTS64[acts[0]](F.conv2d(x.double(), wpw.double(), bpw.double())),
+                                    wdw.double(), bdw.double(), stride, pad, 1, cm))
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            y, sums = torch.full_like(ref, float("nan")), torch.full_like(ref_sums, float("nan"))
+            assert K.expand_depthwise_into(x, panels, bpw, pa, taps, bdw, y, sums, stride, pad, da) is y
+            assert torch.equal(y, ref)
+            assert _rel(sums, ref_sums) < 1e-6 and _rel(sums, y64.sum((2, 3))) < 1e-5
+            nosums = torch.full_like(ref, float("nan"))
+            K.expand_depthwise_into(x, panels, bpw, pa, taps, bdw, nosums, None, stride, pad, da)
+            assert torch.equal(nosums, ref)
+    finally:
+        torch.set_num_threads(threads)
+    assert _rel(ref, y64) < 1e-5
+    with pytest.raises(ValueError, match="panels"):
+        K.expand_depthwise_into(x, K.pointwise_weight(wpw[:, :ci - 1]), bpw, pa, taps, bdw, ref, None, stride, pad, da)
 
 
 @pw

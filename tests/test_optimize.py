@@ -571,6 +571,7 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
         pytest.skip("the native GEMM needs the build on x86 AVX2")
     opt_mod = sys.modules["effnets.optimize"]
     calls = record_calls(monkeypatch, kernels, "pointwise_into", lambda *a, **kw: kw.get("gate") is not None)
+    fused = record_calls(monkeypatch, kernels, "expand_depthwise_into")  # expand conv + depthwise in one pass
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
     x = torch.randn(2, 3, size, size)
@@ -583,7 +584,7 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
         calls.clear()
         out = opt(x)
         native = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.pw_act is not None]
-        assert len(calls) == len(native) > 0 and sum(calls) == len(se_then_1x1)  # every SE folded
+        assert len(calls) + len(fused) == len(native) > 0 and sum(calls) == len(se_then_1x1)  # every SE folded
         assert _rel_err(out, ref) < 1e-4
         assert _rel_err(opt(x), ref) < 1e-4  # second call: kept choices and buffers
         if se_then_1x1:  # a hook on a squeeze-excite sees its gated output: that one is not folded
@@ -596,8 +597,9 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
             assert sum(calls) == len(se_then_1x1) - 1 and _rel_err(seen[0], seen[1]) < 1e-4
         monkeypatch.setattr(opt_mod, "_faster", lambda a, b: True)  # oneDNN always faster
         calls.clear()
+        fused.clear()
         assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4
-        assert not calls  # chosen per layer: oneDNN's everywhere
+        assert not calls and not fused  # chosen per layer: oneDNN's everywhere
         monkeypatch.setattr(opt_mod, "_NATIVE_PW", False)
         assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4
         assert not calls
@@ -614,6 +616,7 @@ def test_depthwise_choice_between_native_kernel_and_onednn(monkeypatch, name, si
         pytest.skip("native kernels unavailable")
     opt_mod = sys.modules["effnets.optimize"]
     calls = record_calls(monkeypatch, kernels, "depthwise_into")
+    monkeypatch.setattr(opt_mod, "_FUSE_EXPAND", False)  # every depthwise conv on its own (see the next test)
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
     x = torch.randn(2, 3, size, size)
@@ -631,6 +634,50 @@ def test_depthwise_choice_between_native_kernel_and_onednn(monkeypatch, name, si
             assert all(v is not library_faster for m in dws for k, v in m._wino.items() if k[0] == "dw")
             assert all(any(k[0] == "dw" for k in m._wino) for m in dws)
             assert len(calls) == (0 if library_faster else n_dw)
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_b0", 96), ("mobilenet_v3_large", 96)])
+def test_expand_and_depthwise_convs_run_as_one_pass_where_timed_faster(monkeypatch, name, size):
+    """Each inverted-residual block times its expand + depthwise convs as one native pass against
+    the two modules once per input shape: where the pass wins, the model's outputs keep the
+    separate modules' bits (the same arithmetic), and the expand conv's kept buffer is released;
+    where the modules apart win, or a hook is on one of them, that block runs them apart."""
+    from effnets import kernels
+    if kernels.library() is None or not kernels.pointwise_available():
+        pytest.skip("native kernels unavailable")
+    opt_mod = sys.modules["effnets.optimize"]
+    fused_calls = record_calls(monkeypatch, kernels, "expand_depthwise_into")
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
+    x = torch.randn(2, 3, size, size)
+
+    def build(fuse: bool, fused_wins: bool = True):
+        monkeypatch.setattr(opt_mod, "_FUSE_EXPAND", fuse)
+        # every other timed choice: effnets' kernels; the pass against the modules apart: fused_wins
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, runs=3: (
+            sys._getframe(1).f_code.co_name == "forward_expanded" and not fused_wins))
+        opt = effnets.optimize(model)
+        opt(x)
+        fused_calls.clear()
+        return opt
+
+    with torch.inference_mode():
+        ref = model(x)
+        y_apart = build(False)(x)
+        assert not fused_calls and _rel_err(y_apart, ref) < 1e-4
+        for fused_wins in (True, False):
+            opt = build(True, fused_wins)
+            blocks = [b for b in opt.modules() if getattr(b, "conv_pw", None) is not None and hasattr(b, "conv_dw")]
+            assert len(blocks) > 5
+            assert torch.equal(opt(x), y_apart)
+            assert len(fused_calls) == (len(blocks) if fused_wins else 0)
+            assert all([v for k, v in b.conv_dw._wino.items() if k[0] == "pw_dw"] == [fused_wins] for b in blocks)
+            assert all((b.conv_pw._out is None) == fused_wins for b in blocks)
+        opt = build(True)
+        hooked = [b for b in opt.modules() if getattr(b, "conv_pw", None) is not None and hasattr(b, "conv_dw")][1]
+        hooked.conv_pw.register_forward_hook(lambda m, args, out: None)
+        assert torch.equal(opt(x), y_apart)
+        assert len(fused_calls) == len(blocks) - 1
 
 
 def test_kept_output_buffers_are_never_written_while_someone_holds_them():

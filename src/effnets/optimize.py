@@ -119,6 +119,9 @@ _WINOGRAD = os.environ.get("EFFNETS_WINOGRAD", "auto")
 _NATIVE_PW = os.environ.get("EFFNETS_NO_NATIVE_PW", "0") != "1"
 # block-internal outputs written into buffers kept from the previous call (EFFNETS_NO_REUSE=1: off)
 _REUSE = os.environ.get("EFFNETS_NO_REUSE", "0") != "1"
+# an inverted-residual block's expand and depthwise convs as one pass where it times faster
+# (EFFNETS_NO_FUSE_EXPAND=1: always apart, for comparison)
+_FUSE_EXPAND = os.environ.get("EFFNETS_NO_FUSE_EXPAND", "0") != "1"
 
 try:  # oneDNN bf16 convolutions need AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/DQ
     _MKLDNN_BF16 = _MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -519,18 +522,72 @@ class FusedConvAct(nn.Module):
         else:  # the checks above are all depthwise_forward's that can fail here: skip its ~10 us
             if not x.is_contiguous(memory_format=torch.channels_last):
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = self._output_tensor(shape)
-            s = None
-            if sums:  # the last call's sums buffer where its reader is done with it (_sole_owner)
-                s = self._sums
-                if s is None or s.shape[0] != shape[0] or s.shape[1] != shape[1] or not _sole_owner(s, holders=2):
-                    s = self.__dict__["_sums"] = torch.empty((shape[0], shape[1]), dtype=torch.float32)
+            out, s = self._output_tensor(shape), self._sums_buffer(shape) if sums else None
             y = kernels.depthwise_into(x, self._taps, bias, out, s, st, (ph, pw), kernels.DW_ACT_CODES[self.dw_act])
+        return self._with_sums(y, s)
+
+    def _sums_buffer(self, shape: tuple) -> torch.Tensor:
+        """The (N, C) channel-sums tensor for an output of ``shape``: the last call's where its
+        reader is done with it (``_sole_owner``), else a fresh one, kept."""
+        s = self._sums
+        if s is None or s.shape[0] != shape[0] or s.shape[1] != shape[1] or not _sole_owner(s, holders=2):
+            s = self.__dict__["_sums"] = torch.empty((shape[0], shape[1]), dtype=torch.float32)
+        return s
+
+    def _with_sums(self, y: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
         if s is not None:
             y._effnets_channel_sums = s
         else:  # a kept buffer may carry last call's sums
             y.__dict__.pop("_effnets_channel_sums", None)
         return y if self.act is None else self.act(y)
+
+    def forward_expanded(self, x: torch.Tensor, expand: nn.Module) -> torch.Tensor | None:
+        """``self(expand(x))`` for an inverted-residual block's expand 1x1 conv (``expand``) and
+        this depthwise conv as one native pass (``kernels.expand_depthwise_into``, equal bit for
+        bit): the expanded tensor, the block's widest (B0's second stage at batch 8: 38.5 MB), is
+        never written out and read back.  Timed against the two modules apart once per input
+        shape (kept in ``_wino``).  None where it does not apply, and the caller runs the two
+        modules: not plain float32 CPU inference, a conv off the native kernels (int8, TF "same"
+        padding, an activation that runs apart), hooks, or apart timed faster."""
+        if (not _FUSE_EXPAND or type(expand) is not FusedConvAct or self.dw_act is None or expand.pw_act is None
+                or expand.int8 or self.act is not None or expand.act is not None or self.same or _plain_mode()
+                or isinstance(x, torch.fx.Proxy) or x.requires_grad or x.dtype != torch.float32 or not x.is_cpu
+                or x.ndim != 4 or any(p.dtype != torch.float32 for p in (*self._parameters.values(),
+                                                                          *expand._parameters.values()))
+                or x.shape[1] != expand._parameters["weight"].shape[1]
+                or expand._parameters["weight"].shape[0] != self.groups
+                or self._forward_hooks or self._forward_pre_hooks or expand._forward_hooks
+                or expand._forward_pre_hooks or _module_hooks._global_forward_hooks
+                or _module_hooks._global_forward_pre_hooks or (kernels._LIB is None and kernels.library() is None)):
+            return None
+        key = ("pw_dw", x.shape)
+        choice = self._wino.get(key)
+        if choice is None:
+            choice = self._wino[key] = not _faster(lambda: self(expand(x)), lambda: self._expanded(x, expand))
+            if choice:
+                expand.__dict__["_out"] = None  # the expand conv's kept output is not needed any more
+        return self._expanded(x, expand) if choice else None
+
+    def _expanded(self, x: torch.Tensor, expand: "FusedConvAct") -> torch.Tensor:
+        weight, ew = self._parameters["weight"], expand._parameters["weight"]
+        self._check_weight(weight)
+        expand._check_weight(ew)
+        if self._taps is None:
+            self._taps = kernels.depthwise_taps(weight)
+        if expand._panels is None:
+            expand._panels = kernels.pointwise_weight(ew)
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        k, (h, w), (ph, pw), st = weight.shape[-1], x.shape[2:], self.padding, self.stride[0]
+        shape = (x.shape[0], weight.shape[0], (h + 2 * ph - k) // st + 1, (w + 2 * pw - k) // st + 1)
+        if shape[2] < 1 or shape[3] < 1:  # the depthwise conv's own error for a map smaller than its kernel
+            return self(expand(x))
+        out = self._output_tensor(shape)
+        s = self._sums_buffer(shape) if self.emit_channel_sums else None
+        y = kernels.expand_depthwise_into(x, expand._panels, expand._parameters["bias"],
+                                          kernels.DW_ACT_CODES[expand.pw_act], self._taps, self._parameters["bias"],
+                                          out, s, st, (ph, pw), kernels.DW_ACT_CODES[self.dw_act])
+        return self._with_sums(y, s)
 
     def _run_native(self, kind: str, x: torch.Tensor) -> torch.Tensor:
         return self._native_depthwise(x) if kind == "dw" else self._native_pointwise(x)

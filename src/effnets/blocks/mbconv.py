@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..layers import ConvNormAct
-from ..layers.memory import se_conv
+from ..layers.memory import expand_conv_dw, se_conv
 from .common import BlockArgs
 
 
@@ -86,9 +86,7 @@ class MBConv(ResidualBlock):
         self.drop_path = a.make_drop_path()
 
     def branch(self, x):
-        if self.conv_pw is not None:
-            x = self.conv_pw(x)
-        return se_conv(self.conv_dw(x), self.se, self.conv_pwl)
+        return se_conv(expand_conv_dw(x, self.conv_pw, self.conv_dw), self.se, self.conv_pwl)
 
 
 class FusedMBConv(ResidualBlock):

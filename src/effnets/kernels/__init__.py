@@ -107,6 +107,9 @@ def _build() -> ctypes.CDLL:
     lib.eff_have_avx512.restype = i32
     lib.eff_set_avx512.argtypes = [i32]
     lib.eff_set_avx512.restype = i32
+    lib.eff_pw_dw_fwd.argtypes = [p, p, p, i32, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32,
+                                  i32]
+    lib.eff_pw_dw_fwd.restype = i32
     lib.eff_dw_set_blocks.argtypes = [i32]
     lib.eff_dw_set_blocks.restype = i32
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
@@ -798,6 +801,30 @@ def depthwise_into(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | Non
     return out
 
 
+def expand_depthwise_into(x: torch.Tensor, panels: torch.Tensor, pw_bias: torch.Tensor, pw_act_code: int,
+                          taps: torch.Tensor, dw_bias: torch.Tensor, out: torch.Tensor, sums: torch.Tensor | None,
+                          stride: int, padding: tuple[int, int], dw_act_code: int) -> torch.Tensor:
+    """``depthwise(act(pointwise(x)))`` in one pass, the expanded tensor never written out (an
+    inverted-residual block's expand and depthwise convs; ``effnets.optimize`` calls it): equal
+    bit for bit to :func:`pointwise_into` followed by :func:`depthwise_into`.  ``x``
+    channels-last float32 CPU (N, C_in, H, W); ``panels`` from :func:`pointwise_weight` with
+    ``pw_bias`` (C_mid); ``taps`` (K*K, C_mid) from :func:`depthwise_taps` with ``dw_bias``;
+    ``out`` channels-last float32 of the depthwise output's shape; ``sums`` a float32 (N, C_mid)
+    tensor for the output's channel sums, or None.  Checks are the caller's, as for
+    :func:`depthwise_into`."""
+    n, ci, h, w = x.shape
+    cm = out.shape[1]
+    if panels.shape[0] * 16 < cm or panels.shape[1] != ci:
+        raise ValueError(f"panels {tuple(panels.shape)} do not fit {ci} -> {cm} channels")
+    k = int(round(taps.shape[0] ** 0.5))
+    r = library().eff_pw_dw_fwd(x.data_ptr(), panels.data_ptr(), pw_bias.data_ptr(), pw_act_code, taps.data_ptr(),
+                                dw_bias.data_ptr(), out.data_ptr(), _ptr(sums), n, h, w, ci, cm, out.shape[2],
+                                out.shape[3], k, stride, padding[0], padding[1], dw_act_code, torch.get_num_threads())
+    if r != 0:
+        raise MemoryError(f"expand_depthwise_into: could not allocate its row buffers (code {r})")
+    return out
+
+
 def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
     """A depthwise weight (C, 1, K, K) as the (K*K, C) float32 tap table the kernels read."""
     c, _, kh, kw = weight.shape
@@ -808,6 +835,6 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "pointwise_available",
-           "pointwise_weight", "pointwise_conv", "pointwise_into", "depthwise_into", "se_gates", "se_gates_into",
+           "pointwise_weight", "pointwise_conv", "pointwise_into", "depthwise_into", "expand_depthwise_into", "se_gates", "se_gates_into",
            "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "bf16_channel_sums", "int8_fast", "int8_isa",
            "set_int8_isa", "set_depthwise_blocks", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]

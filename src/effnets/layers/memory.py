@@ -313,6 +313,17 @@ class _GatedConv(torch.autograd.Function):
         return dx, ds, dw, db if has_bias else None, None, None, None, None, None
 
 
+def expand_conv_dw(x: torch.Tensor, expand: nn.Module | None, dw: nn.Module) -> torch.Tensor:
+    """``dw(expand(x))`` (an inverted-residual block's expand and depthwise convs; ``expand``
+    None: ``dw(x)``).  In an ``effnets.optimize``d model the two run as one pass where they can
+    (``FusedConvAct.forward_expanded``, looked up on the class), else as the modules."""
+    if expand is None:
+        return dw(x)
+    fused = getattr(type(dw), "forward_expanded", None)
+    y = fused(dw, x, expand) if fused is not None else None
+    return dw(expand(x)) if y is None else y
+
+
 def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module) -> torch.Tensor:
     """``cna(se(x))`` (squeeze-excite, then a ConvNormAct).  In memory-efficient training the
     gated tensor ``se(x)``, which only the conv's weight gradient needs, is not stored: the
@@ -335,7 +346,7 @@ def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module) -> torch.Tens
 
 
 __all__ = ["set_memory_efficient", "memory_efficient_enabled", "memory_efficient", "use_memory_efficient",
-           "batch_norm_act", "channel_mean", "gate_mul", "se_conv", "depthwise_conv"]
+           "batch_norm_act", "channel_mean", "gate_mul", "expand_conv_dw", "se_conv", "depthwise_conv"]
 
 
 # -- activation checkpointing ------------------------------------------------------------------
