@@ -514,8 +514,7 @@ class FusedConvAct(nn.Module):
         if self._taps is None:
             self._taps = kernels.depthwise_taps(weight)
         sums = self.emit_channel_sums and not self._forward_hooks  # a hook could change the output
-        k, (h, w), (ph, pw), st = weight.shape[-1], x.shape[2:], self.padding, self.stride[0]
-        shape = (x.shape[0], weight.shape[0], (h + 2 * ph - k) // st + 1, (w + 2 * pw - k) // st + 1)
+        (ph, pw), st, shape = self.padding, self.stride[0], self._dw_output_shape(x)
         if x.shape[1] != shape[1] or bias.dtype != torch.float32 or shape[2] < 1 or shape[3] < 1:
             y, s = kernels.depthwise_forward(x, self._taps, bias, st, (ph, pw), self.dw_act,  # raises
                                              channel_sums=sums)
@@ -525,6 +524,10 @@ class FusedConvAct(nn.Module):
             out, s = self._output_tensor(shape), self._sums_buffer(shape) if sums else None
             y = kernels.depthwise_into(x, self._taps, bias, out, s, st, (ph, pw), kernels.DW_ACT_CODES[self.dw_act])
         return self._with_sums(y, s)
+
+    def _dw_output_shape(self, x: torch.Tensor) -> tuple:
+        k, (h, w), (ph, pw), st = self._parameters["weight"].shape[-1], x.shape[2:], self.padding, self.stride[0]
+        return (x.shape[0], self._parameters["weight"].shape[0], (h + 2 * ph - k) // st + 1, (w + 2 * pw - k) // st + 1)
 
     def _sums_buffer(self, shape: tuple) -> torch.Tensor:
         """The (N, C) channel-sums tensor for an output of ``shape``: the last call's where its
@@ -578,15 +581,15 @@ class FusedConvAct(nn.Module):
             expand._panels = kernels.pointwise_weight(ew)
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        k, (h, w), (ph, pw), st = weight.shape[-1], x.shape[2:], self.padding, self.stride[0]
-        shape = (x.shape[0], weight.shape[0], (h + 2 * ph - k) // st + 1, (w + 2 * pw - k) // st + 1)
+        shape = self._dw_output_shape(x)
         if shape[2] < 1 or shape[3] < 1:  # the depthwise conv's own error for a map smaller than its kernel
             return self(expand(x))
         out = self._output_tensor(shape)
         s = self._sums_buffer(shape) if self.emit_channel_sums else None
         y = kernels.expand_depthwise_into(x, expand._panels, expand._parameters["bias"],
                                           kernels.DW_ACT_CODES[expand.pw_act], self._taps, self._parameters["bias"],
-                                          out, s, st, (ph, pw), kernels.DW_ACT_CODES[self.dw_act])
+                                          out, s, self.stride[0], tuple(self.padding),
+                                          kernels.DW_ACT_CODES[self.dw_act])
         return self._with_sums(y, s)
 
     def _run_native(self, kind: str, x: torch.Tensor) -> torch.Tensor:
