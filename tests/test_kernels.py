@@ -697,23 +697,34 @@ def test_depthwise_blocks_equal_the_pixel_code_bit_for_bit(c, h, w, k, stride, p
     (3, 13, 37, 9, 8, 3, 1, (0, 1)),     # odd channels, unequal padding
 ])
 @pytest.mark.parametrize("acts", [("silu", "silu"), ("hardswish", "relu"), ("relu6", "identity")])
-def test_expand_depthwise_equals_the_two_kernels_bit_for_bit(n, ci, cm, h, w, k, stride, pad, acts, isa):
-    """The expand 1x1 conv and the depthwise conv in one pass (the expanded rows in a per-thread
-    ring, never written out) give the bits of the two kernels called one after the other, on 1
-    or 2 threads (the rows at the seam of two threads' shares are expanded twice); the channel
-    sums agree to rounding (partial sums split differently) and with float64."""
+@pytest.mark.parametrize("int8", [False, True])
+def test_expand_depthwise_equals_the_two_kernels_bit_for_bit(n, ci, cm, h, w, k, stride, pad, acts, int8, isa):
+    """The expand 1x1 conv (fp32 GEMM, or the int8 GEMM with per-pixel input ranges) and the
+    depthwise conv in one pass (the expanded rows in a per-thread ring, never written out) give
+    the bits of the two kernels called one after the other, on 1 or 2 threads (the rows at the
+    seam of two threads' shares are expanded twice); the channel sums agree to rounding (partial
+    sums split differently) and, in fp32, with float64."""
     torch.manual_seed(0)
     x = torch.randn(n, ci, h, w).contiguous(memory_format=torch.channels_last)
     wpw, bpw = torch.randn(cm, ci, 1, 1) * 0.3, torch.randn(cm)
     wdw, bdw = torch.randn(cm, 1, k, k) * 0.3, torch.randn(cm)
-    panels, taps = K.pointwise_weight(wpw), K.depthwise_taps(wdw)
+    taps = K.depthwise_taps(wdw)
     pa, da = (K.DW_ACT_CODES[a] for a in acts)
     e = torch.empty(n, cm, h, w).contiguous(memory_format=torch.channels_last)
     oh, ow = (h + 2 * pad[0] - k) // stride + 1, (w + 2 * pad[1] - k) // stride + 1
     ref = torch.empty(n, cm, oh, ow).contiguous(memory_format=torch.channels_last)
     ref_sums = torch.empty(n, cm)
-    K.depthwise_into(K.pointwise_into(x, panels, bpw, e, pa), taps, bdw, ref, ref_sums, stride, pad, da)
-    y64 = _ACTS64[acts[1]](F.conv2d(_ACTS64[acts[0]](F.conv2d(x.double(), wpw.double(), bpw.double())),
+    if int8:
+        panels, bpw, dq = K.pointwise_weight_q8(wpw, bpw)  # bpw: the int8 GEMM's cols (scales, sums, bias)
+        K.pointwise_q8_into(x, panels, bpw, e, pa)
+        x64 = K.quantize_rows(x).double()
+        wpw = dq
+    else:
+        panels = K.pointwise_weight(wpw)
+        K.pointwise_into(x, panels, bpw, e, pa)
+        x64 = x.double()
+    K.depthwise_into(e, taps, bdw, ref, ref_sums, stride, pad, da)
+    y64 = _ACTS64[acts[1]](F.conv2d(_ACTS64[acts[0]](F.conv2d(x64, wpw.double(), (bpw[2, :cm] if int8 else bpw).double())),
                                     wdw.double(), bdw.double(), stride, pad, 1, cm))
     threads = torch.get_num_threads()
     try:

@@ -680,6 +680,31 @@ def test_expand_and_depthwise_convs_run_as_one_pass_where_timed_faster(monkeypat
         assert len(fused_calls) == len(blocks) - 1
 
 
+def test_int8_dynamic_expand_and_depthwise_run_as_one_pass(monkeypatch):
+    """dtype="int8_dynamic": a block's int8 expand conv (each pixel's input rounded over its own
+    range) runs inside the one pass with its depthwise conv too, with the bits of the two apart."""
+    from effnets import kernels
+    if kernels.library() is None:
+        pytest.skip("native kernels unavailable")
+    opt_mod = sys.modules["effnets.optimize"]
+    fused_calls = record_calls(monkeypatch, kernels, "expand_depthwise_into", lambda *a, **kw: a[1].dtype)
+    monkeypatch.setattr(opt_mod, "_faster", lambda a, b, runs=3: False)  # effnets' kernels, the pass included
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("efficientnet_b0", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    outs = []
+    with torch.inference_mode():
+        for fuse in (False, True):
+            monkeypatch.setattr(opt_mod, "_FUSE_EXPAND", fuse)
+            q = effnets.optimize(model, dtype="int8_dynamic")
+            q(x)
+            fused_calls.clear()
+            outs.append(q(x))
+            n_blocks = sum(1 for b in q.modules() if getattr(b, "conv_pw", None) is not None and hasattr(b, "conv_dw"))
+            assert fused_calls == ([torch.int8] * n_blocks if fuse else [])
+    assert n_blocks > 5 and torch.equal(outs[0], outs[1])
+
+
 def test_kept_output_buffers_are_never_written_while_someone_holds_them():
     """A block-internal output buffer is written again on the next call only when nothing else
     references it: a held tensor or a view of it keeps its values and the layer takes a new

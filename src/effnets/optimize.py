@@ -550,12 +550,13 @@ class FusedConvAct(nn.Module):
         bit): the expanded tensor, the block's widest (B0's second stage at batch 8: 38.5 MB), is
         never written out and read back.  Timed against the two modules apart once per input
         shape (kept in ``_wino``).  None where it does not apply, and the caller runs the two
-        modules: not plain float32 CPU inference, a conv off the native kernels (int8, TF "same"
-        padding, an activation that runs apart), hooks, or apart timed faster."""
+        modules: not plain float32 CPU inference, a conv off the native kernels (TF "same"
+        padding, an activation that runs apart), hooks, or apart timed faster.  An int8 expand
+        conv (``quantize_dynamic``) runs its int8 GEMM in the pass."""
         if isinstance(x, torch.fx.Proxy) or self._wino.get(("pw_dw", x.shape)) is False:
             return None  # the modules apart timed faster for this shape: skip the checks below (~5 us)
         if (not _FUSE_EXPAND or type(expand) is not FusedConvAct or self.dw_act is None or expand.pw_act is None
-                or expand.int8 or self.act is not None or expand.act is not None or self.same or _plain_mode()
+                or self.act is not None or expand.act is not None or self.same or _plain_mode()
                 or x.requires_grad or x.dtype != torch.float32 or not x.is_cpu
                 or x.ndim != 4 or any(p.dtype != torch.float32 for p in (*self._parameters.values(),
                                                                           *expand._parameters.values()))
@@ -579,8 +580,12 @@ class FusedConvAct(nn.Module):
         expand._check_weight(ew)
         if self._taps is None:
             self._taps = kernels.depthwise_taps(weight)
-        if expand._panels is None:
-            expand._panels = kernels.pointwise_weight(ew)
+        if expand.int8:  # the int8 GEMM's panels and cols (quantize_dynamic)
+            panels, pw_bias = expand._q8_weights()
+        else:
+            if expand._panels is None:
+                expand._panels = kernels.pointwise_weight(ew)
+            panels, pw_bias = expand._panels, expand._parameters["bias"]
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         shape = self._dw_output_shape(x)
@@ -588,9 +593,8 @@ class FusedConvAct(nn.Module):
             return self(expand(x))
         out = self._output_tensor(shape)
         s = self._sums_buffer(shape) if self.emit_channel_sums else None
-        y = kernels.expand_depthwise_into(x, expand._panels, expand._parameters["bias"],
-                                          kernels.DW_ACT_CODES[expand.pw_act], self._taps, self._parameters["bias"],
-                                          out, s, self.stride[0], tuple(self.padding),
+        y = kernels.expand_depthwise_into(x, panels, pw_bias, kernels.DW_ACT_CODES[expand.pw_act], self._taps,
+                                          self._parameters["bias"], out, s, self.stride[0], tuple(self.padding),
                                           kernels.DW_ACT_CODES[self.dw_act])
         return self._with_sums(y, s)
 
@@ -674,10 +678,8 @@ class FusedConvAct(nn.Module):
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.int8:
-            if self._q8 is None:  # the weight is int8 x scale already: quantizing it again is exact
-                self._q8 = kernels.pointwise_weight_q8(weight, bias)[:2]
             out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
-            y = kernels.pointwise_q8_into(x, *self._q8, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
+            y = kernels.pointwise_q8_into(x, *self._q8_weights(), out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
             return y if self.act is None else self.act(y)
         if self._panels is None:
             self._panels = kernels.pointwise_weight(weight)
@@ -686,6 +688,13 @@ class FusedConvAct(nn.Module):
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
         y = kernels.pointwise_into(x, self._panels, bias, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
         return y if self.act is None else self.act(y)
+
+    def _q8_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 GEMM's (panels, cols), made once (the weight is int8 x scale already:
+        quantizing it again is exact)."""
+        if self._q8 is None:
+            self._q8 = kernels.pointwise_weight_q8(self._parameters["weight"], self._parameters["bias"])[:2]
+        return self._q8
 
     def _output_tensor(self, shape: tuple) -> torch.Tensor:
         """A channels-last float32 tensor to write this call's output into: the one written last

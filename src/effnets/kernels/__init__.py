@@ -107,8 +107,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_have_avx512.restype = i32
     lib.eff_set_avx512.argtypes = [i32]
     lib.eff_set_avx512.restype = i32
-    lib.eff_pw_dw_fwd.argtypes = [p, p, p, i32, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32,
-                                  i32]
+    lib.eff_pw_dw_fwd.argtypes = [p, p, p, i64, i32, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32,
+                                  i32, i32]
     lib.eff_pw_dw_fwd.restype = i32
     lib.eff_dw_set_blocks.argtypes = [i32]
     lib.eff_dw_set_blocks.restype = i32
@@ -806,18 +806,21 @@ def expand_depthwise_into(x: torch.Tensor, panels: torch.Tensor, pw_bias: torch.
                           stride: int, padding: tuple[int, int], dw_act_code: int) -> torch.Tensor:
     """``depthwise(act(pointwise(x)))`` in one pass, the expanded tensor never written out (an
     inverted-residual block's expand and depthwise convs; ``effnets.optimize`` calls it): equal
-    bit for bit to :func:`pointwise_into` followed by :func:`depthwise_into`.  ``x``
-    channels-last float32 CPU (N, C_in, H, W); ``panels`` from :func:`pointwise_weight` with
-    ``pw_bias`` (C_mid); ``taps`` (K*K, C_mid) from :func:`depthwise_taps` with ``dw_bias``;
-    ``out`` channels-last float32 of the depthwise output's shape; ``sums`` a float32 (N, C_mid)
-    tensor for the output's channel sums, or None.  Checks are the caller's, as for
-    :func:`depthwise_into`."""
+    bit for bit to :func:`pointwise_into` (or :func:`pointwise_q8_into`) followed by
+    :func:`depthwise_into`.  ``x`` channels-last float32 CPU (N, C_in, H, W); ``panels`` from
+    :func:`pointwise_weight` with ``pw_bias`` (C_mid), or int8 panels and their cols from
+    :func:`pointwise_weight_q8` (the int8 GEMM); ``taps`` (K*K, C_mid) from
+    :func:`depthwise_taps` with ``dw_bias``; ``out`` channels-last float32 of the depthwise
+    output's shape; ``sums`` a float32 (N, C_mid) tensor for the output's channel sums, or None.
+    Checks are the caller's, as for :func:`depthwise_into`."""
     n, ci, h, w = x.shape
     cm = out.shape[1]
-    if panels.shape[0] * 16 < cm or panels.shape[1] != ci:
+    q8 = panels.dtype == torch.int8
+    if panels.shape[0] * 16 < cm or panels.shape[1] * (4 if q8 else 1) < ci:
         raise ValueError(f"panels {tuple(panels.shape)} do not fit {ci} -> {cm} channels")
     k = int(round(taps.shape[0] ** 0.5))
-    r = library().eff_pw_dw_fwd(x.data_ptr(), panels.data_ptr(), pw_bias.data_ptr(), pw_act_code, taps.data_ptr(),
+    r = library().eff_pw_dw_fwd(x.data_ptr(), panels.data_ptr(), pw_bias.data_ptr(), panels.stride(0) // 64 if q8 else 0,
+                                pw_act_code, taps.data_ptr(),
                                 dw_bias.data_ptr(), out.data_ptr(), _ptr(sums), n, h, w, ci, cm, out.shape[2],
                                 out.shape[3], k, stride, padding[0], padding[1], dw_act_code, torch.get_num_threads())
     if r != 0:

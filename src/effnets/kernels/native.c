@@ -1594,69 +1594,6 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
  * (36, ceil(C_out / 16), C, 16).  The panels are read once per block: for wide layers on small
  * maps (few tiles, 36 x C x C_out large) the bmm route is the better one, and the caller times
  * both.  -1: out of memory. */
-/* ---- an inverted-residual block's expand 1x1 conv and depthwise conv in one pass (inference) ----
- * y = dw(act_e(pw(x))) (+ the depthwise output's channel sums) without writing the expanded
- * tensor out: each thread walks its share of output rows in order and keeps the expanded input
- * rows they read in a ring (~L2-sized), computing each expanded row once (the rows at the seam
- * of two threads' shares twice).  The expanded tensor is the widest of the block (6x its input
- * channels at the input resolution: 38.5 MB for B0's second stage at batch 8); written and read
- * back it costs two passes through memory.  Rows are expanded G at a time, G * W >= 48 pixels,
- * so the GEMM still fills its 12-row tiles on 7x7 and 14x14 maps; the ring holds the K rows one
- * output row reads plus the G - 1 expanded ahead, K + G - 1 consecutive rows, so slot = row mod
- * that.  The arithmetic is the two kernels' own (pw_block, dw_fwd_row), so the output equals the
- * two calls' bit for bit.  x: (N, H, W, Cin) channels-last; wp / pb: pw panels and bias; wt / db:
- * depthwise taps (K*K, Cm) and bias; y: (N, OH, OW, Cm); sums: (N, Cm) or NULL.  Returns -1
- * where the ring could not be allocated (nothing written), -2 for K outside 1..11. */
-#define PWDW_MIN_PIXELS 48
-int eff_pw_dw_fwd(const float* x, const float* wp, const float* pb, int pact, const float* wt, const float* db,
-                  float* y, float* sums, i64 N, i64 H, i64 W, i64 Cin, i64 Cm, i64 OH, i64 OW, int K, int S, int PH,
-                  int PW, int dact, int nt) {
-    if (K < 1 || K > 11) return -2;
-    const i64 G = W >= PWDW_MIN_PIXELS ? 1 : (PWDW_MIN_PIXELS + W - 1) / W < H ? (PWDW_MIN_PIXELS + W - 1) / W : H;
-    const i64 RING = K + G - 1, rowf = W * Cm, P = (Cm + 15) / 16, R = N * OH;
-    float* rings = (float*)aligned_alloc(64, (sizeof(float) * (size_t)(rowf * RING * nt) + 63) / 64 * 64);
-    if (!rings) return -1;
-    float* accs = sums ? (float*)calloc((size_t)(N * Cm * nt), sizeof(float)) : NULL;
-    if (sums && !accs) { free(rings); return -1; }
-    #pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        float* ring = rings + rowf * RING * t;
-        float* acc = accs ? accs + N * Cm * t : NULL;
-        i64 held[PWDW_MIN_PIXELS + 11];  /* the image row (n * H + ih) each ring slot holds, -1: none */
-        for (i64 k = 0; k < RING; k++) held[k] = -1;
-        for (i64 r = R * t / T; r < R * (t + 1) / T; r++) {
-            const i64 n = r / OH, oh = r % OH;
-            const float* xrow[11];
-            for (int kh = 0; kh < K; kh++) {
-                const i64 ih = oh * S - PH + kh;
-                if (ih < 0 || ih >= H) { xrow[kh] = NULL; continue; }
-                if (held[ih % RING] != n * H + ih) {  /* expand rows [ih, ih + g), in at most two runs of slots */
-                    const i64 g = ih + G < H ? G : H - ih;
-                    for (i64 r0 = ih; r0 < ih + g;) {
-                        const i64 slot = r0 % RING, run = RING - slot < ih + g - r0 ? RING - slot : ih + g - r0;
-                        pw_block(x + (n * H + r0) * W * Cin, wp, pb, NULL, NULL, W, ring + rowf * slot, 0, run * W, 0, P,
-                                 Cin, Cm, pact, 0);
-                        for (i64 j = 0; j < run; j++) held[slot + j] = n * H + r0 + j;
-                        r0 += run;
-                    }
-                }
-                xrow[kh] = ring + rowf * (ih % RING);
-            }
-            float* yrow = y + r * OW * Cm;
-            dw_fwd_row(yrow, xrow, wt, db, W, Cm, OW, K, S, PW, dact);
-            if (acc) add_rows(acc + n * Cm, yrow, OW, Cm);
-        }
-    }
-    if (sums) {  /* the threads' partial sums, in thread order */
-        memset(sums, 0, sizeof(float) * (size_t)(N * Cm));
-        for (int t = 0; t < nt; t++)
-            for (i64 i = 0; i < N * Cm; i++) sums[i] += accs[N * Cm * t + i];
-    }
-    free(rings); free(accs);
-    return 0;
-}
-
 int eff_wino_fused(const float* x, const float* up, const float* bias, float* y, i64 N, i64 H, i64 W, i64 C,
                    i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt) {
     const i64 TH = (OH + 3) / 4, TW = (OW + 3) / 4, T = N * TH * TW, P = (Co + 15) / 16, nb = (T + B - 1) / B;
@@ -2220,6 +2157,76 @@ int eff_pw_q8_fwd(const float* x, const int8_t* wq, i64 ps, const float* cols, c
     free(qs);
     return 0;
 }
+/* ---- an inverted-residual block's expand 1x1 conv and depthwise conv in one pass (inference) ----
+ * y = dw(act_e(pw(x))) (+ the depthwise output's channel sums) without writing the expanded
+ * tensor out: each thread walks its share of output rows in order and keeps the expanded input
+ * rows they read in a ring (~L2-sized), computing each expanded row once (the rows at the seam
+ * of two threads' shares twice).  The expanded tensor is the widest of the block (6x its input
+ * channels at the input resolution: 38.5 MB for B0's second stage at batch 8); written and read
+ * back it costs two passes through memory.  Rows are expanded G at a time, G * W >= 48 pixels,
+ * so the GEMM still fills its 12-row tiles on 7x7 and 14x14 maps; the ring holds the K rows one
+ * output row reads plus the G - 1 expanded ahead, K + G - 1 consecutive rows, so slot = row mod
+ * that.  The arithmetic is the two kernels' own (pw_block, dw_fwd_row), so the output equals the
+ * two calls' bit for bit.  x: (N, H, W, Cin) channels-last; wp / pb: pw panels and bias, or with
+ * q8ps > 0 the int8 GEMM's panels (int8_t, panel stride q8ps quads) and its cols (pointwise_q8's,
+ * eff_pw_q8_fwd: each pixel's input rounded to bytes over its own range); wt / db: depthwise taps
+ * (K*K, Cm) and bias; y: (N, OH, OW, Cm); sums: (N, Cm) or NULL.  Returns -1 where the buffers
+ * could not be allocated (nothing written), -2 for K outside 1..11. */
+#define PWDW_MIN_PIXELS 48
+int eff_pw_dw_fwd(const void* x_, const void* wp, const float* pb, i64 q8ps, int pact, const float* wt,
+                  const float* db, float* y, float* sums, i64 N, i64 H, i64 W, i64 Cin, i64 Cm, i64 OH, i64 OW, int K,
+                  int S, int PH, int PW, int dact, int nt) {
+    if (K < 1 || K > 11) return -2;
+    const float* x = (const float*)x_;
+    const i64 G = W >= PWDW_MIN_PIXELS ? 1 : (PWDW_MIN_PIXELS + W - 1) / W < H ? (PWDW_MIN_PIXELS + W - 1) / W : H;
+    const i64 RING = K + G - 1, rowf = W * Cm, P = (Cm + 15) / 16, R = N * OH;
+    const i64 qb = q8ps > 0 ? (Q8_MR * 4 * ((Cin + 3) / 4) * 2 + 63) / 64 * 64 : 0;  /* eff_pw_q8_fwd's row buffer */
+    float* rings = (float*)aligned_alloc(64, (sizeof(float) * (size_t)(rowf * RING * nt) + 63) / 64 * 64);
+    uint8_t* qs = qb ? (uint8_t*)aligned_alloc(64, (size_t)(qb * nt)) : NULL;
+    float* accs = sums ? (float*)calloc((size_t)(N * Cm * nt), sizeof(float)) : NULL;
+    if (!rings || (qb && !qs) || (sums && !accs)) { free(rings); free(qs); free(accs); return -1; }
+    #pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        float* ring = rings + rowf * RING * t;
+        float* acc = accs ? accs + N * Cm * t : NULL;
+        i64 held[PWDW_MIN_PIXELS + 11];  /* the image row (n * H + ih) each ring slot holds, -1: none */
+        for (i64 k = 0; k < RING; k++) held[k] = -1;
+        for (i64 r = R * t / T; r < R * (t + 1) / T; r++) {
+            const i64 n = r / OH, oh = r % OH;
+            const float* xrow[11];
+            for (int kh = 0; kh < K; kh++) {
+                const i64 ih = oh * S - PH + kh;
+                if (ih < 0 || ih >= H) { xrow[kh] = NULL; continue; }
+                if (held[ih % RING] != n * H + ih) {  /* expand rows [ih, ih + g), in at most two runs of slots */
+                    const i64 g = ih + G < H ? G : H - ih;
+                    for (i64 r0 = ih; r0 < ih + g;) {
+                        const i64 slot = r0 % RING, run = RING - slot < ih + g - r0 ? RING - slot : ih + g - r0;
+                        const float* xr = x + (n * H + r0) * W * Cin;
+                        if (qb) q8_block(xr, (const int8_t*)wp, q8ps, pb, NULL, NULL, W, ring + rowf * slot, 0, run * W,
+                                         0, P, Cin, Cm, pact, 0, qs + qb * t);
+                        else pw_block(xr, (const float*)wp, pb, NULL, NULL, W, ring + rowf * slot, 0, run * W, 0, P,
+                                      Cin, Cm, pact, 0);
+                        for (i64 j = 0; j < run; j++) held[slot + j] = n * H + r0 + j;
+                        r0 += run;
+                    }
+                }
+                xrow[kh] = ring + rowf * (ih % RING);
+            }
+            float* yrow = y + r * OW * Cm;
+            dw_fwd_row(yrow, xrow, wt, db, W, Cm, OW, K, S, PW, dact);
+            if (acc) add_rows(acc + n * Cm, yrow, OW, Cm);
+        }
+    }
+    if (sums) {  /* the threads' partial sums, in thread order */
+        memset(sums, 0, sizeof(float) * (size_t)(N * Cm));
+        for (int t = 0; t < nt; t++)
+            for (i64 i = 0; i < N * Cm; i++) sums[i] += accs[N * Cm * t + i];
+    }
+    free(rings); free(qs); free(accs);
+    return 0;
+}
+
 int eff_q8_isa(void) { return q8_isa(); }
 int eff_q8_last_code(void) { return q8_last; }
 
