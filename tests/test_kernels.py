@@ -681,6 +681,7 @@ def test_depthwise_blocks_equal_the_pixel_code_bit_for_bit(c, h, w, k, stride, p
         for on in (True, False):
             K.set_depthwise_blocks(on)
             outs.append(K.depthwise_forward(x, K.depthwise_taps(wt), b, stride, pad, act, channel_sums=True))
+            assert K.depthwise_last_blocked() is on  # the blocks really ran, then really did not
     finally:
         K.set_depthwise_blocks(True)
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

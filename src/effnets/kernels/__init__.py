@@ -112,6 +112,7 @@ def _build() -> ctypes.CDLL:
     lib.eff_pw_dw_fwd.restype = i32
     lib.eff_dw_set_blocks.argtypes = [i32]
     lib.eff_dw_set_blocks.restype = i32
+    lib.eff_dw_last_blocked.restype = i32
     lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
     return lib
 
@@ -598,6 +599,12 @@ def set_depthwise_blocks(on: bool) -> bool:
     return lib is not None and bool(lib.eff_dw_set_blocks(int(bool(on))))
 
 
+def depthwise_last_blocked() -> bool:
+    """Whether the last inference depthwise call ran the 8-pixel blocks (tests)."""
+    lib = library()
+    return lib is not None and lib.eff_dw_last_blocked() == 1
+
+
 def pointwise_weight(weight: torch.Tensor) -> torch.Tensor:
     """A 1x1 conv weight (C_out, C_in, 1, 1) as the panels :func:`pointwise_conv` reads:
     (ceil(C_out / 16), C_in, 16) float32, output channels 16 at a time, zero past C_out."""
@@ -819,12 +826,14 @@ def expand_depthwise_into(x: torch.Tensor, panels: torch.Tensor, pw_bias: torch.
     if panels.shape[0] * 16 < cm or panels.shape[1] * (4 if q8 else 1) < ci:
         raise ValueError(f"panels {tuple(panels.shape)} do not fit {ci} -> {cm} channels")
     k = int(round(taps.shape[0] ** 0.5))
-    r = library().eff_pw_dw_fwd(x.data_ptr(), panels.data_ptr(), pw_bias.data_ptr(), panels.stride(0) // 64 if q8 else 0,
-                                pw_act_code, taps.data_ptr(),
-                                dw_bias.data_ptr(), out.data_ptr(), _ptr(sums), n, h, w, ci, cm, out.shape[2],
-                                out.shape[3], k, stride, padding[0], padding[1], dw_act_code, torch.get_num_threads())
+    r = library().eff_pw_dw_fwd(x.data_ptr(), panels.data_ptr(), pw_bias.data_ptr(),
+                                panels.stride(0) // 64 if q8 else 0, pw_act_code, taps.data_ptr(), dw_bias.data_ptr(),
+                                out.data_ptr(), _ptr(sums), n, h, w, ci, cm, out.shape[2], out.shape[3], k, stride,
+                                padding[0], padding[1], dw_act_code, torch.get_num_threads())
+    if r == -2:
+        raise ValueError(f"expand_depthwise_into: kernels up to 11x11, got {k}x{k}")
     if r != 0:
-        raise MemoryError(f"expand_depthwise_into: could not allocate its row buffers (code {r})")
+        raise MemoryError("expand_depthwise_into: could not allocate its row buffers")
     return out
 
 
@@ -840,4 +849,4 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "pointwise_available",
            "pointwise_weight", "pointwise_conv", "pointwise_into", "depthwise_into", "expand_depthwise_into", "se_gates", "se_gates_into",
            "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "bf16_channel_sums", "int8_fast", "int8_isa",
-           "set_int8_isa", "set_depthwise_blocks", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]
+           "set_int8_isa", "set_depthwise_blocks", "depthwise_last_blocked", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]

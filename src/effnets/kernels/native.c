@@ -644,12 +644,13 @@ __attribute__((always_inline)) AVX512 static inline void dw_row8_512(
  * maps, where the borders dominate), 3x3 stride 1 on rows up to 32 pixels 1.1-1.6x; 3x3 on larger
  * rows 0.9-1.05x (memory-bound; 16-channel steps read half cache lines) and 3x3 stride 2 0.95x
  * (each input feeds one or two outputs) stay on the 4-pixel code.  0 where it did not run. */
+static int dw_blocks_fit(int K, int S, i64 OW) { return (K == 3 && S == 1 && OW <= 32) || (K == 5 && S <= 2); }
 AVX512 static int dw_fwd_row_blocks_512(float* yrow, const float* const* xr, const int* kh, int nkh, const float* wt,
                                         const float* b, i64 W, i64 OW, i64 C, int K, int S, int PW, int act) {
-    if (K == 3 && S == 1 && OW <= 32) dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 3, 1, PW, act);
-    else if (K == 5 && S == 1) dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 5, 1, PW, act);
-    else if (K == 5 && S == 2) dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 5, 2, PW, act);
-    else return 0;
+    if (!dw_blocks_fit(K, S, OW)) return 0;
+    if (K == 3) dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 3, 1, PW, act);
+    else if (S == 1) dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 5, 1, PW, act);
+    else dw_row8_512(yrow, xr, kh, nkh, wt, b, W, OW, C, 5, 2, PW, act);
     return 1;
 }
 AVX2 static void add_rows_v(float* acc, const float* y, i64 n, i64 C) {  /* acc[c] += sum_j y[j*C + c] */
@@ -786,7 +787,9 @@ void eff_dw_bwd_weight(const float* dy, const float* x, double* dwt, i64 N, i64 
 /* One output row of the inference depthwise conv: xrow[kh] is the input row under kernel row kh
  * (NULL where it lies outside the image).  Interior pixels four at a time, borders tap by tap. */
 static int dw_blocks = 1;  /* 0: the 4-pixel code only (A/B timing, tests) */
+static int dw_last_blocked = -1;  /* whether the last eff_dw_fwd ran the 8-pixel blocks (tests) */
 int eff_dw_set_blocks(int on) { const int old = dw_blocks; dw_blocks = on; return old; }
+int eff_dw_last_blocked(void) { return dw_last_blocked; }
 static void dw_fwd_row(float* yrow, const float* const* xrow, const float* wt, const float* bias, i64 W, i64 C,
                        i64 OW, int K, int S, int PW, int act) {
     i64 lo = OW, hi = OW;  /* interior columns: every tap inside the image */
@@ -828,6 +831,11 @@ static void dw_fwd_row(float* yrow, const float* const* xrow, const float* wt, c
 void eff_dw_fwd(const float* x, const float* wt, const float* bias, float* y, float* sums, i64 N, i64 H, i64 W,
                 i64 C, i64 OH, i64 OW, int K, int S, int PH, int PW, int act, int nt) {
     if (sums) memset(sums, 0, sizeof(float) * (size_t)(N * C));
+#ifdef EFF_X86
+    dw_last_blocked = have_avx2() && avx512() && dw_blocks && dw_blocks_fit(K, S, OW);
+#else
+    dw_last_blocked = 0;
+#endif
     #pragma omp parallel num_threads(nt)
     {
         float* acc = sums ? (float*)calloc((size_t)(N * C), sizeof(float)) : NULL;
