@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import effnets
 from conftest import randomize_bn, record_calls
 from effnets import kernels as K
-from effnets.optimize import FusedConvAct, quantize_dynamic
+from effnets.optimize import FastLinear, FusedConvAct, quantize_dynamic
 
 O = sys.modules["effnets.optimize"]
 EPS = torch.finfo(torch.float32).eps
@@ -235,6 +235,26 @@ def test_small_products_take_the_vnni_code_even_with_amx():
 
 
 @native
+@pytest.mark.parametrize("ci,co", [(40, 16), (100, 37), (1280, 1000)])
+def test_few_rows_equal_the_same_rows_in_a_full_tile_bit_for_bit(ci, co, isa):
+    """1-4 rows (the classifier at batch 1) run the few-rows tile, not 12 rows of which 11 are
+    zeros: each row's outputs equal the same row's inside a 24-row product bit for bit (rows
+    are quantized each over its own range, so a row's result depends on that row alone)."""
+    g = torch.Generator().manual_seed(3)
+    big = torch.randn(24, ci, 1, 1, generator=g) * 2
+    wt, b = torch.randn(co, ci, 1, 1, generator=g), torch.randn(co, generator=g)
+    res, gate = torch.randn(24, co, 1, 1, generator=g), torch.rand(24, ci, generator=g)
+    panels, cols, deq = K.pointwise_weight_q8(wt, b)
+    full = K.pointwise_q8(big, panels, cols, co, "silu", residual=res, gate=gate)
+    for m in (1, 2, 3, 4):
+        for start in (0, 9):
+            rows = slice(start, start + m)
+            y = K.pointwise_q8(big[rows], panels, cols, co, "silu", residual=res[rows], gate=gate[rows])
+            assert torch.equal(y, full[rows]), (m, start)
+    ref, mag = _oracle(big, deq, b, "silu", gate=gate, residual=res)
+    assert ((full.double() - ref).abs() <= 8 * EPS * mag).all()
+
+
 @pytest.mark.parametrize("shape", SHAPES[:5], ids=lambda s: "x".join(map(str, s)))
 def test_kernel_within_the_quantization_bound_of_the_fp32_conv(shape, isa):
     """Against the unquantized conv: within the derived bound (s_x / 2 sum|w| + s_w / 2 sum|x|
@@ -509,10 +529,23 @@ def net(request):
 def _pointwise_convs(model):
     """The names quantize_dynamic must pick, from the *original* model: 1x1 stride-1 ungrouped
     convs outside squeeze-excites (those become matrix products), named as the optimized copy
-    names their fused module (ConvBnAct.conv -> ConvBnAct)."""
+    names their fused module (ConvBnAct.conv -> ConvBnAct), and the linear layers (the
+    classifier)."""
     return {n.removesuffix(".conv") for n, m in model.named_modules()
             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
-            and m.stride == (1, 1) and ".se." not in n}
+            and m.stride == (1, 1) and ".se." not in n} | _linears(model)
+
+
+def _linears(model):
+    return {n for n, m in model.named_modules() if type(m) is torch.nn.Linear}
+
+
+def _as_conv(m, x):
+    """An int8 layer's (input, weight, activation) as a 1x1 conv: a linear layer's (N, K) input
+    is the (N, K, 1, 1) map."""
+    if isinstance(m, FastLinear):
+        return x[:, :, None, None], m.weight[:, :, None, None], "identity"
+    return x, m.weight, m.pw_act
 
 
 def _rel(a, b):
@@ -531,11 +564,14 @@ def test_int8_layers_are_exactly_the_pointwise_convs(net):
     info = q.effnets_optimized
     assert info["dtype"] == "int8_dynamic" and info["min_channels"] == 0 and info["vnni"] == K.int8_fast()
     assert info["int8_code"] == {3: "amx", 2: "avx512-vnni", 1: "avx2", 0: "plain C", -1: "pytorch"}[K.int8_isa()]
-    fused = {n: m for n, m in q.named_modules() if isinstance(m, FusedConvAct)}
+    fused = {n: m for n, m in q.named_modules() if isinstance(m, (FusedConvAct, FastLinear))}
+    assert {n for n, m in fused.items() if isinstance(m, FastLinear)} == _linears(net.model) != set()
     ref = dict(opt.named_modules())
     for n, m in fused.items():
         assert m.int8 == (n in names), n
         w, w32 = m.weight.double(), ref[n].weight.double()
+        if w.ndim == 2:  # the classifier: one scale per output row, as a 1x1 conv's
+            w, w32 = w[:, :, None, None], w32[:, :, None, None]
         assert torch.equal(m.bias, ref[n].bias), n
         if not m.int8:
             assert torch.equal(m.weight, ref[n].weight), n
@@ -595,8 +631,10 @@ def test_native_and_plain_paths_compute_the_same_layer_by_layer(net, monkeypatch
             nolib_out = {n: q.get_submodule(n)(inputs[n]) for n in names}
     for n in names:
         m = q.get_submodule(n)
-        assert m.act is None
-        ref, mag = _oracle(inputs[n], m.weight, m.bias, m.pw_act)
+        assert getattr(m, "act", None) is None
+        x, w, act = _as_conv(m, inputs[n])
+        ref, mag = _oracle(x, w, m.bias, act)
+        ref, mag = ref.reshape(native_out[n].shape), mag.reshape(native_out[n].shape)
         assert ((native_out[n].double() - ref).abs() <= 8 * EPS * mag).all(), n
         assert ((plain_out[n].double() - ref).abs() <= 8 * EPS * mag).all(), n
         assert torch.equal(nolib_out[n], plain_out[n]), n
@@ -635,7 +673,7 @@ def test_min_channels_keeps_narrow_convs_fp32(net):
     want = {n for n in _pointwise_convs(net.model) if ref[n].weight.shape[1] >= cut}
     assert names == want and 0 < len(names) < len(_pointwise_convs(net.model))
     for n, m in q.named_modules():
-        if isinstance(m, FusedConvAct):
+        if isinstance(m, (FusedConvAct, FastLinear)):
             assert m.int8 == (n in names), n
             if not m.int8:
                 assert torch.equal(m.weight, ref[n].weight), n
@@ -708,7 +746,7 @@ def test_onnx_export_runs_the_same_arithmetic(net, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from effnets.export import export_onnx
     q = net.q
-    name = q.effnets_optimized["int8_layers"][-1]
+    name = [n for n in q.effnets_optimized["int8_layers"] if isinstance(q.get_submodule(n), FusedConvAct)][-1]
     layer = q.get_submodule(name)
     xin = torch.randn(2, layer.weight.shape[1], 5, 6, generator=torch.Generator().manual_seed(12)) * 2
     path = tmp_path / "layer.onnx"

@@ -635,6 +635,30 @@ def test_gated_pointwise_conv_matches_float64(n, ci, co, h, w, act, isa):
 
 
 @pw
+@pytest.mark.parametrize("ci,co", [(40, 16), (40, 24), (600, 40), (300, 48), (1280, 1000)])
+@pytest.mark.parametrize("act", ["identity", "silu"])
+def test_few_rows_equal_the_same_rows_in_a_full_tile_bit_for_bit(ci, co, act, isa):
+    """A GEMM of 1-4 rows (a classifier or a 1x1 conv on a 1x1 map at batch 1) runs the few-rows
+    tile (one to four rows, one to three panels), not a 12- or 8-row tile: each row's outputs
+    equal, bit for bit, the same row's outputs computed inside a 24-row product, for one, two
+    and three panels at a time, a masked last panel, K in blocks of 256 (partial sums), a
+    residual and squeeze-excite gates; and are within float rounding of float64."""
+    torch.manual_seed(0)
+    big = torch.randn(24, ci, 1, 1) * 3
+    wt, b = torch.randn(co, ci, 1, 1) / ci ** 0.5, torch.randn(co)
+    res, gate = torch.randn(24, co, 1, 1), torch.rand(24, ci)
+    panels = K.pointwise_weight(wt)
+    full = K.pointwise_conv(big, panels, b, co, act, residual=res, gate=gate)
+    for m in (1, 2, 3, 4):
+        for start in (0, 7):
+            rows = slice(start, start + m)
+            y = K.pointwise_conv(big[rows], panels, b, co, act, residual=res[rows], gate=gate[rows])
+            assert torch.equal(y, full[rows]), (m, start)
+    ref = _ACTS64[act](F.conv2d(big.double() * gate.double()[:, :, None, None], wt.double(), b.double()))
+    assert _rel(full, ref + res.double()) < 1e-5
+
+
+@pw
 @pytest.mark.parametrize("act", ["silu", "hardswish", "relu6"])
 def test_avx512_code_equals_avx2_code_bit_for_bit(act):
     """The 16-lane code (GEMM tile, depthwise interior, their activations) does the AVX2 code's

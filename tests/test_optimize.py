@@ -570,7 +570,19 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
     if not kernels.pointwise_available():
         pytest.skip("the native GEMM needs the build on x86 AVX2")
     opt_mod = sys.modules["effnets.optimize"]
-    calls = record_calls(monkeypatch, kernels, "pointwise_into", lambda *a, **kw: kw.get("gate") is not None)
+    # the classifier's calls (FastLinear: always the GEMM, not timed) noted apart from the convs'
+    from effnets.optimize import FastLinear
+    in_linear, real_native = [False], FastLinear._native
+
+    def linear_native(self, *a):
+        in_linear[0] = True
+        try:
+            return real_native(self, *a)
+        finally:
+            in_linear[0] = False
+    monkeypatch.setattr(FastLinear, "_native", linear_native)
+    calls = record_calls(monkeypatch, kernels, "pointwise_into",
+                         lambda *a, **kw: "linear" if in_linear[0] else kw.get("gate") is not None)
     fused = record_calls(monkeypatch, kernels, "expand_depthwise_into")  # expand conv + depthwise in one pass
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
@@ -583,6 +595,8 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
         opt = effnets.optimize(model)
         calls.clear()
         out = opt(x)
+        assert calls.count("linear") == 1  # the classifier
+        calls[:] = [c for c in calls if c != "linear"]
         native = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.pw_act is not None]
         assert len(calls) + len(fused) == len(native) > 0 and sum(calls) == len(se_then_1x1)  # every SE folded
         assert _rel_err(out, ref) < 1e-4
@@ -594,15 +608,16 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
                     lambda mod, a, o: seen.append(o.clone()))
             calls.clear()
             assert _rel_err(opt(x), model(x)) < 1e-4
-            assert sum(calls) == len(se_then_1x1) - 1 and _rel_err(seen[0], seen[1]) < 1e-4
+            assert sum(c is True for c in calls) == len(se_then_1x1) - 1 and _rel_err(seen[0], seen[1]) < 1e-4
         monkeypatch.setattr(opt_mod, "_faster", lambda a, b: True)  # oneDNN always faster
         calls.clear()
         fused.clear()
         assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4
-        assert not calls and not fused  # chosen per layer: oneDNN's everywhere
+        assert calls == ["linear"] and not fused  # chosen per layer: oneDNN's everywhere (the classifier aside)
         monkeypatch.setattr(opt_mod, "_NATIVE_PW", False)
+        calls.clear()
         assert _rel_err(effnets.optimize(model)(x), ref) < 1e-4
-        assert not calls
+        assert not calls  # the classifier too
 
 
 @pytest.mark.parametrize("name,size", [("efficientnet_b0", 96), ("mobilenet_v3_large", 96)])
@@ -795,3 +810,53 @@ def test_native_convs_reject_inputs_with_the_wrong_channel_count(monkeypatch):
         assert block.conv_dw(torch.randn(1, 96, 8, 8)).shape == (1, 96, 4, 4)
         with pytest.raises(ValueError, match="taps must be"):
             block.conv_dw(torch.randn(1, 95, 8, 8))
+
+
+@pytest.mark.skipif(not effnets.kernels.pointwise_available(), reason="the native GEMM needs the build on x86 AVX2")
+def test_fast_linear_runs_the_gemm_where_it_can_and_f_linear_elsewhere(monkeypatch, tmp_path):
+    """optimize() turns nn.Linear into FastLinear (same parameter names): a 2-D float32 CPU input
+    in eager inference runs effnets' GEMM, equal to F.linear up to float rounding, with or
+    without bias; (B, T, C) inputs, autograd inputs and the plain (export) path run F.linear;
+    weights loaded in place afterwards drop the kernel's panels; pickles rebuild them."""
+    from effnets import kernels as K
+    from effnets.optimize import FastLinear
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(40, 37), nn.ReLU(), nn.Linear(37, 10, bias=False)).eval()
+    opt = effnets.optimize(net)
+    assert [type(m) for m in opt] == [FastLinear, nn.ReLU, FastLinear]
+    assert set(opt.state_dict()) == set(net.state_dict())
+    calls = record_calls(monkeypatch, K, "pointwise_into", lambda x, *a, **kw: tuple(x.shape))
+    for n in (1, 3, 13):
+        x = torch.randn(n, 40)
+        ref = net.double()(x.double()).float()
+        net.float()
+        with torch.inference_mode():
+            y = opt(x)
+        assert y.shape == (n, 10) and _rel_err(y, ref) < 1e-5
+    assert calls == [(n, k, 1, 1) for n in (1, 3, 13) for k in (40, 37)]  # both layers, every batch
+    calls.clear()
+    x3 = torch.randn(2, 5, 40)
+    with torch.inference_mode():
+        assert torch.equal(opt[0](x3), nn.functional.linear(x3, opt[0].weight, opt[0].bias))
+    xg = torch.randn(4, 40, requires_grad=True)
+    assert torch.equal(opt[0](xg), nn.functional.linear(xg, opt[0].weight, opt[0].bias))
+    monkeypatch.setattr(sys.modules["effnets.optimize"], "_plain_mode", lambda: True)
+    x = torch.randn(4, 40)
+    with torch.inference_mode():
+        plain = opt(x)
+    monkeypatch.undo()
+    assert calls == []  # none of the above reached the kernel
+    with torch.inference_mode():
+        assert _rel_err(opt(x), plain) < 1e-5
+    other = nn.Sequential(nn.Linear(40, 37), nn.ReLU(), nn.Linear(37, 10, bias=False)).eval()
+    with torch.no_grad():
+        opt.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        got, want = opt(x), other(x)
+    assert _rel_err(got, want) < 1e-5 and _rel_err(want, plain) > 1e-2  # new weights, not stale panels
+    path = tmp_path / "opt.pt"
+    torch.save(opt, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded[0]._panels is None
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), got)

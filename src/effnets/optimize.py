@@ -754,6 +754,65 @@ class FusedConvAct(nn.Module):
                 f"groups={self.groups}, act={self.attr}{', same' if self.same else ''}{', int8' if self.int8 else ''}")
 
 
+class FastLinear(nn.Linear):
+    """``nn.Linear`` of an optimized model (same ``weight``/``bias``, same state dict).  A 2-D
+    float32 CPU input in eager inference runs on effnets' 1x1-conv GEMM (an (N, K) matrix is the
+    channels-last map (N, K, 1, 1)); everything else (exports, traces, compiles, other devices
+    and dtypes, the (B, T, C) inputs of attention blocks) runs ``F.linear``.
+
+    Why: a classifier at batch 1 is a matrix-vector product bound by reading its weight (B0:
+    5 MB), which ``F.linear`` reads on one thread and, by the classifier, from memory: in-model
+    A/B on the AMD machine (best of 6 x 20 calls, one-off): B0 b1 8.84 -> 8.54 ms, MobileNetV3-L
+    b1 6.55 -> 6.10 ms; at batch 8 the GEMM is 3x faster alone (0.12 vs 0.38 ms).  Not timed
+    per shape as the convs are: timed alone, with the weight hot in cache, ``F.linear`` wins at
+    batch 1, which is not how it runs in the model.  With ``quantize_dynamic`` (``int8``) the
+    int8 GEMM with per-row input ranges (a quarter of the weight bytes: B0 b1 8.84 -> 8.43 ms
+    in the same A/B); its plain path rounds the rows as the kernel does (``quantize_rows``)."""
+
+    def __init__(self, lin: nn.Linear):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = lin.in_features, lin.out_features
+        self.weight = nn.Parameter(lin.weight.detach().clone(), requires_grad=False)
+        bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+        self.register_parameter("bias", bias)
+        self.int8 = False  # set by quantize_dynamic; weight then holds the dequantized int8 weight
+        self._tag = None  # (data_ptr, version) of the weight the forms below were made from
+        self._panels: tuple | None = None  # (panels, bias) for kernels.pointwise_into, or int8 (panels, cols)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self._parameters["weight"], self._parameters["bias"]
+        if (_NATIVE_PW and x.ndim == 2 and not _plain_mode() and x.is_cpu and x.dtype == torch.float32
+                and w.dtype == torch.float32 and (b is None or b.dtype == torch.float32) and not x.requires_grad
+                and x.shape[1] == w.shape[1] and x.shape[0] > 0
+                and (kernels._LIB is not None or kernels.library() is not None)):
+            return self._native(x, w, b)
+        if self.int8:
+            x = kernels.quantize_rows(x)
+        return F.linear(x, w, b)
+
+    def _native(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        tag = tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in (w, b) if t is not None)
+        if self._tag != tag or self._panels is None:
+            w4, bias = w.detach()[:, :, None, None], (torch.zeros(w.shape[0]) if b is None else b.detach()).contiguous()
+            self._panels = (kernels.pointwise_weight_q8(w4, bias)[:2] if self.int8
+                            else (kernels.pointwise_weight(w4), bias))
+            self._tag = tag
+        x = x.contiguous()
+        out = torch.empty((x.shape[0], w.shape[0]), dtype=torch.float32)
+        x4, out4 = x[:, :, None, None], out[:, :, None, None]  # (N, K) as a channels-last (N, K, 1, 1) map
+        if self.int8:
+            kernels.pointwise_q8_into(x4, *self._panels, out4, kernels.DW_ACT_CODES["identity"])
+        else:
+            kernels.pointwise_into(x4, *self._panels, out4, kernels.DW_ACT_CODES["identity"])
+        return out
+
+    def __getstate__(self):  # derived weights are rebuilt, not pickled
+        return {**self.__dict__, "_tag": None, "_panels": None}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", int8" if self.int8 else "")
+
+
 class FastSqueezeExcite(nn.Module):
     """SqueezeExcite with its 1x1 convs on pooled vectors run as matrix products."""
 
@@ -843,12 +902,15 @@ class FastSqueezeExcite(nn.Module):
 
 def fuse_modules(model: nn.Module) -> nn.Module:
     """In place: every ConvNormAct -> FusedConvAct (BN folded, act fused), every other plain
-    Conv2d -> FusedConvAct without activation, SqueezeExcite -> FastSqueezeExcite."""
+    Conv2d -> FusedConvAct without activation, SqueezeExcite -> FastSqueezeExcite, nn.Linear ->
+    FastLinear."""
     for name, child in list(model.named_children()):
         if isinstance(child, ConvNormAct) and type(child.bn) is nn.BatchNorm2d:
             setattr(model, name, FusedConvAct(child.conv, child.bn, child.act))
         elif isinstance(child, SqueezeExcite):
             setattr(model, name, FastSqueezeExcite(child))
+        elif type(child) is nn.Linear:
+            setattr(model, name, FastLinear(child))
         elif type(child) in (nn.Conv2d, Conv2dSame) and isinstance(child.padding, (tuple, list)) \
                 and child.padding_mode == "zeros":
             setattr(model, name, FusedConvAct(child))
@@ -1237,8 +1299,9 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
     input channels, after the squeeze-excite gate where one is folded in: dynamic per-token
     quantization); int8 x int8 products summed exactly in int32 (AVX512-VNNI), bias, activation
     and residual in fp32 in the epilogue.  Nothing to calibrate: the ranges come from each input.
-    Everything else (image conv, depthwise convs, squeeze-excite, 3x3 convs, classifier) runs as
-    in the fp32 ``optimize`` model.
+    Linear layers (the classifier) likewise: int8 weights, each input row rounded over its own
+    range (``FastLinear``).  Everything else (image conv, depthwise convs, squeeze-excite, 3x3
+    convs) runs as in the fp32 ``optimize`` model.
 
     Why per pixel: static per-tensor activation ranges (``quantize_int8``) lose agreement on
     EfficientNet because channel ranges differ ~10x; a per-pixel range follows every input.
@@ -1264,6 +1327,11 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
                 mod.weight.copy_(kernels.pointwise_weight_q8(mod.weight)[2])
             mod.int8, mod.pw_act = True, act  # pw_act: the epilogue's activation (set even without AVX2)
             names.append(name)
+        elif isinstance(mod, FastLinear) and mod.weight.shape[1] >= min_channels:  # the classifier
+            with torch.no_grad():
+                mod.weight.copy_(kernels.pointwise_weight_q8(mod.weight[:, :, None, None])[2][:, :, 0, 0])
+            mod.int8 = True
+            names.append(name)
     isa = kernels.int8_isa()
     if isa == 0 and names:
         warnings.warn("quantize_dynamic: this CPU has neither AVX512-VNNI nor AVX2, so the int8 1x1 convs run "
@@ -1275,5 +1343,5 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
     return m
 
 
-__all__ = ["optimize", "CompiledOrEager", "fold_bn", "fuse_modules", "FusedConvAct", "FastSqueezeExcite", "quantize_int8",
+__all__ = ["optimize", "CompiledOrEager", "fold_bn", "fuse_modules", "FusedConvAct", "FastLinear", "FastSqueezeExcite", "quantize_int8",
            "quantize_dynamic", "image_folder_batches"]

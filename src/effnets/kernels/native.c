@@ -1416,6 +1416,52 @@ AVX512 static void pw_tile3_512(const float* const* xr, const float* w, i64 pstr
         }
 }
 #undef PW_FMA48
+/* one to four rows x one to three panels (np; panel j at w + j * pstride, the last one ncols
+ * wide): the tiles above always run their 8 or 12 rows, so a GEMM of one row (a classifier or a
+ * 1x1 conv on a 1x1 map at batch 1) did 8-12x the multiply-adds it needed.  Each sum is built
+ * as in the tiles above, FMA for FMA in k order, so the results are the same bits.  NR and NP are
+ * compile-time constants at every call (pw_few_512's switch), so the sums live in registers. */
+AVX512 static inline __attribute__((always_inline)) void pw_few_tile_512(
+        const float* const* xr, const int NR, const int NP, const float* w, i64 pstride, i64 k0, i64 k1,
+        const float* b, float* const* yr, const float* const* rr, int ncols, int first, int last, int act) {
+    __m512 c[4][3];
+    const __mmask16 ml = lanes16(ncols);
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < NP; j++) c[i][j] = pw_row_in512(yr[i] + 16 * j, first, j == NP - 1 ? ml : 0xFFFF);
+    for (i64 k = k0; k < k1; k++) {
+        __m512 bw[3];
+#pragma GCC unroll 3
+        for (int j = 0; j < NP; j++) bw[j] = _mm512_loadu_ps(w + j * pstride + (k - k0) * 16);
+#pragma GCC unroll 4
+        for (int i = 0; i < NR; i++) {
+            const __m512 a = _mm512_set1_ps(xr[i][k]);
+#pragma GCC unroll 3
+            for (int j = 0; j < NP; j++) c[i][j] = _mm512_fmadd_ps(a, bw[j], c[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < NP; j++)
+            pw_row_out512(yr[i] + 16 * j, rr[i] ? rr[i] + 16 * j : NULL, c[i][j], b + 16 * j, last, act,
+                          j == NP - 1 ? ml : 0xFFFF, 0);
+}
+#define PW_FEW(nr, np) pw_few_tile_512(xr, nr, np, w, pstride, k0, k1, b, yr, rr, ncols, first, last, act)
+AVX512 static void pw_few_512(const float* const* xr, int nr, int np, const float* w, i64 pstride, i64 k0, i64 k1,
+                              const float* b, float* const* yr, const float* const* rr, int ncols, int first, int last,
+                              int act) {
+    switch (nr * 4 + np) {
+        case 5: PW_FEW(1, 1); break;  case 6: PW_FEW(1, 2); break;  case 7: PW_FEW(1, 3); break;
+        case 9: PW_FEW(2, 1); break;  case 10: PW_FEW(2, 2); break; case 11: PW_FEW(2, 3); break;
+        case 13: PW_FEW(3, 1); break; case 14: PW_FEW(3, 2); break; case 15: PW_FEW(3, 3); break;
+        case 17: PW_FEW(4, 1); break; case 18: PW_FEW(4, 2); break; case 19: PW_FEW(4, 3); break;
+        default: break;
+    }
+}
+#undef PW_FEW
+#define PW_FEW_ROWS 4
 #endif
 static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, const float* b, float* const* yr,
                     const float* const* rr, int ncols, int first, int last, int act, int stream) {
@@ -1453,8 +1499,16 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const 
     const int ncols = lastc < 16 ? (int)lastc : 16;
     const float* xr[2 * PW_MR]; float* yr[2 * PW_MR]; const float* rr[2 * PW_MR];
 #ifdef EFF_X86
+    /* the last rows, when few, on the few-rows tile: no tile rows computed for nothing (one row
+     * of B0's 49 at batch 1 took a whole 12-row tile) */
+    const int wide = avx512();
+#define PW_TAIL(r) if (wide && r1 - (r) <= PW_FEW_ROWS) { \
+        pw_gather(x, res, y, r, r1, p, K, N, (int)(r1 - (r)), xr, yr, rr); \
+        pw_few_512(xr, (int)(r1 - (r)), np, wk, pstride, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act); \
+        return; }
     if (np == 3) {
         for (i64 r = r0; r < r1; r += 8) {
+            PW_TAIL(r);
             pw_gather(x, res, y, r, r1, p, K, N, 8, xr, yr, rr);
             pw_tile3_512(xr, wk, pstride, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
         }
@@ -1462,6 +1516,7 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const 
     }
     if (np == 2) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
+            PW_TAIL(r);
             pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
             pw_tile2_512(xr, wk, wk + pstride, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
         }
@@ -1469,18 +1524,21 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const 
     }
     if (ncols <= 8 && have_avx2()) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
+            PW_TAIL(r);
             pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
             pw_tile8_v(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act);
         }
         return;
     }
-    if (avx512()) {
+    if (wide) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
+            PW_TAIL(r);
             pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
             pw_tile_512(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
         }
         return;
     }
+#undef PW_TAIL
 #else
     (void)pstride;
 #endif
@@ -1916,6 +1974,51 @@ VNNI static void q8_tile(const uint8_t* q, i64 K4, const int8_t* w0, const int8_
     }
 }
 #undef Q8_DP
+/* one to four rows (NR) x one or two panels (w1 NULL: one): q8_tile for a group of few rows (a
+ * classifier at batch 1), which q8_tile would run as twelve, eleven of them zeros.  The same
+ * exact int32 sums and epilogue, so the same results. */
+VNNI static inline __attribute__((always_inline)) void q8_few_tile(
+        const uint8_t* q, i64 K4, const int8_t* w0, const int8_t* w1, const int NR, float* const* yr,
+        const float* const* rr, const float* rs, const float* rmn, const float* cols, i64 PN, int ncols1, int act) {
+    const i64 ks = 4 * K4;
+    __m512i c[4], d[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++) c[i] = d[i] = _mm512_setzero_si512();
+    if (w1) {
+        for (i64 k4 = 0; k4 < K4; k4++) {
+            const __m512i b0 = _mm512_loadu_si512(w0 + 64 * k4), b1 = _mm512_loadu_si512(w1 + 64 * k4);
+#pragma GCC unroll 4
+            for (int i = 0; i < NR; i++) {
+                const __m512i a = _mm512_set1_epi32(*(const int32_t*)(q + i * ks + 4 * k4));
+                c[i] = _mm512_dpbusd_epi32(c[i], a, b0); d[i] = _mm512_dpbusd_epi32(d[i], a, b1);
+            }
+        }
+    } else {
+        for (i64 k4 = 0; k4 < K4; k4++) {
+            const __m512i b0 = _mm512_loadu_si512(w0 + 64 * k4);
+#pragma GCC unroll 4
+            for (int i = 0; i < NR; i++)
+                c[i] = _mm512_dpbusd_epi32(c[i], _mm512_set1_epi32(*(const int32_t*)(q + i * ks + 4 * k4)), b0);
+        }
+    }
+    const __mmask16 m0 = w1 ? 0xFFFF : lanes16(ncols1), m1 = lanes16(ncols1);
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++) {
+        q8_out(yr[i], rr[i], c[i], rs[i], rmn[i], cols, PN, act, m0, 0);
+        if (w1) q8_out(yr[i] + 16, rr[i] ? rr[i] + 16 : NULL, d[i], rs[i], rmn[i], cols + 16, PN, act, m1, 0);
+    }
+}
+#define Q8_FEW_ROWS 4
+VNNI static void q8_few(const uint8_t* q, i64 K4, const int8_t* w0, const int8_t* w1, int nr, float* const* yr,
+                        const float* const* rr, const float* rs, const float* rmn, const float* cols, i64 PN,
+                        int ncols1, int act) {
+    switch (nr) {
+        case 1: q8_few_tile(q, K4, w0, w1, 1, yr, rr, rs, rmn, cols, PN, ncols1, act); break;
+        case 2: q8_few_tile(q, K4, w0, w1, 2, yr, rr, rs, rmn, cols, PN, ncols1, act); break;
+        case 3: q8_few_tile(q, K4, w0, w1, 3, yr, rr, rs, rmn, cols, PN, ncols1, act); break;
+        default: q8_few_tile(q, K4, w0, w1, 4, yr, rr, rs, rmn, cols, PN, ncols1, act); break;
+    }
+}
 /* AVX2 without VNNI (most AMD CPUs before Zen 4, Intel client CPUs): the bytes widened to 16 bits
  * and vpmaddwd (16 products summed in pairs into 32 bits: exact, as u8 x s8 pairs fit) + vpaddd,
  * ~1.5x the multiply-adds per cycle of fp32 FMA; the same int32 sums as the VNNI code */
@@ -2096,6 +2199,12 @@ static void q8_block(const float* x, const int8_t* wq, i64 ps, const float* cols
                 rr[i] = res ? res + (r0 + i) * N + c0 : NULL;
             }
 #ifdef EFF_X86
+            if (vnni && nrows <= Q8_FEW_ROWS) {
+                q8_few(q, K4, wq + p * KP * 64, np == 2 ? wq + (p + 1) * KP * 64 : NULL, nrows, yr, rr, rs, rmn,
+                       cols + c0, PN, (int)ncols, act);
+                p += np;
+                continue;
+            }
             if (vnni) {
                 q8_tile(q, K4, wq + p * KP * 64, np == 2 ? wq + (p + 1) * KP * 64 : NULL, nrows, yr, rr, rs, rmn,
                         cols + c0, PN, (int)ncols, act, stream);
