@@ -1905,30 +1905,46 @@ static int have_vnni(void) {
     if (v < 0) { __builtin_cpu_init(); v = have_avx512() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"); }
     return v && avx512();
 }
-/* one row to bytes, 16 lanes at a time: its range, then (v - min) * 255 / range rounded */
+/* one row to bytes, 16 lanes at a time: its range, then (v - min) * 255 / range rounded.  Whole
+ * vectors unmasked, two running minima and maxima (two dependency chains), NaN and infinity
+ * found by one running v * 0 (NaN for both: either makes the row's scale NaN, q8_row_params),
+ * and the bytes by vpmovusdb's unsigned saturation: (v - min) * inv lies in [0, 255] up to
+ * rounding for every finite row (v >= min), so it packs what clamping to 0..255 would */
 VNNI static void q8_row_512(const float* x, const float* g, i64 K, i64 K4, uint8_t* q, float* s_, float* mn_) {
-    __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY);
-    __mmask16 nan = 0;  /* vminps drops a NaN on the next step: seen separately */
-    for (i64 k = 0; k < K; k += 16) {
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 mn0 = _mm512_set1_ps(INFINITY), mx0 = _mm512_set1_ps(-INFINITY), mn1 = mn0, mx1 = mx0, chk = zero;
+    i64 k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512 v0 = _mm512_loadu_ps(x + k), v1 = _mm512_loadu_ps(x + k + 16);
+        if (g) { v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(g + k)); v1 = _mm512_mul_ps(v1, _mm512_loadu_ps(g + k + 16)); }
+        mn0 = _mm512_min_ps(mn0, v0); mx0 = _mm512_max_ps(mx0, v0);
+        mn1 = _mm512_min_ps(mn1, v1); mx1 = _mm512_max_ps(mx1, v1);
+        chk = _mm512_fmadd_ps(v0, zero, chk); chk = _mm512_fmadd_ps(v1, zero, chk);
+    }
+    for (; k < K; k += 16) {
         const __mmask16 m = lanes16(K - k);
         __m512 v = _mm512_maskz_loadu_ps(m, x + k);
         if (g) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, g + k));
-        nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
-        mn = _mm512_mask_min_ps(mn, m, mn, v); mx = _mm512_mask_max_ps(mx, m, mx, v);
+        mn0 = _mm512_mask_min_ps(mn0, m, mn0, v); mx0 = _mm512_mask_max_ps(mx0, m, mx0, v);
+        chk = _mm512_fmadd_ps(v, zero, chk);  /* masked-off lanes: 0 * 0 */
     }
-    const float lo = _mm512_reduce_min_ps(mn), hi = _mm512_reduce_max_ps(mx);
+    const float lo = _mm512_reduce_min_ps(_mm512_min_ps(mn0, mn1)), hi = _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1));
+    const int nan = _mm512_cmp_ps_mask(chk, chk, _CMP_UNORD_Q) != 0;
     const float inv = nan ? 0.0f : q8_inv(lo, hi);
     const __m512 vlo = _mm512_set1_ps(lo), vinv = _mm512_set1_ps(inv);
-    const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
-    for (i64 k = 0; k < 4 * K4; k += 16) {
+    for (k = 0; k + 16 <= K; k += 16) {
+        __m512 v = _mm512_loadu_ps(x + k);
+        if (g) v = _mm512_mul_ps(v, _mm512_loadu_ps(g + k));
+        _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(v, vlo), vinv))));
+    }
+    for (; k < 4 * K4; k += 16) {  /* the last part vector, and zeros up to the quad */
         const __mmask16 m = lanes16(K - k), mq = lanes16(4 * K4 - k);
         __m512 v = _mm512_maskz_loadu_ps(m, x + k);
         if (g) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, g + k));
-        __m512i t = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(v, vlo), vinv));
-        t = _mm512_maskz_min_epi32(m, _mm512_max_epi32(t, zero), top);  /* lanes past K: 0 */
-        _mm_mask_storeu_epi8(q + k, mq, _mm512_cvtepi32_epi8(t));
+        const __m512i t = _mm512_maskz_mov_epi32(m, _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(v, vlo), vinv)));
+        _mm_mask_storeu_epi8(q + k, mq, _mm512_cvtusepi32_epi8(t));
     }
-    q8_row_params(nan != 0, lo, hi, s_, mn_);
+    q8_row_params(nan, lo, hi, s_, mn_);
 }
 VNNI static inline void q8_out(float* y, const float* r, __m512i acc, float s, float mn, const float* cols, i64 PN,
                                int act, __mmask16 m, int stream) {
