@@ -762,12 +762,12 @@ class FastLinear(nn.Linear):
 
     Why: a classifier at batch 1 is a matrix-vector product bound by reading its weight (B0:
     5 MB), which ``F.linear`` reads on one thread and, by the classifier, from memory: in-model
-    A/B on the AMD machine (best of 6 x 20 calls, one-off): B0 b1 8.84 -> 8.54 ms, MobileNetV3-L
-    b1 6.55 -> 6.10 ms; at batch 8 the GEMM is 3x faster alone (0.12 vs 0.38 ms).  Not timed
-    per shape as the convs are: timed alone, with the weight hot in cache, ``F.linear`` wins at
-    batch 1, which is not how it runs in the model.  With ``quantize_dynamic`` (``int8``) the
-    int8 GEMM with per-row input ranges (a quarter of the weight bytes: B0 b1 8.84 -> 8.43 ms
-    in the same A/B); its plain path rounds the rows as the kernel does (``quantize_rows``)."""
+    A/B on the AMD machine (best of 6 x 20 calls, one-off): B0 b1 8.94 -> 8.73 ms, MobileNetV3-L
+    b1 6.17 -> 5.71 ms.  Not timed per shape as the convs are: alone, weight hot, the GEMM is
+    faster at 1-8 rows too (1280 -> 1000: 37-113 vs 89-254 us), and a timing alone would not
+    see the cold weight the model reads.  With ``quantize_dynamic`` (``int8``) the int8 GEMM with
+    per-row input ranges, a quarter of the weight bytes (B0 b1 5.90 -> 5.66 ms in the same A/B);
+    its plain path rounds the rows as the kernel does (``quantize_rows``)."""
 
     def __init__(self, lin: nn.Linear):
         nn.Module.__init__(self)
