@@ -860,3 +860,12 @@ def test_fast_linear_runs_the_gemm_where_it_can_and_f_linear_elsewhere(monkeypat
     assert loaded[0]._panels is None
     with torch.inference_mode():
         assert torch.equal(loaded(x), got)
+
+
+def test_every_module_of_an_optimized_model_is_in_eval_mode():
+    """The modules optimize() makes (FusedConvAct, FastSqueezeExcite, FastLinear) start in
+    training mode like any new nn.Module; the optimized model is eval throughout, so code that
+    asks a module's ``training`` (memory-efficient training layers, drop-path) sees inference."""
+    model = effnets.create_model("efficientnet_b0", num_classes=10).eval()
+    for opt in (effnets.optimize(model), effnets.optimize(model, dtype="int8_dynamic")):
+        assert [n for n, m in opt.named_modules() if m.training] == []

@@ -1036,6 +1036,7 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
     for p in m.parameters():
         p.requires_grad_(False)
     fuse_modules(m)
+    m.eval()  # the modules fuse_modules made start in training mode, as every new nn.Module does
     m = m.to(memory_format=torch.channels_last)
     if dtype is torch.bfloat16:
         m = m.to(torch.bfloat16)
