@@ -816,3 +816,29 @@ def test_optimize_dtype_int8_dynamic_entry_point():
         effnets.optimize(model, dtype="int8_dynamic", compile=True)
     with pytest.raises(ConfigError, match="int8_dynamic"):  # static int8 without images names the alternative
         effnets.optimize(model, dtype="int8")
+
+
+@native
+def test_int8_linear_quantizes_each_row_of_its_last_dim(monkeypatch):
+    """quantize_dynamic makes every linear layer int8 (FastLinear.int8): a (B, T, C) input (an
+    attention block's) has each of its B x T rows of C values rounded over its own range, on the
+    kernel and on the plain path alike, to float rounding of the float64 definition."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.GELU(), torch.nn.Linear(24, 10)).eval()
+    q = quantize_dynamic(net)
+    assert q.effnets_optimized["int8_layers"] == ["0", "2"] and all(isinstance(q[i], FastLinear) for i in (0, 2))
+    lin = q[0]
+    x = torch.randn(3, 7, 40) * torch.linspace(0.1, 5, 7)[None, :, None]  # rows of very different ranges
+    rows = x.reshape(-1, 40)
+    ref, mag = _oracle(rows[:, :, None, None], lin.weight[:, :, None, None], lin.bias, "identity")
+    ref, mag = ref.reshape(3, 7, 24), mag.reshape(3, 7, 24)
+    with torch.inference_mode():
+        native = lin(x)
+        with monkeypatch.context() as mp:
+            _plain(mp)
+            plain = lin(x)
+    for y in (native, plain):
+        assert y.shape == (3, 7, 24) and ((y.double() - ref).abs() <= 8 * EPS * mag).all()
+    per_tensor = torch.nn.functional.linear(K.quantize_rows(x.reshape(1, -1, 1, 1)).reshape(x.shape), lin.weight,
+                                            lin.bias)  # one range for everything: not what runs
+    assert _rel(native, per_tensor) > 1e-3

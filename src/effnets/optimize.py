@@ -781,13 +781,15 @@ class FastLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._parameters["weight"], self._parameters["bias"]
-        if (_NATIVE_PW and x.ndim == 2 and not _plain_mode() and x.is_cpu and x.dtype == torch.float32
-                and w.dtype == torch.float32 and (b is None or b.dtype == torch.float32) and not x.requires_grad
-                and x.shape[1] == w.shape[1] and x.shape[0] > 0
+        # fp32: 2-D inputs only (attention blocks' (B, T, C) ones stay on F.linear's GEMM); int8:
+        # any (..., C) input, each row of C values quantized over its own range (per token)
+        if ((x.ndim == 2 or (self.int8 and x.ndim > 2)) and _NATIVE_PW and not _plain_mode() and x.is_cpu
+                and x.dtype == torch.float32 and w.dtype == torch.float32 and (b is None or b.dtype == torch.float32)
+                and not x.requires_grad and x.shape[-1] == w.shape[1] and x.numel() > 0
                 and (kernels._LIB is not None or kernels.library() is not None)):
-            return self._native(x, w, b)
-        if self.int8:
-            x = kernels.quantize_rows(x)
+            return self._native(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0])
+        if self.int8:  # the rows (last dim) as the kernel rounds them: a (rows, C, 1, 1) map's pixels
+            x = kernels.quantize_rows(x.reshape(-1, x.shape[-1], 1, 1)).reshape(x.shape)
         return F.linear(x, w, b)
 
     def _native(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
