@@ -1302,8 +1302,8 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
     input channels, after the squeeze-excite gate where one is folded in: dynamic per-token
     quantization); int8 x int8 products summed exactly in int32 (AVX512-VNNI), bias, activation
     and residual in fp32 in the epilogue.  Nothing to calibrate: the ranges come from each input.
-    Linear layers (the classifier) likewise: int8 weights, each input row rounded over its own
-    range (``FastLinear``).  Everything else (image conv, depthwise convs, squeeze-excite, 3x3
+    Linear layers (the classifier; every linear of an attention model) likewise: int8 weights,
+    each input row (the last dimension) rounded over its own range (``FastLinear``).  Everything else (image conv, depthwise convs, squeeze-excite, 3x3
     convs) runs as in the fp32 ``optimize`` model.
 
     Why per pixel: static per-tensor activation ranges (``quantize_int8``) lose agreement on
