@@ -580,12 +580,7 @@ class FusedConvAct(nn.Module):
         expand._check_weight(ew)
         if self._taps is None:
             self._taps = kernels.depthwise_taps(weight)
-        if expand.int8:  # the int8 GEMM's panels and cols (quantize_dynamic)
-            panels, pw_bias = expand._q8_weights()
-        else:
-            if expand._panels is None:
-                expand._panels = kernels.pointwise_weight(ew)
-            panels, pw_bias = expand._panels, expand._parameters["bias"]
+        panels, pw_bias = expand._gemm_weights()
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         shape = self._dw_output_shape(x)
@@ -677,24 +672,27 @@ class FusedConvAct(nn.Module):
         co = weight.shape[0]
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.int8:
-            out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
-            y = kernels.pointwise_q8_into(x, *self._q8_weights(), out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
-            return y if self.act is None else self.act(y)
-        if self._panels is None:
-            self._panels = kernels.pointwise_weight(weight)
-        if x.shape[1] != weight.shape[1] or bias.dtype != torch.float32:  # raises, naming the misfit
-            return kernels.pointwise_conv(x, self._panels, bias, co, self.pw_act, gate=gate)
+        panels, b = self._gemm_weights()
+        if not self.int8 and (x.shape[1] != weight.shape[1] or bias.dtype != torch.float32):  # raises, naming the misfit
+            return kernels.pointwise_conv(x, panels, bias, co, self.pw_act, gate=gate)
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
-        y = kernels.pointwise_into(x, self._panels, bias, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
+        into = kernels.pointwise_q8_into if self.int8 else kernels.pointwise_into
+        y = into(x, panels, b, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
         return y if self.act is None else self.act(y)
 
-    def _q8_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The int8 GEMM's (panels, cols), made once (the weight is int8 x scale already:
-        quantizing it again is exact)."""
-        if self._q8 is None:
-            self._q8 = kernels.pointwise_weight_q8(self._parameters["weight"], self._parameters["bias"])[:2]
-        return self._q8
+    def _gemm_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What this 1x1 conv's GEMM reads, made once per weight (``_check_weight`` drops them):
+        (panels, bias) for :func:`kernels.pointwise_into`, or with ``int8`` (panels, cols) for
+        :func:`kernels.pointwise_q8_into` (the weight is int8 x scale already: quantizing it
+        again is exact)."""
+        p = self._parameters
+        if self.int8:
+            if self._q8 is None:
+                self._q8 = kernels.pointwise_weight_q8(p["weight"], p["bias"])[:2]
+            return self._q8
+        if self._panels is None:
+            self._panels = kernels.pointwise_weight(p["weight"])
+        return self._panels, p["bias"]
 
     def _output_tensor(self, shape: tuple) -> torch.Tensor:
         """A channels-last float32 tensor to write this call's output into: the one written last
@@ -761,12 +759,12 @@ class FastLinear(nn.Linear):
     and dtypes, the (B, T, C) inputs of attention blocks) runs ``F.linear``.
 
     Why: a classifier at batch 1 is a matrix-vector product bound by reading its weight (B0:
-    5 MB), which ``F.linear`` reads on one thread and, by the classifier, from memory: in-model
-    A/B on the AMD machine (best of 6 x 20 calls, one-off): B0 b1 8.94 -> 8.73 ms, MobileNetV3-L
-    b1 6.17 -> 5.71 ms.  Not timed per shape as the convs are: alone, weight hot, the GEMM is
-    faster at 1-8 rows too (1280 -> 1000: 37-113 vs 89-254 us), and a timing alone would not
-    see the cold weight the model reads.  With ``quantize_dynamic`` (``int8``) the int8 GEMM with
-    per-row input ranges, a quarter of the weight bytes (B0 b1 5.90 -> 5.66 ms in the same A/B);
+    5 MB), which ``F.linear`` reads on one thread and, by the classifier, from memory
+    (``benchmarks/ab.py linear`` on the AMD machine: B0 b1 7.94 -> 7.71 ms, MobileNetV3-L b1
+    5.19 -> 4.93 ms).  Not timed per shape as the convs are: alone, weight hot, the GEMM was
+    faster at every size that script lists (1-512 rows), and a timing alone would not see the
+    cold weight the model reads.  With ``quantize_dynamic`` (``int8``) the int8 GEMM with
+    per-row input ranges, a quarter of the weight bytes (B0 b1 6.46 -> 6.10 ms in the same A/B);
     its plain path rounds the rows as the kernel does (``quantize_rows``)."""
 
     def __init__(self, lin: nn.Linear):
@@ -802,10 +800,8 @@ class FastLinear(nn.Linear):
         x = x.contiguous()
         out = torch.empty((x.shape[0], w.shape[0]), dtype=torch.float32)
         x4, out4 = x[:, :, None, None], out[:, :, None, None]  # (N, K) as a channels-last (N, K, 1, 1) map
-        if self.int8:
-            kernels.pointwise_q8_into(x4, *self._panels, out4, kernels.DW_ACT_CODES["identity"])
-        else:
-            kernels.pointwise_into(x4, *self._panels, out4, kernels.DW_ACT_CODES["identity"])
+        into = kernels.pointwise_q8_into if self.int8 else kernels.pointwise_into
+        into(x4, *self._panels, out4, kernels.DW_ACT_CODES["identity"])
         return out
 
     def __getstate__(self):  # derived weights are rebuilt, not pickled

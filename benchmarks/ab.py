@@ -1,0 +1,129 @@
+"""In-process A/B timings behind docs/benchmarks.md items 29 and 30 (not a test: prints figures).
+
+``python benchmarks/ab.py linear``: effnets' GEMM (``FastLinear``, what ``optimize`` runs for a
+linear layer) against ``F.linear`` alone, for 1-512 rows of 1280 -> 1000 and 768 -> 3072 (the
+weight hot in cache), then in whole optimized models: the classifier's forward swapped between the
+two in one process, best of 6 rounds of 20 forwards (B0, MobileNetV3-L, V2-S at batch 1 and 8;
+B0 with ``int8_dynamic``, where "F.linear" is the float product with the dequantized weight).
+
+``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
+swapped between the current build and another one (``kernels._LIB``; build the other by
+checking out its ``native.c`` and importing ``effnets.kernels``: the builds are cached under
+~/.cache/effnets/kernels, one file per source), best of 6 rounds, ``--dtype int8_dynamic`` or
+fp32 (default)."""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import re
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import effnets
+from effnets import kernels as K
+from effnets.optimize import FastLinear
+
+MODELS = {"efficientnet_b0": 224, "mobilenet_v3_large": 224, "efficientnetv2_s": 300}
+
+
+def best_of(variants: dict, model, x: torch.Tensor, rounds: int = 6, calls: int = 20) -> dict[str, float]:
+    """ms per forward of ``model(x)`` under each variant (a function that switches the model to
+    it), the variants taking turns, best round each."""
+    best = {k: float("inf") for k in variants}
+    with torch.inference_mode():
+        for switch in variants.values():
+            switch()
+            model(x)
+        for _ in range(rounds):
+            for name, switch in variants.items():
+                switch()
+                model(x)
+                t = time.perf_counter()
+                for _ in range(calls):
+                    model(x)
+                best[name] = min(best[name], (time.perf_counter() - t) / calls * 1e3)
+    return best
+
+
+def alone() -> None:
+    print("alone (weight hot), median of 50 calls:")
+    for k, n in ((1280, 1000), (768, 3072)):
+        lin = FastLinear(torch.nn.Linear(k, n)).eval()
+        for rows in (1, 2, 4, 8, 16, 32, 128, 512):
+            x = torch.randn(rows, k)
+            ts = {}
+            with torch.inference_mode():
+                for name, fn in (("F.linear", lambda: F.linear(x, lin.weight, lin.bias)), ("GEMM", lambda: lin(x))):
+                    for _ in range(5):
+                        fn()
+                    t = []
+                    for _ in range(50):
+                        t0 = time.perf_counter()
+                        fn()
+                        t.append(time.perf_counter() - t0)
+                    ts[name] = sorted(t)[len(t) // 2] * 1e6
+            print(f"  {rows:4d} x {k} -> {n}: F.linear {ts['F.linear']:8.1f} us, GEMM {ts['GEMM']:8.1f} us, "
+                  f"x{ts['F.linear'] / ts['GEMM']:.2f}")
+
+
+def linear_ab() -> None:
+    alone()
+    print("in the model (classifier forward swapped), ms per forward:")
+    for name, dtype in [(m, None) for m in MODELS] + [("efficientnet_b0", "int8_dynamic")]:
+        model = effnets.optimize(effnets.create_model(name).eval(), dtype=dtype)
+        lin = model.classifier
+        plain = lambda x, lin=lin: F.linear(x, lin.weight, lin.bias)
+        variants = {"F.linear": lambda: setattr(lin, "forward", plain),
+                    "FastLinear": lambda: lin.__dict__.pop("forward", None)}
+        for batch in (1, 8):
+            x = torch.randn(batch, 3, MODELS[name], MODELS[name]).contiguous(memory_format=torch.channels_last)
+            t = best_of(variants, model, x)
+            print(f"  {name} {dtype or 'fp32'} b{batch}: F.linear {t['F.linear']:.2f}, FastLinear "
+                  f"{t['FastLinear']:.2f} ({t['F.linear'] / t['FastLinear']:.3f}x)", flush=True)
+        variants["FastLinear"]()
+
+
+def lib_ab(other: str, dtype: str | None) -> None:
+    new = K.library()
+    old = ctypes.CDLL(other)
+    for fn in set(re.findall(r"lib\.(eff_[a-z0-9_]+)\.argtypes", open(K.__file__).read())):
+        if hasattr(old, fn):
+            getattr(old, fn).argtypes, getattr(old, fn).restype = getattr(new, fn).argtypes, getattr(new, fn).restype
+    print(f"ms per forward, this build ({new._name}) against {other}:")
+    try:
+        for name in ("efficientnet_b0",):
+            model = effnets.optimize(effnets.create_model(name).eval(), dtype=dtype)
+            for batch in (1, 8):
+                x = torch.randn(batch, 3, MODELS[name], MODELS[name]).contiguous(memory_format=torch.channels_last)
+                t = best_of({"other": lambda: setattr(K, "_LIB", old), "this": lambda: setattr(K, "_LIB", new)},
+                            model, x, calls=max(2, 16 // batch))
+                print(f"  {name} {dtype or 'fp32'} b{batch}: other {t['other']:.2f}, this {t['this']:.2f} "
+                      f"({t['other'] / t['this']:.3f}x)", flush=True)
+    finally:
+        K._LIB = new
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    sub.add_parser("linear", help="FastLinear against F.linear")
+    lib = sub.add_parser("lib", help="this native build against another one")
+    lib.add_argument("other", help="path of the other build's .so")
+    lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
+    args = ap.parse_args(argv)
+    if K.library() is None:
+        print(f"native kernels unavailable: {K.why_unavailable}")
+        return 1
+    torch.manual_seed(0)
+    if args.what == "linear":
+        linear_ab()
+    else:
+        lib_ab(args.other, args.dtype)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
