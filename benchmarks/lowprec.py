@@ -3,7 +3,8 @@
 1. Trains efficientnet_b0 (full size, 10 classes) on the built-in ``digits`` data at 224 px
    (greyscale replicated to RGB, ImageNet normalisation) for ``--epochs`` epochs with AdamW, or
    loads ``--checkpoint`` if given (the trained weights are saved to ``--out``/b0_digits.pt).
-2. Builds the fp32 ``effnets.optimize`` model, the bf16 one, the int8 one (post-training
+2. Builds the fp32 ``effnets.optimize`` model, the bf16 one, the mixed bf16 one
+   (``dtype="bf16_mixed"``: bf16 operands in the 1x1 convs and the classifier), the int8 one (post-training
    static quantization calibrated on ``--calib`` training images written to a folder, i.e. the
    ``calibration=folder`` path users take; the default and the speed-first choice that keeps
    only the image conv in fp32), effnets' dynamic int8 one (``dtype="int8_dynamic"``: 1x1
@@ -146,7 +147,9 @@ def main(argv=None) -> int:
     model.eval()
 
     variants = {"fp32 eager (optimize)": lambda: effnets.optimize(model),
-                "bf16 (optimize dtype=bf16)": lambda: effnets.optimize(model, dtype=torch.bfloat16)}
+                "bf16 (optimize dtype=bf16)": lambda: effnets.optimize(model, dtype=torch.bfloat16),
+                # bf16 operands only in the 1x1 convs and the classifier (AVX512-BF16), fp32 elsewhere
+                "bf16 mixed (optimize dtype=bf16_mixed)": lambda: effnets.optimize(model, dtype="bf16_mixed")}
     with tempfile.TemporaryDirectory() as calib_dir:  # the calibration-folder path users take
         from PIL import Image
         for i in range(args.calib):

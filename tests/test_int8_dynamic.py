@@ -642,7 +642,7 @@ def test_native_and_plain_paths_compute_the_same_layer_by_layer(net, monkeypatch
 
 @native
 def test_gated_int8_forward_native_equals_plain(monkeypatch):
-    """_int8_forward with squeeze-excite gates (what forward_gated folds in) on the kernel and on
+    """_lowp_forward with squeeze-excite gates (what forward_gated folds in) on the kernel and on
     the plain path: both the quantize_rows(x * gate) conv."""
     net = _built("efficientnet_b0")
     name = next(n for n in net.q.effnets_optimized["int8_layers"] if n.endswith("conv_pwl"))
@@ -653,11 +653,11 @@ def test_gated_int8_forward_native_equals_plain(monkeypatch):
     gate = torch.rand(3, c, generator=g)
     ref, mag = _oracle(x, m.weight, m.bias, m.pw_act, gate)
     with torch.inference_mode():
-        y = m._int8_forward(x, gate)
+        y = m._lowp_forward(x, gate)
         with monkeypatch.context() as mp:
             _plain(mp)
-            p = m._int8_forward(x, gate)
-            p4 = m._int8_forward(x, gate.reshape(3, c, 1, 1))
+            p = m._lowp_forward(x, gate)
+            p4 = m._lowp_forward(x, gate.reshape(3, c, 1, 1))
     for t in (y, p, p4):
         assert ((t.double() - ref).abs() <= 8 * EPS * mag).all()
 

@@ -223,7 +223,7 @@ class _null:
         return False
 
 
-OPTIMIZED = ("fp32", "bf16", "int8_dynamic")  # what measure(optimized=...) can add
+OPTIMIZED = ("fp32", "bf16", "bf16_mixed", "int8_dynamic")  # what measure(optimized=...) can add
 
 
 def measure(model_or_name, input_size=None, batch_size: int = 1, device="cpu", *, train_batch_size: int | None = None,
@@ -231,7 +231,7 @@ def measure(model_or_name, input_size=None, batch_size: int = 1, device="cpu", *
             **overrides) -> list[Measurement]:
     """Inference (and, if ``training``, training) measurements for a model or registered name.
     ``optimized``: also measure inference of ``effnets.optimize(model, dtype=...)`` for each of
-    ``"fp32"``, ``"bf16"``, ``"int8_dynamic"`` (kind ``"inference, optimize fp32"`` and so on;
+    ``"fp32"``, ``"bf16"``, ``"bf16_mixed"``, ``"int8_dynamic"`` (kind ``"inference, optimize fp32"`` and so on;
     CPU only: the optimized models are CPU inference models)."""
     from .factory import create_model
     if isinstance(model_or_name, str):

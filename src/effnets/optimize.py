@@ -430,9 +430,12 @@ class FusedConvAct(nn.Module):
         self._panels: torch.Tensor | None = None
         # set by quantize_dynamic: int8 weights, each pixel's input channels rounded to 256 levels
         # over their own range on the fly (kernels.pointwise_q8); self.weight then holds the
-        # dequantized int8 weight, so every path (exports, other devices) computes the same thing
+        # dequantized int8 weight, so every path (exports, other devices) computes the same thing.
+        # bf16 (quantize_bf16): the weight rounded to bf16, the input rounded to bf16 on the fly
+        # and the products summed in fp32 (kernels.pointwise_bf16)
         self.int8 = False
-        self._q8: tuple | None = None
+        self.bf16 = False
+        self._lowp: tuple | None = None  # the int8 / bf16 GEMM's weights (_gemm_weights)
         # set by fuse_modules where only the next module of the same block reads this output: the
         # output buffer is then kept and written again on the next call (no fresh pages to fault in)
         self.reuse_output = False
@@ -443,8 +446,8 @@ class FusedConvAct(nn.Module):
         self._graph_se: tuple = ()  # (that FastSqueezeExcite,): a tuple, so not a registered child
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.int8:
-            return self._int8_forward(x)
+        if self.int8 or self.bf16:
+            return self._lowp_forward(x)
         if self.same:
             x = pad_same(x, self.weight.shape[-1], self.stride[0], self.dilation[0])
         if _plain_mode():
@@ -485,17 +488,23 @@ class FusedConvAct(nn.Module):
         y = self.act_fn(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups))
         return y if self.act is None else self.act(y)
 
-    def _int8_forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        """The int8 1x1 conv (``quantize_dynamic``): effnets' VNNI kernel in eager CPU float32
-        inference, else the same arithmetic in PyTorch ops (per-pixel rounding, then the conv with
-        the dequantized weight: exports, traces, compiles, CUDA, no C compiler)."""
+    def _lowp_native(self) -> bool:
+        """Whether this int8 / bf16 1x1 conv can run on effnets' kernels here (the int8 GEMM has
+        AVX2 and plain C code; the bf16 one needs AVX512-BF16)."""
+        return (kernels._LIB is not None or kernels.library() is not None) and (not self.bf16 or kernels.bf16_fast())
+
+    def _lowp_forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """The int8 (``quantize_dynamic``) or bf16 (``quantize_bf16``) 1x1 conv: effnets' kernel in
+        eager CPU float32 inference, else the same arithmetic in PyTorch ops (the input rounded as
+        the kernel rounds it, then the conv with the rounded weight: exports, traces, compiles,
+        CUDA, no C compiler, a CPU without AVX512-BF16)."""
         if (not _plain_mode() and x.is_cpu and x.dtype == torch.float32 and not x.requires_grad and x.ndim == 4
-                and x.shape[1] == self._parameters["weight"].shape[1]
-                and (kernels._LIB is not None or kernels.library() is not None)):
+                and x.shape[1] == self._parameters["weight"].shape[1] and self._lowp_native()):
             return self._native_pointwise(x, gate)
         if gate is not None:
             x = x * gate.reshape(*gate.shape[:2], 1, 1)
-        y = self.act_fn(F.conv2d(kernels.quantize_rows(x), self.weight, self.bias))
+        x = kernels.round_bf16(x) if self.bf16 else kernels.quantize_rows(x)
+        y = self.act_fn(F.conv2d(x, self.weight, self.bias))
         return y if self.act is None else self.act(y)
 
     def se_fused_in_graph(self, x: torch.Tensor) -> bool:
@@ -551,8 +560,8 @@ class FusedConvAct(nn.Module):
         never written out and read back.  Timed against the two modules apart once per input
         shape (kept in ``_wino``).  None where it does not apply, and the caller runs the two
         modules: not plain float32 CPU inference, a conv off the native kernels (TF "same"
-        padding, an activation that runs apart), hooks, or apart timed faster.  An int8 expand
-        conv (``quantize_dynamic``) runs its int8 GEMM in the pass."""
+        padding, an activation that runs apart), hooks, or apart timed faster.  An int8 or bf16
+        expand conv (``quantize_dynamic``, ``quantize_bf16``) runs its GEMM in the pass."""
         if isinstance(x, torch.fx.Proxy) or self._wino.get(("pw_dw", x.shape)) is False:
             return None  # the modules apart timed faster for this shape: skip the checks below (~5 us)
         if (not _FUSE_EXPAND or type(expand) is not FusedConvAct or self.dw_act is None or expand.pw_act is None
@@ -560,7 +569,7 @@ class FusedConvAct(nn.Module):
                 or x.requires_grad or x.dtype != torch.float32 or not x.is_cpu
                 or x.ndim != 4 or any(p.dtype != torch.float32 for p in (*self._parameters.values(),
                                                                           *expand._parameters.values()))
-                or x.shape[1] != expand._parameters["weight"].shape[1]
+                or x.shape[1] != expand._parameters["weight"].shape[1] or (expand.bf16 and not kernels.bf16_fast())
                 or expand._parameters["weight"].shape[0] != self.groups
                 or self._forward_hooks or self._forward_pre_hooks or expand._forward_hooks
                 or expand._forward_pre_hooks or _module_hooks._global_forward_hooks
@@ -625,7 +634,7 @@ class FusedConvAct(nn.Module):
         if (self.pw_act is None or type(se) is not FastSqueezeExcite or se.native_names is None or _plain_mode()
                 or x.requires_grad or x.dtype != torch.float32 or not x.is_cpu or x.ndim != 4
                 or self._parameters["weight"].dtype != torch.float32 or x.shape[1] != self._parameters["weight"].shape[1]
-                or self._forward_hooks or self._forward_pre_hooks or se._forward_hooks or se._forward_pre_hooks
+                or (self.bf16 and not kernels.bf16_fast()) or self._forward_hooks or self._forward_pre_hooks or se._forward_hooks or se._forward_pre_hooks
                 or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
                 or (kernels._LIB is None and kernels.library() is None)):
             return None
@@ -673,23 +682,27 @@ class FusedConvAct(nn.Module):
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         panels, b = self._gemm_weights()
-        if not self.int8 and (x.shape[1] != weight.shape[1] or bias.dtype != torch.float32):  # raises, naming the misfit
+        lowp = self.int8 or self.bf16
+        if not lowp and (x.shape[1] != weight.shape[1] or bias.dtype != torch.float32):  # raises, naming the misfit
             return kernels.pointwise_conv(x, panels, bias, co, self.pw_act, gate=gate)
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
-        into = kernels.pointwise_q8_into if self.int8 else kernels.pointwise_into
+        into = (kernels.pointwise_q8_into if self.int8 else kernels.pointwise_bf16_into if self.bf16
+                else kernels.pointwise_into)
         y = into(x, panels, b, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
         return y if self.act is None else self.act(y)
 
     def _gemm_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """What this 1x1 conv's GEMM reads, made once per weight (``_check_weight`` drops them):
-        (panels, bias) for :func:`kernels.pointwise_into`, or with ``int8`` (panels, cols) for
+        (panels, bias) for :func:`kernels.pointwise_into`, with ``int8`` (panels, cols) for
         :func:`kernels.pointwise_q8_into` (the weight is int8 x scale already: quantizing it
-        again is exact)."""
+        again is exact), with ``bf16`` (bf16 panels, bias) for :func:`kernels.pointwise_bf16_into`
+        (the weight is bf16-rounded already)."""
         p = self._parameters
-        if self.int8:
-            if self._q8 is None:
-                self._q8 = kernels.pointwise_weight_q8(p["weight"], p["bias"])[:2]
-            return self._q8
+        if self.int8 or self.bf16:
+            if self._lowp is None:
+                self._lowp = (kernels.pointwise_weight_q8(p["weight"], p["bias"])[:2] if self.int8
+                              else (kernels.pointwise_weight_bf16(p["weight"])[0], p["bias"].float().contiguous()))
+            return self._lowp
         if self._panels is None:
             self._panels = kernels.pointwise_weight(p["weight"])
         return self._panels, p["bias"]
@@ -727,11 +740,11 @@ class FusedConvAct(nn.Module):
         """Drop every form derived from the weight ``w`` (packs, taps, Winograd) when it has changed."""
         tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
         if self._pack_tag != tag:
-            self._packs, self._pack_tag, self._taps, self._wino, self._panels, self._q8 = {}, tag, None, {}, None, None
+            self._packs, self._pack_tag, self._taps, self._wino, self._panels, self._lowp = {}, tag, None, {}, None, None
 
     def __getstate__(self):  # packed oneDNN tensors neither pickle nor deep-copy; they are rebuilt
         return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None, "_wino": {}, "_panels": None,
-                "_out": None, "_gates": None, "_sums": None, "_q8": None}
+                "_out": None, "_gates": None, "_sums": None, "_lowp": None}
 
     def __setstate__(self, state):  # models saved before Winograd / the native GEMM existed run oneDNN's
         state.setdefault("wino_act", None)
@@ -743,13 +756,16 @@ class FusedConvAct(nn.Module):
         state.setdefault("_gates", None)
         state.setdefault("_sums", None)
         state.setdefault("int8", False)
-        state.setdefault("_q8", None)
+        state.setdefault("bf16", False)
+        state.pop("_q8", None)  # the int8 weights' old name
+        state.setdefault("_lowp", None)
         self.__dict__.update(state)
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]
         return (f"{i * self.groups}, {o}, kernel={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, "
-                f"groups={self.groups}, act={self.attr}{', same' if self.same else ''}{', int8' if self.int8 else ''}")
+                f"groups={self.groups}, act={self.attr}{', same' if self.same else ''}{', int8' if self.int8 else ''}"
+                f"{', bf16' if self.bf16 else ''}")
 
 
 class FastLinear(nn.Linear):
@@ -765,7 +781,8 @@ class FastLinear(nn.Linear):
     faster at every size that script lists (1-512 rows), and a timing alone would not see the
     cold weight the model reads.  With ``quantize_dynamic`` (``int8``) the int8 GEMM with
     per-row input ranges, a quarter of the weight bytes (B0 b1 6.46 -> 6.10 ms in the same A/B);
-    its plain path rounds the rows as the kernel does (``quantize_rows``)."""
+    its plain path rounds the rows as the kernel does (``quantize_rows``).  With ``quantize_bf16``
+    (``bf16``) the bf16 GEMM (AVX512-BF16), its plain path rounding the input to bf16."""
 
     def __init__(self, lin: nn.Linear):
         nn.Module.__init__(self)
@@ -774,20 +791,25 @@ class FastLinear(nn.Linear):
         bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
         self.register_parameter("bias", bias)
         self.int8 = False  # set by quantize_dynamic; weight then holds the dequantized int8 weight
+        self.bf16 = False  # set by quantize_bf16; weight then holds the bf16-rounded weight
         self._tag = None  # (data_ptr, version) of the weight the forms below were made from
         self._panels: tuple | None = None  # (panels, bias) for kernels.pointwise_into, or int8 (panels, cols)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._parameters["weight"], self._parameters["bias"]
-        # fp32: 2-D inputs only (attention blocks' (B, T, C) ones stay on F.linear's GEMM); int8:
-        # any (..., C) input, each row of C values quantized over its own range (per token)
-        if ((x.ndim == 2 or (self.int8 and x.ndim > 2)) and _NATIVE_PW and not _plain_mode() and x.is_cpu
+        # fp32: 2-D inputs only (attention blocks' (B, T, C) ones stay on F.linear's GEMM); int8
+        # and bf16: any (..., C) input (int8: each row of C values quantized over its own range)
+        lowp = self.int8 or self.bf16
+        if ((x.ndim == 2 or (lowp and x.ndim > 2)) and _NATIVE_PW and not _plain_mode() and x.is_cpu
                 and x.dtype == torch.float32 and w.dtype == torch.float32 and (b is None or b.dtype == torch.float32)
                 and not x.requires_grad and x.shape[-1] == w.shape[1] and x.numel() > 0
-                and (kernels._LIB is not None or kernels.library() is not None)):
+                and (kernels._LIB is not None or kernels.library() is not None)
+                and (not self.bf16 or kernels.bf16_fast())):
             return self._native(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0])
         if self.int8:  # the rows (last dim) as the kernel rounds them: a (rows, C, 1, 1) map's pixels
             x = kernels.quantize_rows(x.reshape(-1, x.shape[-1], 1, 1)).reshape(x.shape)
+        elif self.bf16:
+            x = kernels.round_bf16(x)
         return F.linear(x, w, b)
 
     def _native(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -795,20 +817,26 @@ class FastLinear(nn.Linear):
         if self._tag != tag or self._panels is None:
             w4, bias = w.detach()[:, :, None, None], (torch.zeros(w.shape[0]) if b is None else b.detach()).contiguous()
             self._panels = (kernels.pointwise_weight_q8(w4, bias)[:2] if self.int8
+                            else (kernels.pointwise_weight_bf16(w4)[0], bias) if self.bf16
                             else (kernels.pointwise_weight(w4), bias))
             self._tag = tag
         x = x.contiguous()
         out = torch.empty((x.shape[0], w.shape[0]), dtype=torch.float32)
         x4, out4 = x[:, :, None, None], out[:, :, None, None]  # (N, K) as a channels-last (N, K, 1, 1) map
-        into = kernels.pointwise_q8_into if self.int8 else kernels.pointwise_into
+        into = (kernels.pointwise_q8_into if self.int8 else kernels.pointwise_bf16_into if self.bf16
+                else kernels.pointwise_into)
         into(x4, *self._panels, out4, kernels.DW_ACT_CODES["identity"])
         return out
 
     def __getstate__(self):  # derived weights are rebuilt, not pickled
         return {**self.__dict__, "_tag": None, "_panels": None}
 
+    def __setstate__(self, state):  # saved before the bf16 GEMM existed
+        state.setdefault("bf16", False)
+        self.__dict__.update(state)
+
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", int8" if self.int8 else "")
+        return super().extra_repr() + (", int8" if self.int8 else ", bf16" if self.bf16 else "")
 
 
 class FastSqueezeExcite(nn.Module):
@@ -983,7 +1011,9 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
     activations in bf16, logits returned in fp32), ``"int8"`` (post-training static
     quantization; ``calibration`` is a folder of images, a tensor of images or an iterable of
     image batches, see :func:`quantize_int8`) or ``"int8_dynamic"`` (1x1 convs in int8 with
-    per-pixel activation ranges found on the fly, no calibration: :func:`quantize_dynamic`).
+    per-pixel activation ranges found on the fly, no calibration: :func:`quantize_dynamic`) or
+    ``"bf16_mixed"`` (1x1 convs and linear layers with bf16 operands and fp32 sums on
+    AVX512-BF16, everything else fp32, as under ``torch.autocast``: :func:`quantize_bf16`).
     ``compile=True`` wraps the result in ``torch.compile`` (Inductor; weights are frozen, so call
     it under ``torch.inference_mode`` or ``torch.no_grad``; not with ``"int8_dynamic"``, which runs
     eagerly).  ``backend="onnxruntime"``: export to ONNX (verified) and run it in
@@ -1021,6 +1051,11 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
             raise ConfigError("dtype='int8_dynamic' runs eagerly: under torch.compile its int8 kernel would be "
                               "replaced by its float emulation (slower than fp32); drop compile=True")
         return quantize_dynamic(model)
+    if isinstance(dtype, str) and dtype.lower() in ("bf16_mixed", "bf16-mixed"):
+        if calibration is not None or compile:
+            raise ConfigError("dtype='bf16_mixed' runs eagerly and needs no calibration: drop calibration= and "
+                              "compile=True (or use dtype=torch.bfloat16, which compiles)")
+        return quantize_bf16(model)
     if isinstance(dtype, str) and dtype.lower() in ("int8", "qint8"):
         if calibration is None:
             raise ConfigError("int8 quantization needs calibration images: optimize(..., calibration=folder); "
@@ -1029,7 +1064,8 @@ def optimize(model: nn.Module, mode: str = "inference", compile: bool = False, d
     if dtype in ("bf16", "bfloat16"):
         dtype = torch.bfloat16
     if dtype not in (None, torch.float32, torch.bfloat16):
-        raise ConfigError(f"dtype must be None, torch.float32, torch.bfloat16, 'int8' or 'int8_dynamic', got {dtype!r}")
+        raise ConfigError(f"dtype must be None, torch.float32, torch.bfloat16, 'bf16_mixed', 'int8' or 'int8_dynamic', "
+                          f"got {dtype!r}")
     m = copy.deepcopy(model).eval()
     for p in m.parameters():
         p.requires_grad_(False)
@@ -1342,5 +1378,39 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
     return m
 
 
+def quantize_bf16(model: nn.Module) -> nn.Module:
+    """An :func:`optimize`-d copy of ``model`` whose 1x1 convolutions and linear layers multiply in
+    bf16 on effnets' kernel (``kernels.pointwise_bf16``): the weight rounded to bf16 once (nearest
+    even), each input row rounded to bf16 on the fly (after the squeeze-excite gate where one is
+    folded in), the products (exact in fp32) summed in fp32 by AVX512-BF16's ``vdpbf16ps`` (twice
+    the multiply-adds of an fp32 FMA per instruction); bias, activation, residual and everything
+    else (image conv, depthwise and 3x3 convs, squeeze-excite) in fp32, so activations between
+    layers stay fp32, as under ``torch.autocast(dtype=torch.bfloat16)``.  Where the 1x1 convs
+    dominate this is the fastest precise mode on a CPU with AVX512-BF16 but no AMX (AMD Zen 4,
+    Intel Cooper Lake), where ``dtype=torch.bfloat16``'s oneDNN bf16 convs are slower than fp32.
+    Exports, traces, compiles, other devices and CPUs without AVX512-BF16 run the same arithmetic in
+    PyTorch ops (the input rounded to bf16, then the float conv with the rounded weight); the last
+    warn, as that is slower than fp32."""
+    m = optimize(model)
+    names = []
+    for name, mod in m.named_modules():
+        act = _gemm_act(mod.weight.shape, mod.groups, mod.stride, mod.padding, mod.attr, mod.scalars) \
+            if isinstance(mod, FusedConvAct) else None
+        if act is not None or isinstance(mod, FastLinear):
+            with torch.no_grad():
+                mod.weight.copy_(kernels.round_bf16(mod.weight))
+            mod.bf16 = True
+            if act is not None:
+                mod.pw_act = act  # the epilogue's activation (set even without AVX2)
+            names.append(name)
+    if names and not kernels.bf16_fast():
+        warnings.warn("quantize_bf16: this CPU has no AVX512-BF16 (or effnets' kernels are off), so the bf16 1x1 "
+                      "convs run as float convs on bf16-rounded inputs, slower than the fp32 optimize() model",
+                      RuntimeWarning, stacklevel=2)
+    m.effnets_optimized = dict(mode="inference", compile=False, dtype="bf16_mixed", bf16_layers=names,
+                               native=kernels.bf16_fast())
+    return m
+
+
 __all__ = ["optimize", "CompiledOrEager", "fold_bn", "fuse_modules", "FusedConvAct", "FastLinear", "FastSqueezeExcite", "quantize_int8",
-           "quantize_dynamic", "image_folder_batches"]
+           "quantize_dynamic", "quantize_bf16", "image_folder_batches"]

@@ -23,7 +23,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="also measure latency, throughput and peak memory (inference and training)")
     p.add_argument("--device", default="cpu", help="device for --measure (cpu, cuda, cuda:1)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations for --measure")
-    p.add_argument("--optimized", action="append", default=[], choices=["fp32", "bf16", "int8_dynamic"],
+    p.add_argument("--optimized", action="append", default=[], choices=["fp32", "bf16", "bf16_mixed", "int8_dynamic"],
                    help="with --measure: also measure effnets.optimize(model, dtype=...) inference (CPU); repeatable")
     p.set_defaults(func=cmd_profile)
 

@@ -107,8 +107,11 @@ def _build() -> ctypes.CDLL:
     lib.eff_have_avx512.restype = i32
     lib.eff_set_avx512.argtypes = [i32]
     lib.eff_set_avx512.restype = i32
-    lib.eff_pw_dw_fwd.argtypes = [p, p, p, i64, i32, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32,
-                                  i32, i32]
+    lib.eff_pw_bf16_fwd.argtypes = [p, p, i64, p, p, p, i64, p, i64, i64, i64, i32, i32]
+    lib.eff_pw_bf16_fwd.restype = i32  # -1: out of memory, -2: no AVX512-BF16
+    lib.eff_bf16_fast.restype = i32
+    lib.eff_pw_dw_fwd.argtypes = [p, p, p, i64, i32, i32, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32,
+                                  i32, i32, i32]
     lib.eff_pw_dw_fwd.restype = i32
     lib.eff_dw_set_blocks.argtypes = [i32]
     lib.eff_dw_set_blocks.restype = i32
@@ -794,6 +797,73 @@ def pointwise_q8_into(x: torch.Tensor, panels: torch.Tensor, cols: torch.Tensor,
     return out
 
 
+def bf16_fast() -> bool:
+    """True where :func:`pointwise_bf16` runs (an x86 CPU with AVX512-BF16: Intel since Cooper
+    Lake, AMD since Zen 4; :func:`set_avx512` not turned off)."""
+    lib = library()
+    return lib is not None and bool(lib.eff_bf16_fast())
+
+
+def pointwise_weight_bf16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1x1 conv weight (C_out, C_in, 1, 1) in bf16 for :func:`pointwise_bf16`: returns
+    ``(panels, rounded)``, panels (ceil(C_out / 16), ceil(C_in / 2), 16, 2) bf16 (two input
+    channels of one output channel adjacent, zero padding) and the weight rounded to bf16 (nearest
+    even) as float32, the weight's shape: what the plain PyTorch path convolves with."""
+    if weight.ndim != 4 or tuple(weight.shape[2:]) != (1, 1):
+        raise ValueError(f"pointwise_weight_bf16 needs a (C_out, C_in, 1, 1) weight, got {tuple(weight.shape)}")
+    co, ci = weight.shape[:2]
+    w = weight.detach().float().reshape(co, ci).to(torch.bfloat16)
+    p, k2 = (co + 15) // 16, (ci + 1) // 2
+    full = torch.zeros(p * 16, k2 * 2, dtype=torch.bfloat16)
+    full[:co, :ci] = w
+    panels = full.reshape(p, 16, k2, 2).permute(0, 2, 1, 3).contiguous()
+    return panels, w.float().reshape(co, ci, 1, 1)
+
+
+def round_bf16(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to bf16 (nearest even) and back to float32: what :func:`pointwise_bf16` does
+    to its input, in PyTorch ops (the plain path and exports)."""
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+def pointwise_bf16(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, out_channels: int,
+                   act: str = "identity", residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                   gate: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(conv2d(bf16(x * gate), w) + bias) (+ residual)`` for a 1x1 stride-1 conv with bf16
+    weights (``panels = pointwise_weight_bf16(weight)[0]``): the input rounded to bf16 on the fly,
+    the products summed in fp32 (AVX512-BF16 ``vdpbf16ps``); channels-last float32 CPU in and out,
+    like :func:`pointwise_conv`.  Needs :func:`bf16_fast`."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        raise ValueError(f"pointwise_bf16 needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} on {x.device}")
+    n, c, h, w = x.shape
+    p = (out_channels + 15) // 16
+    if panels.dtype != torch.bfloat16 or tuple(panels.shape) != (p, (c + 1) // 2, 16, 2):
+        raise ValueError(f"panels must be pointwise_weight_bf16() of a ({out_channels}, {c}, 1, 1) weight, got "
+                         f"{panels.dtype} {tuple(panels.shape)}")
+    if not bf16_fast():
+        raise RuntimeError("pointwise_bf16 needs a CPU with AVX512-BF16 (kernels.bf16_fast() is False): "
+                           "use the float32 pointwise_conv")
+    shape = (n, out_channels, h, w)
+    residual, gate = _epilogue_args("pointwise_bf16", act, residual, gate, shape, c)
+    b = torch.zeros(out_channels) if bias is None else bias.detach().float().contiguous()
+    return pointwise_bf16_into(x.contiguous(memory_format=torch.channels_last), panels.contiguous(), b,
+                               _output(out, shape), DW_ACT_CODES[act], residual, gate)
+
+
+def pointwise_bf16_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, act_code: int,
+                        residual: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`pointwise_bf16` without its checks, for a caller that made them once (``effnets.optimize``)."""
+    n, c, h, w = x.shape
+    r = library().eff_pw_bf16_fwd(x.data_ptr(), panels.data_ptr(), panels.shape[1], bias.data_ptr(), _ptr(residual),
+                                  _ptr(gate), h * w, out.data_ptr(), n * h * w, c, out.shape[1], act_code,
+                                  torch.get_num_threads())
+    if r == -2:
+        raise RuntimeError("pointwise_bf16: this CPU has no AVX512-BF16 (kernels.bf16_fast() is False)")
+    if r != 0:
+        raise MemoryError("pointwise_bf16: no memory for the row buffers")
+    return out
+
+
 def depthwise_into(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
                    sums: torch.Tensor | None, stride: int, padding: tuple[int, int], act_code: int) -> torch.Tensor:
     """:func:`depthwise_forward` without its checks, for a caller that made them once: ``x``
@@ -815,23 +885,27 @@ def expand_depthwise_into(x: torch.Tensor, panels: torch.Tensor, pw_bias: torch.
     inverted-residual block's expand and depthwise convs; ``effnets.optimize`` calls it): equal
     bit for bit to :func:`pointwise_into` (or :func:`pointwise_q8_into`) followed by
     :func:`depthwise_into`.  ``x`` channels-last float32 CPU (N, C_in, H, W); ``panels`` from
-    :func:`pointwise_weight` with ``pw_bias`` (C_mid), or int8 panels and their cols from
-    :func:`pointwise_weight_q8` (the int8 GEMM); ``taps`` (K*K, C_mid) from
+    :func:`pointwise_weight` with ``pw_bias`` (C_mid), int8 panels and their cols from
+    :func:`pointwise_weight_q8` (the int8 GEMM), or bf16 panels from :func:`pointwise_weight_bf16`
+    with ``pw_bias`` (the bf16 GEMM, equal to :func:`pointwise_bf16_into`); ``taps`` (K*K, C_mid) from
     :func:`depthwise_taps` with ``dw_bias``; ``out`` channels-last float32 of the depthwise
     output's shape; ``sums`` a float32 (N, C_mid) tensor for the output's channel sums, or None.
     Checks are the caller's, as for :func:`depthwise_into`."""
     n, ci, h, w = x.shape
     cm = out.shape[1]
-    q8 = panels.dtype == torch.int8
-    if panels.shape[0] * 16 < cm or panels.shape[1] * (4 if q8 else 1) < ci:
+    kind = {torch.int8: 1, torch.bfloat16: 2}.get(panels.dtype, 0)
+    if panels.shape[0] * 16 < cm or panels.shape[1] * (1, 4, 2)[kind] < ci:
         raise ValueError(f"panels {tuple(panels.shape)} do not fit {ci} -> {cm} channels")
     k = int(round(taps.shape[0] ** 0.5))
-    r = library().eff_pw_dw_fwd(x.data_ptr(), panels.data_ptr(), pw_bias.data_ptr(),
-                                panels.stride(0) // 64 if q8 else 0, pw_act_code, taps.data_ptr(), dw_bias.data_ptr(),
+    ps = panels.stride(0) // 64 if kind == 1 else panels.shape[1] if kind == 2 else 0
+    r = library().eff_pw_dw_fwd(x.data_ptr(), panels.data_ptr(), pw_bias.data_ptr(), ps, kind, pw_act_code,
+                                taps.data_ptr(), dw_bias.data_ptr(),
                                 out.data_ptr(), _ptr(sums), n, h, w, ci, cm, out.shape[2], out.shape[3], k, stride,
                                 padding[0], padding[1], dw_act_code, torch.get_num_threads())
     if r == -2:
         raise ValueError(f"expand_depthwise_into: kernels up to 11x11, got {k}x{k}")
+    if r == -3:
+        raise RuntimeError("expand_depthwise_into: bf16 panels need a CPU with AVX512-BF16 (kernels.bf16_fast())")
     if r != 0:
         raise MemoryError("expand_depthwise_into: could not allocate its row buffers")
     return out
@@ -849,4 +923,5 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "pointwise_available",
            "pointwise_weight", "pointwise_conv", "pointwise_into", "depthwise_into", "expand_depthwise_into", "se_gates", "se_gates_into",
            "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "bf16_channel_sums", "int8_fast", "int8_isa",
-           "set_int8_isa", "set_depthwise_blocks", "depthwise_last_blocked", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN"]
+           "set_int8_isa", "set_depthwise_blocks", "depthwise_last_blocked", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN",
+           "bf16_fast", "pointwise_weight_bf16", "round_bf16", "pointwise_bf16", "pointwise_bf16_into"]

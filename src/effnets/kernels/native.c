@@ -2290,6 +2290,180 @@ int eff_pw_q8_fwd(const float* x, const int8_t* wq, i64 ps, const float* cols, c
     free(qs);
     return 0;
 }
+/* ---- bf16 1x1 convolution: bf16 weights and inputs, fp32 sums (AVX512-BF16) ----
+ * y[r, n] = act(sum_k bf16(x[r, k] * g[k]) * wb[n, k] + b_n) (+ res): each row of x (times its
+ * image's gates) rounded to bf16 (nearest even) on the fly while it is in L1, and multiplied by
+ * vdpbf16ps: 32 multiply-adds per instruction, twice an fp32 FMA's, the products of two bf16
+ * values exact in fp32 and the sums fp32 (the instruction flushes subnormal inputs and sums to
+ * zero).  Activations stay fp32 between layers, as under torch.autocast: only the GEMM's operands
+ * are bf16.  Weights: panels of 16 output channels, (P, K2, 16, 2) bf16 with K2 = ceil(K / 2),
+ * panel p at wb + p * ps * 32 (ps >= K2 pairs): the two input channels of one pair of one output
+ * channel adjacent (vdpbf16ps's operand layout), zero padding. */
+#define BF_MR 12
+#define BF_FEW_ROWS 4
+#ifdef EFF_X86
+#define BF16A __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
+static int have_bf16(void) {
+    static int v = -1;
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = have_avx512() && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
+    }
+    return v && avx512();
+}
+static inline __mmask32 lanes32(i64 n) { return n >= 32 ? 0xFFFFFFFFu : n <= 0 ? 0 : (__mmask32)((1u << n) - 1u); }
+/* one row (times its gates) to bf16 pairs, zeros from K up to 2 * K2 */
+BF16A static void bf_row_512(const float* x, const float* g, i64 K, i64 K2, uint16_t* q) {
+    i64 k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512 v0 = _mm512_loadu_ps(x + k), v1 = _mm512_loadu_ps(x + k + 16);
+        if (g) { v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(g + k)); v1 = _mm512_mul_ps(v1, _mm512_loadu_ps(g + k + 16)); }
+        _mm512_storeu_si512(q + k, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+    }
+    for (; k < 2 * K2; k += 32) {
+        const __mmask16 m0 = lanes16(K - k), m1 = lanes16(K - k - 16);
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, x + k), v1 = _mm512_maskz_loadu_ps(m1, x + k + 16);
+        if (g) { v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, g + k)); v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, g + k + 16)); }
+        _mm512_mask_storeu_epi16(q + k, lanes32(2 * K2 - k), (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+    }
+}
+/* BF_MR rows of pairs (row i at q + i * 2 * K2) times two panels (w0, w1), or one (w1 NULL) */
+#define BF_DP(i) do { const __m512bh a_ = (__m512bh)_mm512_set1_epi32(*(const int32_t*)(q + (i) * ks + 2 * k2)); \
+    c##i = _mm512_dpbf16_ps(c##i, a_, b0); if (two) d##i = _mm512_dpbf16_ps(d##i, a_, b1); } while (0)
+BF16A static void bf_tile(const uint16_t* q, i64 K2, const uint16_t* w0, const uint16_t* w1, int nrows,
+                          float* const* yr, const float* const* rr, const float* b, int ncols1, int act, int stream) {
+    const i64 ks = 2 * K2;
+    const int two = w1 != NULL;
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0,
+           c10 = c0, c11 = c0;
+    __m512 d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0, d6 = c0, d7 = c0, d8 = c0, d9 = c0, d10 = c0, d11 = c0;
+    if (two) {
+        for (i64 k2 = 0; k2 < K2; k2++) {
+            const __m512bh b0 = (__m512bh)_mm512_loadu_si512(w0 + 32 * k2), b1 = (__m512bh)_mm512_loadu_si512(w1 + 32 * k2);
+            BF_DP(0); BF_DP(1); BF_DP(2); BF_DP(3); BF_DP(4); BF_DP(5);
+            BF_DP(6); BF_DP(7); BF_DP(8); BF_DP(9); BF_DP(10); BF_DP(11);
+        }
+    } else {
+        const __m512bh b1 = (__m512bh)_mm512_setzero_si512();
+        for (i64 k2 = 0; k2 < K2; k2++) {
+            const __m512bh b0 = (__m512bh)_mm512_loadu_si512(w0 + 32 * k2);
+            BF_DP(0); BF_DP(1); BF_DP(2); BF_DP(3); BF_DP(4); BF_DP(5);
+            BF_DP(6); BF_DP(7); BF_DP(8); BF_DP(9); BF_DP(10); BF_DP(11);
+        }
+    }
+    const __m512 c[12] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
+    const __m512 d[12] = {d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11};
+    const __mmask16 m0 = two ? 0xFFFF : lanes16(ncols1), m1 = lanes16(ncols1);
+    for (int i = 0; i < nrows; i++) {
+        pw_row_out512(yr[i], rr[i], c[i], b, 1, act, m0, stream && m0 == 0xFFFF);
+        if (two) pw_row_out512(yr[i] + 16, rr[i] ? rr[i] + 16 : NULL, d[i], b + 16, 1, act, m1, stream && m1 == 0xFFFF);
+    }
+}
+#undef BF_DP
+/* one to four rows (NR, a compile-time constant at each call) x one or two panels: bf_tile for a
+ * group of few rows (a classifier at batch 1) without the tile's empty rows; the same sums */
+BF16A static inline __attribute__((always_inline)) void bf_few_tile(
+        const uint16_t* q, i64 K2, const uint16_t* w0, const uint16_t* w1, const int NR, float* const* yr,
+        const float* const* rr, const float* b, int ncols1, int act) {
+    const i64 ks = 2 * K2;
+    __m512 c[4], d[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++) c[i] = d[i] = _mm512_setzero_ps();
+    for (i64 k2 = 0; k2 < K2; k2++) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(w0 + 32 * k2);
+        const __m512bh b1 = w1 ? (__m512bh)_mm512_loadu_si512(w1 + 32 * k2) : b0;
+#pragma GCC unroll 4
+        for (int i = 0; i < NR; i++) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32(*(const int32_t*)(q + i * ks + 2 * k2));
+            c[i] = _mm512_dpbf16_ps(c[i], a, b0);
+            if (w1) d[i] = _mm512_dpbf16_ps(d[i], a, b1);
+        }
+    }
+    const __mmask16 m0 = w1 ? 0xFFFF : lanes16(ncols1), m1 = lanes16(ncols1);
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++) {
+        pw_row_out512(yr[i], rr[i], c[i], b, 1, act, m0, 0);
+        if (w1) pw_row_out512(yr[i] + 16, rr[i] ? rr[i] + 16 : NULL, d[i], b + 16, 1, act, m1, 0);
+    }
+}
+BF16A static void bf_few(const uint16_t* q, i64 K2, const uint16_t* w0, const uint16_t* w1, int nr, float* const* yr,
+                         const float* const* rr, const float* b, int ncols1, int act) {
+    switch (nr) {
+        case 1: bf_few_tile(q, K2, w0, w1, 1, yr, rr, b, ncols1, act); break;
+        case 2: bf_few_tile(q, K2, w0, w1, 2, yr, rr, b, ncols1, act); break;
+        case 3: bf_few_tile(q, K2, w0, w1, 3, yr, rr, b, ncols1, act); break;
+        default: bf_few_tile(q, K2, w0, w1, 4, yr, rr, b, ncols1, act); break;
+    }
+}
+/* rows [m0, m1) x panels [p0, p1) on the calling thread: BF_MR rows rounded into q (L1), then
+ * every panel of the block read against them */
+BF16A static void bf_block(const float* x, const uint16_t* wb, i64 ps, const float* bias, const float* res,
+                           const float* gate, i64 hw, float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N, int act,
+                           int stream, uint16_t* q) {
+    const i64 K2 = (K + 1) / 2, ks = 2 * K2;
+    float* yr[BF_MR]; const float* rr[BF_MR];
+    for (i64 r0 = m0; r0 < m1; r0 += BF_MR) {
+        const int nrows = (int)(m1 - r0 < BF_MR ? m1 - r0 : BF_MR);
+        for (int i = 0; i < nrows; i++) {
+            const i64 row = r0 + i;
+            bf_row_512(x + row * K, gate ? gate + (row / hw) * K : NULL, K, K2, q + i * ks);
+        }
+        if (nrows > BF_FEW_ROWS)  /* the tile's rows past nrows: zeros, their sums not stored */
+            memset(q + nrows * ks, 0, sizeof(uint16_t) * (size_t)((BF_MR - nrows) * ks));
+        for (i64 p = p0; p < p1;) {
+            const int np = p + 1 < p1 ? 2 : 1;
+            const i64 c0 = p * 16, ncols = N - c0 - (np - 1) * 16 < 16 ? N - c0 - (np - 1) * 16 : 16;
+            for (int i = 0; i < nrows; i++) {
+                yr[i] = y + (r0 + i) * N + c0;
+                rr[i] = res ? res + (r0 + i) * N + c0 : NULL;
+            }
+            const uint16_t *w0 = wb + p * ps * 32, *w1 = np == 2 ? w0 + ps * 32 : NULL;
+            if (nrows <= BF_FEW_ROWS) bf_few(q, K2, w0, w1, nrows, yr, rr, bias + c0, (int)ncols, act);
+            else bf_tile(q, K2, w0, w1, nrows, yr, rr, bias + c0, (int)ncols, act, stream);
+            p += np;
+        }
+    }
+}
+#endif
+/* 1 where eff_pw_bf16_fwd runs (x86 with AVX512-BF16 and BW, the 16-lane code on) */
+int eff_bf16_fast(void) {
+#ifdef EFF_X86
+    return have_bf16();
+#else
+    return 0;
+#endif
+}
+/* the bf16 GEMM on nt threads (the fp32 GEMM's split): x (M, K) fp32 rows, wb its panels
+ * (stride ps pairs), bias (P * 16, zero past N), res / gate as eff_pw_fwd's.  Returns -1 where the
+ * row buffers could not be allocated, -2 where the CPU lacks AVX512-BF16 (nothing written). */
+int eff_pw_bf16_fwd(const float* x, const uint16_t* wb, i64 ps, const float* bias, const float* res,
+                    const float* gate, i64 hw, float* y, i64 M, i64 K, i64 N, int act, int nt) {
+#ifdef EFF_X86
+    if (!have_bf16()) return -2;
+    const i64 P = (N + 15) / 16, K2 = (K + 1) / 2;
+    i64 mt, pt, pc;
+    gemm_split(M, P, BF_MR, 0, nt, 1, &mt, &pt, &pc);
+    const i64 qb = (BF_MR * 2 * K2 * (i64)sizeof(uint16_t) + 63) / 64 * 64;
+    uint8_t* qs = (uint8_t*)aligned_alloc(64, (size_t)(qb * nt));
+    if (!qs) return -1;
+    const int stream = gemm_stream(M, N, y);
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 t = 0; t < mt * pt; t++) {
+        i64 m0, m1, p0, p1;
+        gemm_item(t, M, P, BF_MR, mt, pt, pc, &m0, &m1, &p0, &p1);
+        bf_block(x, wb, ps, bias, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream,
+                 (uint16_t*)(qs + qb * omp_get_thread_num()));
+        if (stream) _mm_sfence();
+    }
+    free(qs);
+    return 0;
+#else
+    (void)x; (void)wb; (void)ps; (void)bias; (void)res; (void)gate; (void)hw; (void)y; (void)M; (void)K; (void)N;
+    (void)act; (void)nt;
+    return -2;
+#endif
+}
+
 /* ---- an inverted-residual block's expand 1x1 conv and depthwise conv in one pass (inference) ----
  * y = dw(act_e(pw(x))) (+ the depthwise output's channel sums) without writing the expanded
  * tensor out: each thread walks its share of output rows in order and keeps the expanded input
@@ -2301,19 +2475,24 @@ int eff_pw_q8_fwd(const float* x, const int8_t* wq, i64 ps, const float* cols, c
  * output row reads plus the G - 1 expanded ahead, K + G - 1 consecutive rows, so slot = row mod
  * that.  The arithmetic is the two kernels' own (pw_block, dw_fwd_row), so the output equals the
  * two calls' bit for bit.  x: (N, H, W, Cin) channels-last; wp / pb: pw panels and bias, or with
- * q8ps > 0 the int8 GEMM's panels (int8_t, panel stride q8ps quads) and its cols (pointwise_q8's,
- * eff_pw_q8_fwd: each pixel's input rounded to bytes over its own range); wt / db: depthwise taps
- * (K*K, Cm) and bias; y: (N, OH, OW, Cm); sums: (N, Cm) or NULL.  Returns -1 where the buffers
- * could not be allocated (nothing written), -2 for K outside 1..11. */
+ * kind 1 the int8 GEMM's panels (int8_t, panel stride ps quads) and its cols (pointwise_q8's,
+ * eff_pw_q8_fwd: each pixel's input rounded to bytes over its own range), with kind 2 the bf16
+ * GEMM's panels (stride ps pairs) and bias (eff_pw_bf16_fwd); kind 0: fp32 (ps unused); wt / db:
+ * depthwise taps (K*K, Cm) and bias; y: (N, OH, OW, Cm); sums: (N, Cm) or NULL.  Returns -1 where
+ * the buffers could not be allocated (nothing written), -2 for K outside 1..11, -3 for kind 2 on
+ * a CPU without AVX512-BF16. */
 #define PWDW_MIN_PIXELS 48
-int eff_pw_dw_fwd(const void* x_, const void* wp, const float* pb, i64 q8ps, int pact, const float* wt,
+int eff_pw_dw_fwd(const void* x_, const void* wp, const float* pb, i64 ps, int kind, int pact, const float* wt,
                   const float* db, float* y, float* sums, i64 N, i64 H, i64 W, i64 Cin, i64 Cm, i64 OH, i64 OW, int K,
                   int S, int PH, int PW, int dact, int nt) {
     if (K < 1 || K > 11) return -2;
+    if (kind == 2 && !eff_bf16_fast()) return -3;
     const float* x = (const float*)x_;
     const i64 G = W >= PWDW_MIN_PIXELS ? 1 : (PWDW_MIN_PIXELS + W - 1) / W < H ? (PWDW_MIN_PIXELS + W - 1) / W : H;
     const i64 RING = K + G - 1, rowf = W * Cm, P = (Cm + 15) / 16, R = N * OH;
-    const i64 qb = q8ps > 0 ? (Q8_MR * 4 * ((Cin + 3) / 4) * 2 + 63) / 64 * 64 : 0;  /* eff_pw_q8_fwd's row buffer */
+    /* the row buffer of eff_pw_q8_fwd / eff_pw_bf16_fwd */
+    const i64 qb = kind == 1 ? (Q8_MR * 4 * ((Cin + 3) / 4) * 2 + 63) / 64 * 64
+                 : kind == 2 ? (BF_MR * 2 * ((Cin + 1) / 2) * (i64)sizeof(uint16_t) + 63) / 64 * 64 : 0;
     float* rings = (float*)aligned_alloc(64, (sizeof(float) * (size_t)(rowf * RING * nt) + 63) / 64 * 64);
     uint8_t* qs = qb ? (uint8_t*)aligned_alloc(64, (size_t)(qb * nt)) : NULL;
     float* accs = sums ? (float*)calloc((size_t)(N * Cm * nt), sizeof(float)) : NULL;
@@ -2336,8 +2515,12 @@ int eff_pw_dw_fwd(const void* x_, const void* wp, const float* pb, i64 q8ps, int
                     for (i64 r0 = ih; r0 < ih + g;) {
                         const i64 slot = r0 % RING, run = RING - slot < ih + g - r0 ? RING - slot : ih + g - r0;
                         const float* xr = x + (n * H + r0) * W * Cin;
-                        if (qb) q8_block(xr, (const int8_t*)wp, q8ps, pb, NULL, NULL, W, ring + rowf * slot, 0, run * W,
-                                         0, P, Cin, Cm, pact, 0, qs + qb * t);
+                        if (kind == 1) q8_block(xr, (const int8_t*)wp, ps, pb, NULL, NULL, W, ring + rowf * slot, 0,
+                                                run * W, 0, P, Cin, Cm, pact, 0, qs + qb * t);
+#ifdef EFF_X86
+                        else if (kind == 2) bf_block(xr, (const uint16_t*)wp, ps, pb, NULL, NULL, W, ring + rowf * slot,
+                                                     0, run * W, 0, P, Cin, Cm, pact, 0, (uint16_t*)(qs + qb * t));
+#endif
                         else pw_block(xr, (const float*)wp, pb, NULL, NULL, W, ring + rowf * slot, 0, run * W, 0, P,
                                       Cin, Cm, pact, 0);
                         for (i64 j = 0; j < run; j++) held[slot + j] = n * H + r0 + j;
@@ -2367,4 +2550,4 @@ int eff_have_avx2(void) { return have_avx2(); }
 
 int eff_have_avx512(void) { return have_avx512(); }
 
-int eff_abi_version(void) { return 14; }
+int eff_abi_version(void) { return 15; }
