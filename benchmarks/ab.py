@@ -1,10 +1,14 @@
-"""In-process A/B timings behind docs/benchmarks.md items 29 and 30 (not a test: prints figures).
+"""In-process A/B timings behind docs/benchmarks.md items 29-31 (not a test: prints figures).
 
 ``python benchmarks/ab.py linear``: effnets' GEMM (``FastLinear``, what ``optimize`` runs for a
 linear layer) against ``F.linear`` alone, for 1-512 rows of 1280 -> 1000 and 768 -> 3072 (the
 weight hot in cache), then in whole optimized models: the classifier's forward swapped between the
 two in one process, best of 6 rounds of 20 forwards (B0, MobileNetV3-L, V2-S at batch 1 and 8;
 B0 with ``int8_dynamic``, where "F.linear" is the float product with the dequantized weight).
+
+``python benchmarks/ab.py bf16``: ``optimize(dtype="bf16_mixed")`` against the fp32 ``optimize``
+model (B0, MobileNetV3-L, V2-S, ResNet-RS-50, ViT-Ti/16 at batch 1 and 8, random weights, the two
+models in turns, best of 5 rounds): docs/benchmarks.md item 31.
 
 ``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
 swapped between the current build and another one (``kernels._LIB``; build the other by
@@ -106,10 +110,45 @@ def lib_ab(other: str, dtype: str | None) -> None:
         K._LIB = new
 
 
+def models_in_turns(models: dict, x: torch.Tensor, rounds: int = 5, calls: int = 4) -> dict[str, float]:
+    """ms per forward of each model on ``x``, the models taking turns, best round each."""
+    best = {k: float("inf") for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(x)
+            m(x)
+        for _ in range(rounds):
+            for name, m in models.items():
+                t = time.perf_counter()
+                for _ in range(calls):
+                    m(x)
+                best[name] = min(best[name], (time.perf_counter() - t) / calls * 1e3)
+    return best
+
+
+def bf16_ab() -> None:
+    """optimize(dtype="bf16_mixed") (1x1 convs and linears on the bf16 GEMM) against the fp32
+    optimize model, same random weights, in turns."""
+    if not K.bf16_fast():
+        print("this CPU has no AVX512-BF16: dtype='bf16_mixed' would run its plain path")
+        return
+    print("ms per forward, fp32 optimize vs bf16_mixed (best of 5 rounds in turns):")
+    sizes = {**MODELS, "resnet_rs_50": 160, "vit_tiny_16": 224}
+    for name, size in sizes.items():
+        model = effnets.create_model(name).eval()
+        models = {"fp32": effnets.optimize(model), "bf16_mixed": effnets.optimize(model, dtype="bf16_mixed")}
+        for batch in (1, 8):
+            x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+            t = models_in_turns(models, x, calls=max(2, 16 // batch))
+            print(f"  {name} b{batch}: fp32 {t['fp32']:.2f}, bf16_mixed {t['bf16_mixed']:.2f} "
+                  f"({t['fp32'] / t['bf16_mixed']:.2f}x)", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     sub.add_parser("linear", help="FastLinear against F.linear")
+    sub.add_parser("bf16", help="optimize(dtype='bf16_mixed') against the fp32 optimize model")
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -120,6 +159,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     if args.what == "linear":
         linear_ab()
+    elif args.what == "bf16":
+        bf16_ab()
     else:
         lib_ab(args.other, args.dtype)
     return 0

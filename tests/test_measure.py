@@ -50,8 +50,9 @@ def test_cli_profile_measure(capsys):
 
 def test_measure_optimized_variants_are_separate_inference_rows():
     ms = measure("mobilenet_v1", input_size=64, batch_size=2, iters=1, warmup=1, width=0.25, num_classes=5,
-                 training=False, optimized=["fp32", "int8_dynamic"])
-    assert [m.kind for m in ms] == ["inference", "inference, optimize fp32", "inference, optimize int8_dynamic"]
+                 training=False, optimized=["fp32", "int8_dynamic", "bf16_mixed"])
+    assert [m.kind for m in ms] == ["inference", "inference, optimize fp32", "inference, optimize int8_dynamic",
+                                    "inference, optimize bf16_mixed"]
     assert all(m.batch_size == 2 and m.input_size == (64, 64) and m.images_per_s > 0 for m in ms)
 
 

@@ -43,7 +43,8 @@ What it does, in order (each step keeps fp32 outputs within rel. error 1e-4 of t
    ``effnets::dw_conv_se`` op), **bf16** weights and activations, **int8** post-training
    quantization calibrated on images (``dtype="int8"``, see :func:`quantize_int8`), or int8
    1x1 convs with per-pixel dynamic activation ranges (``dtype="int8_dynamic"``,
-   :func:`quantize_dynamic`).
+   :func:`quantize_dynamic`), or bf16 operands in the 1x1 convs and linear layers with fp32
+   sums and fp32 activations (``dtype="bf16_mixed"``, :func:`quantize_bf16`).
 
 The original model is left untouched: ``optimize`` works on a deep copy.  Parameter names
 change (``conv``/``bn`` pairs become one ``weight``/``bias``), so load checkpoints before
