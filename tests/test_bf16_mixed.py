@@ -39,7 +39,8 @@ def _case(n, ci, h, w, co, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, ci, h, w, generator=g) * (0.2 + 3 * torch.rand(1, ci, 1, 1, generator=g))
     weight = torch.randn(co, ci, 1, 1, generator=g) * 0.3
-    return x, weight, torch.randn(co, generator=g), torch.rand(n, ci, generator=g) * 2, torch.randn(n, co, h, w, generator=g)
+    bias, gate, res = torch.randn(co, generator=g), torch.rand(n, ci, generator=g) * 2, torch.randn(n, co, h, w, generator=g)
+    return x, weight, bias, gate, res
 
 
 def _oracle(x, w_rounded, bias, act, gate=None, residual=None):

@@ -635,7 +635,8 @@ class FusedConvAct(nn.Module):
         if (self.pw_act is None or type(se) is not FastSqueezeExcite or se.native_names is None or _plain_mode()
                 or x.requires_grad or x.dtype != torch.float32 or not x.is_cpu or x.ndim != 4
                 or self._parameters["weight"].dtype != torch.float32 or x.shape[1] != self._parameters["weight"].shape[1]
-                or (self.bf16 and not kernels.bf16_fast()) or self._forward_hooks or self._forward_pre_hooks or se._forward_hooks or se._forward_pre_hooks
+                or (self.bf16 and not kernels.bf16_fast())
+                or self._forward_hooks or self._forward_pre_hooks or se._forward_hooks or se._forward_pre_hooks
                 or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
                 or (kernels._LIB is None and kernels.library() is None)):
             return None
@@ -741,7 +742,8 @@ class FusedConvAct(nn.Module):
         """Drop every form derived from the weight ``w`` (packs, taps, Winograd) when it has changed."""
         tag = (w.data_ptr(), 0 if w.is_inference() else w._version)
         if self._pack_tag != tag:
-            self._packs, self._pack_tag, self._taps, self._wino, self._panels, self._lowp = {}, tag, None, {}, None, None
+            self._packs, self._pack_tag, self._taps, self._wino = {}, tag, None, {}
+            self._panels, self._lowp = None, None
 
     def __getstate__(self):  # packed oneDNN tensors neither pickle nor deep-copy; they are rebuilt
         return {**self.__dict__, "_packs": {}, "_pack_tag": None, "_taps": None, "_wino": {}, "_panels": None,
@@ -794,7 +796,7 @@ class FastLinear(nn.Linear):
         self.int8 = False  # set by quantize_dynamic; weight then holds the dequantized int8 weight
         self.bf16 = False  # set by quantize_bf16; weight then holds the bf16-rounded weight
         self._tag = None  # (data_ptr, version) of the weight the forms below were made from
-        self._panels: tuple | None = None  # (panels, bias) for kernels.pointwise_into, or int8 (panels, cols)
+        self._panels: tuple | None = None  # (panels, bias) for kernels.pointwise_into / _bf16_into, or int8 (panels, cols)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._parameters["weight"], self._parameters["bias"]

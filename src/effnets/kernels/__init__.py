@@ -923,5 +923,6 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "pointwise_available",
            "pointwise_weight", "pointwise_conv", "pointwise_into", "depthwise_into", "expand_depthwise_into", "se_gates", "se_gates_into",
            "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "bf16_channel_sums", "int8_fast", "int8_isa",
-           "set_int8_isa", "set_depthwise_blocks", "depthwise_last_blocked", "int8_last_code", "INT8_LEVELS", "INT8_BEST", "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN",
+           "set_int8_isa", "set_depthwise_blocks", "depthwise_last_blocked", "int8_last_code", "INT8_LEVELS", "INT8_BEST",
+           "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN",
            "bf16_fast", "pointwise_weight_bf16", "round_bf16", "pointwise_bf16", "pointwise_bf16_into"]

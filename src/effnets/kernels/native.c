@@ -2323,7 +2323,10 @@ BF16A static void bf_row_512(const float* x, const float* g, i64 K, i64 K2, uint
     for (; k < 2 * K2; k += 32) {
         const __mmask16 m0 = lanes16(K - k), m1 = lanes16(K - k - 16);
         __m512 v0 = _mm512_maskz_loadu_ps(m0, x + k), v1 = _mm512_maskz_loadu_ps(m1, x + k + 16);
-        if (g) { v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, g + k)); v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, g + k + 16)); }
+        if (g) {
+            v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, g + k));
+            v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, g + k + 16));
+        }
         _mm512_mask_storeu_epi16(q + k, lanes32(2 * K2 - k), (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
     }
 }
@@ -2339,7 +2342,8 @@ BF16A static void bf_tile(const uint16_t* q, i64 K2, const uint16_t* w0, const u
     __m512 d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0, d6 = c0, d7 = c0, d8 = c0, d9 = c0, d10 = c0, d11 = c0;
     if (two) {
         for (i64 k2 = 0; k2 < K2; k2++) {
-            const __m512bh b0 = (__m512bh)_mm512_loadu_si512(w0 + 32 * k2), b1 = (__m512bh)_mm512_loadu_si512(w1 + 32 * k2);
+            const __m512bh b0 = (__m512bh)_mm512_loadu_si512(w0 + 32 * k2);
+            const __m512bh b1 = (__m512bh)_mm512_loadu_si512(w1 + 32 * k2);
             BF_DP(0); BF_DP(1); BF_DP(2); BF_DP(3); BF_DP(4); BF_DP(5);
             BF_DP(6); BF_DP(7); BF_DP(8); BF_DP(9); BF_DP(10); BF_DP(11);
         }
