@@ -14,7 +14,7 @@ models in turns, best of 5 rounds): docs/benchmarks.md item 31.
 swapped between the current build and another one (``kernels._LIB``; build the other by
 checking out its ``native.c`` and importing ``effnets.kernels``: the builds are cached under
 ~/.cache/effnets/kernels, one file per source), best of 6 rounds, ``--dtype int8_dynamic`` or
-fp32 (default)."""
+fp32 (default), ``--models`` (default efficientnet_b0): items 30 and 32."""
 from __future__ import annotations
 
 import argparse
@@ -90,7 +90,7 @@ def linear_ab() -> None:
         variants["FastLinear"]()
 
 
-def lib_ab(other: str, dtype: str | None) -> None:
+def lib_ab(other: str, dtype: str | None, names: list[str]) -> None:
     new = K.library()
     old = ctypes.CDLL(other)
     for fn in set(re.findall(r"lib\.(eff_[a-z0-9_]+)\.argtypes", open(K.__file__).read())):
@@ -98,10 +98,11 @@ def lib_ab(other: str, dtype: str | None) -> None:
             getattr(old, fn).argtypes, getattr(old, fn).restype = getattr(new, fn).argtypes, getattr(new, fn).restype
     print(f"ms per forward, this build ({new._name}) against {other}:")
     try:
-        for name in ("efficientnet_b0",):
+        for name in names:
             model = effnets.optimize(effnets.create_model(name).eval(), dtype=dtype)
+            size = {**MODELS, "resnet_rs_50": 160}.get(name, 224)
             for batch in (1, 8):
-                x = torch.randn(batch, 3, MODELS[name], MODELS[name]).contiguous(memory_format=torch.channels_last)
+                x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
                 t = best_of({"other": lambda: setattr(K, "_LIB", old), "this": lambda: setattr(K, "_LIB", new)},
                             model, x, calls=max(2, 16 // batch))
                 print(f"  {name} {dtype or 'fp32'} b{batch}: other {t['other']:.2f}, this {t['this']:.2f} "
@@ -152,6 +153,7 @@ def main(argv=None) -> int:
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
+    lib.add_argument("--models", nargs="+", default=["efficientnet_b0"], help="model names (default efficientnet_b0)")
     args = ap.parse_args(argv)
     if K.library() is None:
         print(f"native kernels unavailable: {K.why_unavailable}")
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
     elif args.what == "bf16":
         bf16_ab()
     else:
-        lib_ab(args.other, args.dtype)
+        lib_ab(args.other, args.dtype, args.models)
     return 0
 
 

@@ -1639,11 +1639,17 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
     const i64 MR = wide ? 2 * PW_MR : PW_MR, P = (N + 15) / 16;
     i64 mt, pt, pc;
     gemm_split(M, P, MR, PW_MC, nt, wide, &mt, &pt, &pc);
+    /* gated, with at least two images per thread: one image's rows per item (all panels), so each
+     * image's gate-scaled panels are made once per K block and panel group, not once per 96-row
+     * block (about 4 per image on 19x19 maps, each scaling every panel again) */
+    const i64 imgs = gate && hw > 0 && M % hw == 0 ? M / hw : 0, by_image = imgs >= 2 * (i64)nt;
+    const i64 items = by_image ? imgs : mt * pt;
     const int stream = gemm_stream(M, N, y);
     #pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 t = 0; t < mt * pt; t++) {
+    for (i64 t = 0; t < items; t++) {
         i64 m0, m1, p0, p1;
-        gemm_item(t, M, P, MR, mt, pt, pc, &m0, &m1, &p0, &p1);
+        if (by_image) { m0 = t * hw; m1 = m0 + hw; p0 = 0; p1 = P; }
+        else gemm_item(t, M, P, MR, mt, pt, pc, &m0, &m1, &p0, &p1);
         pw_block(x, wp, bias, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream);
 #ifdef EFF_X86
         if (stream) _mm_sfence();  /* streamed stores visible before the threads join */
