@@ -22,6 +22,7 @@ import ctypes
 import re
 import sys
 import time
+import types
 
 import torch
 import torch.nn.functional as F
@@ -111,22 +112,6 @@ def lib_ab(other: str, dtype: str | None, names: list[str]) -> None:
         K._LIB = new
 
 
-def models_in_turns(models: dict, x: torch.Tensor, rounds: int = 5, calls: int = 4) -> dict[str, float]:
-    """ms per forward of each model on ``x``, the models taking turns, best round each."""
-    best = {k: float("inf") for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m(x)
-            m(x)
-        for _ in range(rounds):
-            for name, m in models.items():
-                t = time.perf_counter()
-                for _ in range(calls):
-                    m(x)
-                best[name] = min(best[name], (time.perf_counter() - t) / calls * 1e3)
-    return best
-
-
 def bf16_ab() -> None:
     """optimize(dtype="bf16_mixed") (1x1 convs and linears on the bf16 GEMM) against the fp32
     optimize model, same random weights, in turns."""
@@ -138,9 +123,11 @@ def bf16_ab() -> None:
     for name, size in sizes.items():
         model = effnets.create_model(name).eval()
         models = {"fp32": effnets.optimize(model), "bf16_mixed": effnets.optimize(model, dtype="bf16_mixed")}
+        holder = types.SimpleNamespace(model=None)  # best_of's variants: which model runs
         for batch in (1, 8):
             x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-            t = models_in_turns(models, x, calls=max(2, 16 // batch))
+            t = best_of({k: (lambda m=m: setattr(holder, "model", m)) for k, m in models.items()},
+                        lambda inp: holder.model(inp), x, rounds=5, calls=max(2, 16 // batch))
             print(f"  {name} b{batch}: fp32 {t['fp32']:.2f}, bf16_mixed {t['bf16_mixed']:.2f} "
                   f"({t['fp32'] / t['bf16_mixed']:.2f}x)", flush=True)
 
