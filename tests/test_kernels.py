@@ -613,7 +613,7 @@ def test_pointwise_conv_matches_float64(n, ci, co, h, w, act, isa):
     (2, 600, 40, 5, 3),     # K in three blocks of 256, each scaled per image
     (5, 96, 8, 2, 2),       # 4 rows per image, a lone 8-column panel (12-row tiles)
     (1, 144, 33, 11, 13),   # one image
-    (8, 300, 56, 6, 5),     # at least two images per thread: one image's rows per work item
+    (8, 300, 56, 6, 5),     # at least two images per thread, as many each: one image's rows per work item
 ])
 @pytest.mark.parametrize("act", ["identity", "silu"])
 def test_gated_pointwise_conv_matches_float64(n, ci, co, h, w, act, isa):

@@ -1639,10 +1639,12 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
     const i64 MR = wide ? 2 * PW_MR : PW_MR, P = (N + 15) / 16;
     i64 mt, pt, pc;
     gemm_split(M, P, MR, PW_MC, nt, wide, &mt, &pt, &pc);
-    /* gated, with at least two images per thread: one image's rows per item (all panels), so each
-     * image's gate-scaled panels are made once per K block and panel group, not once per 96-row
-     * block (about 4 per image on 19x19 maps, each scaling every panel again) */
-    const i64 imgs = gate && hw > 0 && M % hw == 0 ? M / hw : 0, by_image = imgs >= 2 * (i64)nt;
+    /* gated, with at least two images per thread and as many for each: one image's rows per item
+     * (all panels), so each image's gate-scaled panels are made once per K block and panel group,
+     * not once per 96-row block (about 4 per image on 19x19 maps, each scaling every panel again);
+     * an image count the threads do not divide keeps the row split (5 images on 2 threads: 3 + 2) */
+    const i64 imgs = gate && hw > 0 && M % hw == 0 ? M / hw : 0;
+    const int by_image = imgs >= 2 * (i64)nt && imgs % nt == 0;
     const i64 items = by_image ? imgs : mt * pt;
     const int stream = gemm_stream(M, N, y);
     #pragma omp parallel for schedule(static) num_threads(nt)
