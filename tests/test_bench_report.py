@@ -67,3 +67,11 @@ def test_report_says_when_compile_kept_the_eager_model(bench):
     assert "| 100.0 (eager kept) | 95.0 (timm) |" in bench.report(res)
     res["inference"][3]["compiled_route"] = "compiled"
     assert "| 100.0 | 95.0 (timm) |" in bench.report(res)
+
+
+def test_gflops_column_against_the_matmul_and_the_fma_peak(bench):
+    res = _res(training=False)  # effnets b1: 0.8 * 90 = 72 GFLOP/s; matmul peak 300
+    assert "| 72.0 (24%) vs 48.0 |" in bench.report(res)  # a run from before the FMA probe
+    res["machine"]["fma_peak_gflops"] = 360.0
+    text = bench.report(res)
+    assert "| 72.0 (24% / 20%) vs 48.0 |" in text and "FMA units 360.0 GFLOP/s (the matmul at 83%)" in text

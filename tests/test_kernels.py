@@ -850,3 +850,17 @@ def test_silu_underflows_to_zero_as_in_pytorch(isa):
     g = K.se_gates(zc.reshape(1, c), w1, b1, torch.eye(c), torch.zeros(c), "identity", "sigmoid")
     assert torch.equal(g[0][zc < -88.4], torch.zeros(int((zc < -88.4).sum())))
     assert torch.allclose(g[0].double(), torch.sigmoid(zc.double()), rtol=1e-6, atol=1e-38)
+
+
+
+def test_fma_peak_reports_a_rate_or_none_without_the_library(monkeypatch):
+    """kernels.fma_peak (what `make bench` holds GFLOP/s against): a positive finite rate where
+    the native library runs, for any thread count; None without it.  Its size is a timing, so
+    it is checked by the benchmark's report, not here."""
+    if K.library() is not None:
+        for threads in (1, 2):
+            rate = K.fma_peak(0.03, threads=threads)
+            assert isinstance(rate, float) and 0.0 < rate < float("inf")
+    monkeypatch.setattr(K, "_TRIED", True)
+    monkeypatch.setattr(K, "_LIB", None)
+    assert K.fma_peak(0.03) is None

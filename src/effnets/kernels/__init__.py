@@ -24,6 +24,8 @@ import subprocess
 import tempfile
 import threading
 
+import time
+
 import torch
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
@@ -110,6 +112,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_pw_bf16_fwd.argtypes = [p, p, i64, p, p, p, i64, p, i64, i64, i64, i32, i32]
     lib.eff_pw_bf16_fwd.restype = i32  # -1: out of memory, -2: no AVX512-BF16
     lib.eff_bf16_fast.restype = i32
+    lib.eff_fma_peak.argtypes = [i64, i32]
+    lib.eff_fma_peak.restype = f64
     lib.eff_pw_dw_fwd.argtypes = [p, p, p, i64, i32, i32, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32,
                                   i32, i32, i32]
     lib.eff_pw_dw_fwd.restype = i32
@@ -864,6 +868,23 @@ def pointwise_bf16_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tenso
     return out
 
 
+def fma_peak(seconds: float = 0.3, threads: int | None = None) -> float | None:
+    """The CPU's fp32 multiply-add rate in GFLOP/s on ``threads`` threads (default: PyTorch's
+    count): each thread runs 12 independent FMA chains on the widest vectors effnets' kernels
+    use (AVX-512, AVX2 or scalar), the best of three runs of about ``seconds`` / 3 each.  The
+    arithmetic limit a model's GFLOP/s can be held against (a large matmul reaches 80-90% of it);
+    None without the native library."""
+    lib = library()
+    if lib is None:
+        return None
+    nt = threads or torch.get_num_threads()
+    lib.eff_fma_peak(1 << 14, nt)  # threads started
+    t = time.perf_counter()
+    lib.eff_fma_peak(1 << 18, nt)  # calibrates the rounds to the time asked for
+    rounds = max(1 << 16, int((1 << 18) * seconds / 3 / max(time.perf_counter() - t, 1e-6)))
+    return max(lib.eff_fma_peak(rounds, nt) for _ in range(3))
+
+
 def depthwise_into(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
                    sums: torch.Tensor | None, stride: int, padding: tuple[int, int], act_code: int) -> torch.Tensor:
     """:func:`depthwise_forward` without its checks, for a caller that made them once: ``x``
@@ -925,4 +946,4 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "bf16_channel_sums", "int8_fast", "int8_isa",
            "set_int8_isa", "set_depthwise_blocks", "depthwise_last_blocked", "int8_last_code", "INT8_LEVELS", "INT8_BEST",
            "q8_quads", "pointwise_weight_q8", "quantize_rows", "pointwise_q8", "pointwise_q8_into", "Q8_MIN_SPAN",
-           "bf16_fast", "pointwise_weight_bf16", "round_bf16", "pointwise_bf16", "pointwise_bf16_into"]
+           "bf16_fast", "pointwise_weight_bf16", "round_bf16", "pointwise_bf16", "pointwise_bf16_into", "fma_peak"]

@@ -2555,6 +2555,69 @@ int eff_pw_dw_fwd(const void* x_, const void* wp, const float* pb, i64 ps, int k
     return 0;
 }
 
+/* ---- the CPU's fp32 multiply-add rate (benchmarks: how far a model is from the arithmetic limit) ----
+ * nt threads each run 12 independent FMA chains (enough to hide the latency) on the widest
+ * vectors the kernels use, `rounds` rounds; returns GFLOP/s (two per multiply-add) over the
+ * slowest thread's time.  A large matmul reaches 80-90% of it. */
+#define FMA_CHAINS 12
+#ifdef EFF_X86
+AVX512 static float fma_run512(i64 rounds) {
+    __m512 a[FMA_CHAINS];
+    const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < FMA_CHAINS; i++) a[i] = _mm512_set1_ps((float)i);
+    for (i64 r = 0; r < rounds; r++)
+#pragma GCC unroll 12
+        for (int i = 0; i < FMA_CHAINS; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);  /* in registers */
+    for (int i = 1; i < FMA_CHAINS; i++) a[0] = _mm512_add_ps(a[0], a[i]);
+    return _mm512_reduce_add_ps(a[0]);
+}
+AVX2 static float fma_run256(i64 rounds) {
+    __m256 a[FMA_CHAINS];
+    const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < FMA_CHAINS; i++) a[i] = _mm256_set1_ps((float)i);
+    for (i64 r = 0; r < rounds; r++)
+#pragma GCC unroll 12
+        for (int i = 0; i < FMA_CHAINS; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);  /* in registers */
+    float t[8];
+    for (int i = 1; i < FMA_CHAINS; i++) a[0] = _mm256_add_ps(a[0], a[i]);
+    _mm256_storeu_ps(t, a[0]);
+    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+#endif
+static float fma_run_scalar(i64 rounds) {
+    float a[FMA_CHAINS];
+    for (int i = 0; i < FMA_CHAINS; i++) a[i] = (float)i;
+    for (i64 r = 0; r < rounds; r++)
+#pragma GCC unroll 12
+        for (int i = 0; i < FMA_CHAINS; i++) a[i] = a[i] * 0.999999f + 1e-7f;
+    float s = 0.0f;
+    for (int i = 0; i < FMA_CHAINS; i++) s += a[i];
+    return s;
+}
+double eff_fma_peak(i64 rounds, int nt) {
+    int lanes = 1;
+#ifdef EFF_X86
+    lanes = avx512() ? 16 : have_avx2() ? 8 : 1;
+#endif
+    double worst = 0.0;
+    volatile float sink = 0.0f;  /* keeps the chains from being optimized away */
+    #pragma omp parallel num_threads(nt) reduction(max: worst)
+    {
+        const double t0 = omp_get_wtime();
+        float s;
+#ifdef EFF_X86
+        s = lanes == 16 ? fma_run512(rounds) : lanes == 8 ? fma_run256(rounds) : fma_run_scalar(rounds);
+#else
+        s = fma_run_scalar(rounds);
+#endif
+        worst = omp_get_wtime() - t0;
+        if (s == 12345.0f) sink = s;
+    }
+    (void)sink;
+    int threads = nt;
+    return worst > 0.0 ? 2.0 * FMA_CHAINS * lanes * (double)rounds * threads / worst / 1e9 : 0.0;
+}
+
 int eff_q8_isa(void) { return q8_isa(); }
 int eff_q8_last_code(void) { return q8_last; }
 
