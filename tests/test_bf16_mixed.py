@@ -249,25 +249,6 @@ def test_native_and_plain_paths_agree_layer_by_layer(monkeypatch):
         assert ((plain[n].double() - ref).abs() <= 8 * EPS * mag).all(), n
 
 
-@bf16_native
-def test_expand_and_depthwise_run_as_one_pass_with_the_bits_of_the_two_apart(monkeypatch):
-    fused_calls = record_calls(monkeypatch, K, "expand_depthwise_into", lambda *a, **kw: a[1].dtype)
-    monkeypatch.setattr(O, "_faster", lambda a, b, runs=3: False)  # effnets' kernels, the pass included
-    model = _model()
-    x = torch.randn(2, 3, 64, 64)
-    outs = []
-    with torch.inference_mode():
-        for fuse in (False, True):
-            monkeypatch.setattr(O, "_FUSE_EXPAND", fuse)
-            q = quantize_bf16(model)
-            q(x)
-            fused_calls.clear()
-            outs.append(q(x))
-            n_blocks = sum(1 for b in q.modules() if getattr(b, "conv_pw", None) is not None and hasattr(b, "conv_dw"))
-            assert fused_calls == ([torch.bfloat16] * n_blocks if fuse else [])
-    assert n_blocks > 5 and torch.equal(outs[0], outs[1])
-
-
 def test_without_avx512_bf16_it_warns_and_computes_the_plain_path(monkeypatch):
     model = _model()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))

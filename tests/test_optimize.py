@@ -695,12 +695,14 @@ def test_expand_and_depthwise_convs_run_as_one_pass_where_timed_faster(monkeypat
         assert len(fused_calls) == len(blocks) - 1
 
 
-def test_int8_dynamic_expand_and_depthwise_run_as_one_pass(monkeypatch):
-    """dtype="int8_dynamic": a block's int8 expand conv (each pixel's input rounded over its own
-    range) runs inside the one pass with its depthwise conv too, with the bits of the two apart."""
+@pytest.mark.parametrize("dtype,panels", [("int8_dynamic", torch.int8), ("bf16_mixed", torch.bfloat16)])
+def test_low_precision_expand_and_depthwise_run_as_one_pass(monkeypatch, dtype, panels):
+    """dtype="int8_dynamic" / "bf16_mixed": a block's int8 or bf16 expand conv (each pixel's input
+    rounded on the fly) runs inside the one pass with its depthwise conv too, with the bits of the
+    two apart."""
     from effnets import kernels
-    if kernels.library() is None:
-        pytest.skip("native kernels unavailable")
+    if kernels.library() is None or (dtype == "bf16_mixed" and not kernels.bf16_fast()):
+        pytest.skip("native kernels (with AVX512-BF16 for bf16) unavailable")
     opt_mod = sys.modules["effnets.optimize"]
     fused_calls = record_calls(monkeypatch, kernels, "expand_depthwise_into", lambda *a, **kw: a[1].dtype)
     monkeypatch.setattr(opt_mod, "_faster", lambda a, b, runs=3: False)  # effnets' kernels, the pass included
@@ -711,12 +713,12 @@ def test_int8_dynamic_expand_and_depthwise_run_as_one_pass(monkeypatch):
     with torch.inference_mode():
         for fuse in (False, True):
             monkeypatch.setattr(opt_mod, "_FUSE_EXPAND", fuse)
-            q = effnets.optimize(model, dtype="int8_dynamic")
+            q = effnets.optimize(model, dtype=dtype)
             q(x)
             fused_calls.clear()
             outs.append(q(x))
             n_blocks = sum(1 for b in q.modules() if getattr(b, "conv_pw", None) is not None and hasattr(b, "conv_dw"))
-            assert fused_calls == ([torch.int8] * n_blocks if fuse else [])
+            assert fused_calls == ([panels] * n_blocks if fuse else [])
     assert n_blocks > 5 and torch.equal(outs[0], outs[1])
 
 

@@ -703,7 +703,7 @@ class FusedConvAct(nn.Module):
         if self.int8 or self.bf16:
             if self._lowp is None:
                 self._lowp = (kernels.pointwise_weight_q8(p["weight"], p["bias"])[:2] if self.int8
-                              else (kernels.pointwise_weight_bf16(p["weight"])[0], p["bias"].float().contiguous()))
+                              else (kernels.pointwise_weight_bf16(p["weight"])[0], p["bias"]))
             return self._lowp
         if self._panels is None:
             self._panels = kernels.pointwise_weight(p["weight"])
@@ -1330,6 +1330,20 @@ def quantize_int8(model: nn.Module, calibration, *, batches: int = 32, compile: 
     return q
 
 
+def _gemm_layers(m: nn.Module, min_channels: int = 0):
+    """(name, module) of every layer of an optimized model that the low-precision GEMMs can run
+    (``quantize_dynamic``, ``quantize_bf16``): 1x1 stride-1 convs whose activation the native
+    epilogue has (their ``pw_act`` set here, even where the kernels are unavailable) and linear
+    layers, with at least ``min_channels`` input channels."""
+    for name, mod in m.named_modules():
+        act = _gemm_act(mod.weight.shape, mod.groups, mod.stride, mod.padding, mod.attr, mod.scalars) \
+            if isinstance(mod, FusedConvAct) else None
+        if (act is not None or isinstance(mod, FastLinear)) and mod.weight.shape[1] >= min_channels:
+            if act is not None:
+                mod.pw_act = act
+            yield name, mod
+
+
 def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
     """An :func:`optimize`-d copy of ``model`` whose 1x1 convolutions run in int8 on effnets'
     kernel (``kernels.pointwise_q8``): weights rounded to int8 once, one scale per output
@@ -1357,19 +1371,12 @@ def quantize_dynamic(model: nn.Module, *, min_channels: int = 0) -> nn.Module:
         raise ConfigError(f"min_channels must be >= 0, got {min_channels}")
     m = optimize(model)
     names = []
-    for name, mod in m.named_modules():
-        act = _gemm_act(mod.weight.shape, mod.groups, mod.stride, mod.padding, mod.attr, mod.scalars) \
-            if isinstance(mod, FusedConvAct) else None
-        if act is not None and mod.weight.shape[1] >= min_channels:
-            with torch.no_grad():
-                mod.weight.copy_(kernels.pointwise_weight_q8(mod.weight)[2])
-            mod.int8, mod.pw_act = True, act  # pw_act: the epilogue's activation (set even without AVX2)
-            names.append(name)
-        elif isinstance(mod, FastLinear) and mod.weight.shape[1] >= min_channels:  # the classifier
-            with torch.no_grad():
-                mod.weight.copy_(kernels.pointwise_weight_q8(mod.weight[:, :, None, None])[2][:, :, 0, 0])
-            mod.int8 = True
-            names.append(name)
+    for name, mod in _gemm_layers(m, min_channels):
+        with torch.no_grad():  # the weight as the int8 GEMM sees it (a linear's as a 1x1 conv's)
+            w4 = mod.weight if mod.weight.ndim == 4 else mod.weight[:, :, None, None]
+            mod.weight.copy_(kernels.pointwise_weight_q8(w4)[2].reshape(mod.weight.shape))
+        mod.int8 = True
+        names.append(name)
     isa = kernels.int8_isa()
     if isa == 0 and names:
         warnings.warn("quantize_dynamic: this CPU has neither AVX512-VNNI nor AVX2, so the int8 1x1 convs run "
@@ -1396,16 +1403,11 @@ def quantize_bf16(model: nn.Module) -> nn.Module:
     warn, as that is slower than fp32."""
     m = optimize(model)
     names = []
-    for name, mod in m.named_modules():
-        act = _gemm_act(mod.weight.shape, mod.groups, mod.stride, mod.padding, mod.attr, mod.scalars) \
-            if isinstance(mod, FusedConvAct) else None
-        if act is not None or isinstance(mod, FastLinear):
-            with torch.no_grad():
-                mod.weight.copy_(kernels.round_bf16(mod.weight))
-            mod.bf16 = True
-            if act is not None:
-                mod.pw_act = act  # the epilogue's activation (set even without AVX2)
-            names.append(name)
+    for name, mod in _gemm_layers(m):
+        with torch.no_grad():
+            mod.weight.copy_(kernels.round_bf16(mod.weight))
+        mod.bf16 = True
+        names.append(name)
     if names and not kernels.bf16_fast():
         warnings.warn("quantize_bf16: this CPU has no AVX512-BF16 (or effnets' kernels are off), so the bf16 1x1 "
                       "convs run as float convs on bf16-rounded inputs, slower than the fp32 optimize() model",

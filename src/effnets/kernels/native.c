@@ -2600,9 +2600,12 @@ double eff_fma_peak(i64 rounds, int nt) {
     lanes = avx512() ? 16 : have_avx2() ? 8 : 1;
 #endif
     double worst = 0.0;
+    int team = 1;
     volatile float sink = 0.0f;  /* keeps the chains from being optimized away */
     #pragma omp parallel num_threads(nt) reduction(max: worst)
     {
+        #pragma omp single nowait
+        team = omp_get_num_threads();  /* the threads the runtime gave, which may be fewer than nt */
         const double t0 = omp_get_wtime();
         float s;
 #ifdef EFF_X86
@@ -2614,8 +2617,7 @@ double eff_fma_peak(i64 rounds, int nt) {
         if (s == 12345.0f) sink = s;
     }
     (void)sink;
-    int threads = nt;
-    return worst > 0.0 ? 2.0 * FMA_CHAINS * lanes * (double)rounds * threads / worst / 1e9 : 0.0;
+    return worst > 0.0 ? 2.0 * FMA_CHAINS * lanes * (double)rounds * team / worst / 1e9 : 0.0;
 }
 
 int eff_q8_isa(void) { return q8_isa(); }
