@@ -1,4 +1,4 @@
-"""In-process A/B timings behind docs/benchmarks.md items 29-31 (not a test: prints figures).
+"""In-process A/B timings behind docs/benchmarks.md items 29-33 (not a test: prints figures).
 
 ``python benchmarks/ab.py linear``: effnets' GEMM (``FastLinear``, what ``optimize`` runs for a
 linear layer) against ``F.linear`` alone, for 1-512 rows of 1280 -> 1000 and 768 -> 3072 (the
@@ -9,6 +9,10 @@ B0 with ``int8_dynamic``, where "F.linear" is the float product with the dequant
 ``python benchmarks/ab.py bf16``: ``optimize(dtype="bf16_mixed")`` against the fp32 ``optimize``
 model (B0, MobileNetV3-L, V2-S, ResNet-RS-50, ViT-Ti/16 at batch 1 and 8, random weights, the two
 models in turns, best of 5 rounds): docs/benchmarks.md item 31.
+
+``python benchmarks/ab.py dense``: stems and stride-2 convs on the GEMM over gathered patches
+against oneDNN's conv, switched in turns in one optimized model (V2-S, B0, ResNet-RS-50 at batch 1
+and 8): docs/benchmarks.md item 33.
 
 ``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
 swapped between the current build and another one (``kernels._LIB``; build the other by
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 
 import effnets
 from effnets import kernels as K
-from effnets.optimize import FastLinear
+from effnets.optimize import FastLinear, FusedConvAct
 
 MODELS = {"efficientnet_b0": 224, "mobilenet_v3_large": 224, "efficientnetv2_s": 300}
 
@@ -132,11 +136,47 @@ def bf16_ab() -> None:
                   f"({t['fp32'] / t['bf16_mixed']:.2f}x)", flush=True)
 
 
+def dense_ab(names: list[str], batches: list[int]) -> None:
+    """The GEMM over gathered patches (docs/benchmarks.md item 33) against oneDNN's conv for the
+    layers it serves (stems, stride-2 3x3 convs), in one optimized model: after its own choices
+    are made, every such layer is switched between the two routes in turns (``cv_act`` off: the
+    layer runs oneDNN's conv as before the patch GEMM existed)."""
+    print("ms per forward, dense convs on oneDNN vs on the patch GEMM (best of 8 rounds in turns):")
+    for name in names:
+        size = {**MODELS, "resnet_rs_50": 160}.get(name, 224)
+        model = effnets.optimize(effnets.create_model(name).eval())
+        dense = [(m, m.cv_act) for m in model.modules() if isinstance(m, FusedConvAct) and m.cv_act]
+        for batch in batches:
+            x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                for _ in range(4):
+                    model(x)
+            chose = sum(v is True for m, _ in dense for k, v in m._wino.items() if k[0] == "cv" and k[1][0] == batch)
+            for m, _ in dense:  # ours on every such layer for the "patch" side
+                for k in [k for k in m._wino if k[0] in ("cv", "faults")]:
+                    if k[0] == "faults":
+                        del m._wino[k]
+                    else:
+                        m._wino[k] = True
+
+            def route(on: bool) -> None:
+                for m, act in dense:
+                    m.cv_act = act if on else None
+            t = best_of({"onednn": lambda: route(False), "patch": lambda: route(True)}, model, x, rounds=8,
+                        calls=max(2, 16 // batch))
+            route(True)
+            print(f"  {name} b{batch} ({len(dense)} layers, {chose} on ours by their own choice): oneDNN {t['onednn']:.2f}, patch GEMM {t['patch']:.2f} "
+                  f"({t['onednn'] / t['patch']:.3f}x)", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     sub.add_parser("linear", help="FastLinear against F.linear")
     sub.add_parser("bf16", help="optimize(dtype='bf16_mixed') against the fp32 optimize model")
+    dense = sub.add_parser("dense", help="stems and stride-2 convs: the patch GEMM against oneDNN's conv")
+    dense.add_argument("--models", nargs="+", default=["efficientnetv2_s", "efficientnet_b0", "resnet_rs_50"])
+    dense.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -150,6 +190,8 @@ def main(argv=None) -> int:
         linear_ab()
     elif args.what == "bf16":
         bf16_ab()
+    elif args.what == "dense":
+        dense_ab(args.models, args.batches)
     else:
         lib_ab(args.other, args.dtype, args.models)
     return 0

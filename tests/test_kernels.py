@@ -682,6 +682,67 @@ def test_avx512_code_equals_avx2_code_bit_for_bit(act):
 
 
 @pw
+@pytest.mark.parametrize("n,ci,co,h,w,k,stride,pad", [
+    (2, 3, 24, 17, 15, 3, 2, (1, 1)),   # a stem: 3 channels (runs of 9 floats), 24 = 16 + 8 outputs, odd map
+    (1, 24, 96, 19, 19, 3, 2, (1, 1)),  # EfficientNetV2's stride-2 Fused-MBConv
+    (2, 5, 7, 9, 8, 5, 2, (2, 1)),      # 5x5, unequal padding, one partial panel
+    (1, 3, 64, 23, 23, 7, 2, (3, 3)),   # a 7x7 stem
+    (1, 512, 40, 5, 5, 3, 1, (1, 1)),   # K = 4608: a patch buffer of one tile's rows, K in 18 blocks
+    (3, 16, 32, 6, 6, 3, 1, (0, 0)),    # no padding: every patch inside the map
+    (2, 8, 16, 7, 7, 1, 2, (0, 0)),     # 1x1 stride 2
+    (1, 4, 16, 2, 3, 3, 1, (1, 1)),     # every patch crosses the border
+])
+@pytest.mark.parametrize("act", sorted(_ACTS64))
+def test_dense_conv_matches_float64(n, ci, co, h, w, k, stride, pad, act, isa):
+    """The GEMM over gathered patches (kernels.conv_forward: stems, stride-2 3x3 convs) against
+    float64 conv2d, with bias, activation, residual and a caller's output buffer."""
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(n, ci, h, w) * 3, torch.randn(co, ci, k, k) / (ci * k * k) ** 0.5, torch.randn(co)
+    panels = K.conv_weight(wt)
+    assert panels.shape == ((co + 15) // 16, k * k * ci, 16)
+    ref = F.conv2d(x.double(), wt.double(), b.double(), stride, pad)
+    y = K.conv_forward(x, panels, b, co, (k, k), stride, pad, act)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, _ACTS64[act](ref)) < 1e-5
+    res = torch.randn(ref.shape).contiguous(memory_format=torch.channels_last)
+    out = torch.full(ref.shape, float("nan")).contiguous(memory_format=torch.channels_last)
+    y2 = K.conv_forward(x, panels, None, co, (k, k), stride, pad, act, residual=res, out=out)
+    assert y2.data_ptr() == out.data_ptr()
+    assert _rel(y2, _ACTS64[act](F.conv2d(x.double(), wt.double(), None, stride, pad)) + res.double()) < 1e-5
+
+
+@pw
+@pytest.mark.parametrize("ci,k,stride,pad", [(3, 3, 2, (1, 1)), (24, 3, 2, (1, 1)), (5, 5, 1, (2, 1))])
+def test_dense_conv_is_the_1x1_gemm_on_the_unfolded_input_bit_for_bit(ci, k, stride, pad, isa):
+    """The patches it gathers (zeros in the padding, taps in (kh, kw, c) order) are exactly those of
+    F.unfold: the 1x1 GEMM on the unfolded tensor gives the same bits."""
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(2, ci, 11, 13), torch.randn(40, ci, k, k), torch.randn(40)
+    y = K.conv_forward(x, K.conv_weight(wt), b, 40, (k, k), stride, pad, "silu")
+    cols = F.unfold(F.pad(x, (pad[1], pad[1], pad[0], pad[0])), k, stride=stride)  # (N, C*k*k, L), c-major
+    cols = cols.reshape(2, ci, k, k, -1).permute(0, 2, 3, 1, 4).reshape(2, k * k * ci, *y.shape[2:])
+    z = K.pointwise_conv(cols, K.conv_weight(wt), b, 40, "silu")
+    assert torch.equal(y, z)
+
+
+@pw
+def test_dense_conv_rejects_what_it_cannot_compute():
+    panels = K.conv_weight(torch.randn(16, 8, 3, 3))
+    with pytest.raises(ValueError, match="conv_weight"):
+        K.conv_forward(torch.randn(1, 4, 8, 8), panels, None, 16, (3, 3))  # 4 channels, panels for 8
+    with pytest.raises(ValueError, match="does not fit"):
+        K.conv_forward(torch.randn(1, 8, 2, 2), panels, None, 16, (3, 3))
+    with pytest.raises(ValueError, match="act must be"):
+        K.conv_forward(torch.randn(1, 8, 8, 8), panels, None, 16, (3, 3), act="gelu")
+    with pytest.raises(ValueError, match="float32"):
+        K.conv_forward(torch.randn(1, 8, 8, 8, dtype=torch.float64), panels, None, 16, (3, 3))
+    with pytest.raises(ValueError, match="out of range"):
+        K.conv_forward(torch.randn(1, 8, 8, 8), panels, None, 16, (3, 3), stride=0)
+    with pytest.raises(ValueError, match=r"\(C_out, C_in, KH, KW\)"):
+        K.conv_weight(torch.randn(16, 8))
+
+
+@pw
 @pytest.mark.parametrize("c,h,w,k,stride,pad", [
     (56, 13, 12, 5, 1, (2, 2)),    # 12 columns: a full block of 8 and a partial one, borders in both
     (40, 7, 7, 5, 1, (2, 2)),      # B0's 7x7 maps: one partial block, most taps at the border

@@ -651,6 +651,76 @@ def test_depthwise_choice_between_native_kernel_and_onednn(monkeypatch, name, si
             assert len(calls) == (0 if library_faster else n_dw)
 
 
+@pytest.mark.parametrize("name,size", [("efficientnetv2_b0", 64), ("resnet_rs_50", 64), ("efficientnet_b0", 64)])
+def test_stems_and_strided_convs_choose_between_the_patch_gemm_and_onednn(monkeypatch, name, size):
+    """Dense convs that neither Winograd nor the 1x1 GEMM take (stems, stride-2 3x3: V2-S's
+    Fused-MBConv, ResNet-RS's bottleneck and stem "pool") time the GEMM over gathered patches
+    against oneDNN's conv: forced either way the optimized model matches the original, and on
+    ours every such layer runs one kernels.conv_into call writing into a kept buffer."""
+    from effnets import kernels
+    if not kernels.pointwise_available():
+        pytest.skip("the native GEMM needs the build on x86 AVX2")
+    opt_mod = sys.modules["effnets.optimize"]
+    calls = record_calls(monkeypatch, kernels, "conv_into")
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        ref = model(x)
+        for library_faster in (False, True):
+            monkeypatch.setattr(opt_mod, "_faster", lambda a, b: library_faster)
+            opt = effnets.optimize(model)
+            dense = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.cv_act is not None]
+            assert dense and all(m.groups == 1 and m.weight.shape[-1] > 1 and m.wino_act is None for m in dense)
+            assert any(m.stride[0] == 2 and m.weight.shape[1] > 3 for m in dense) or name == "efficientnet_b0"
+            opt(x)
+            calls.clear()
+            assert _rel_err(opt(x), ref) < 1e-4
+            assert len(calls) == (0 if library_faster else len(dense))
+            if not library_faster:  # the same buffers on the next call (nothing else holds them)
+                outs = [m._out.data_ptr() for m in dense if m.reuse_output]
+                assert outs and [m._out.data_ptr() for m in dense if m.reuse_output] == outs
+                opt(x)
+                assert [m._out.data_ptr() for m in dense if m.reuse_output] == outs
+
+
+@pytest.mark.skipif(not effnets.kernels.pointwise_available(), reason="the native GEMM needs the build on x86 AVX2")
+@pytest.mark.parametrize("faults,cost,flips", [(4000, 1e-3, True), (0, 1e-3, False), (1, 1e-9, False)])
+def test_page_faults_counted_in_the_model_can_hand_a_layer_to_our_kernel(monkeypatch, faults, cost, flips):
+    """Where oneDNN's conv won the timing loop, its page faults in the model are counted on the
+    next two calls (getrusage); at the machine's cost per fault they are added to its time and
+    the choice made again: ours when oneDNN is no longer 5% faster, oneDNN's where it faults
+    rarely or not at all.  The outputs are the conv's either way."""
+    opt_mod = sys.modules["effnets.optimize"]
+    counter = [0]
+
+    class FakeResource:  # every getrusage call: `faults` more minor faults than the last
+        RUSAGE_SELF = 0
+
+        @staticmethod
+        def getrusage(who):
+            counter[0] += faults
+            return type("usage", (), {"ru_minflt": counter[0]})()
+
+    def library_wins(a, b):  # runs both (their times are kept), oneDNN "faster"
+        a(), b()
+        return True
+    monkeypatch.setattr(opt_mod, "resource", FakeResource)
+    monkeypatch.setattr(opt_mod, "_faster", library_wins)
+    monkeypatch.setattr(opt_mod, "_page_fault_cost", lambda: cost)  # 4000 faults at 1 ms: 4 s
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 24, 3, 2, 1)
+    layer = FusedConvAct(conv).eval()
+    assert layer.cv_act == "identity"
+    x = torch.randn(2, 3, 33, 33)
+    with torch.inference_mode():
+        ref = conv(x)
+        outs = [layer(x) for _ in range(4)]
+    key = tuple(x.shape)
+    assert layer._wino[("cv", key)] is flips and ("faults", key) not in layer._wino
+    assert all(_rel_err(o, ref) < 1e-5 for o in outs)
+
+
 @pytest.mark.parametrize("name,size", [("efficientnet_b0", 96), ("mobilenet_v3_large", 96)])
 def test_expand_and_depthwise_convs_run_as_one_pass_where_timed_faster(monkeypatch, name, size):
     """Each inverted-residual block times its expand + depthwise convs as one native pass against
@@ -734,9 +804,10 @@ def test_kept_output_buffers_are_never_written_while_someone_holds_them():
     opt = effnets.optimize(model)
     block = opt.stages[1][0]
     conv = block.conv_pw
-    # expand, depthwise and project (the block's output) keep buffers; the stem and head do not
+    # expand, depthwise and project (the block's output) keep buffers, and the stem (on the patch
+    # GEMM where that won); the head does not
     assert conv.reuse_output and block.conv_dw.reuse_output and block.conv_pwl.reuse_output
-    assert not opt.stem.reuse_output and not opt.conv_head.reuse_output
+    assert opt.stem.reuse_output and not opt.conv_head.reuse_output
     x1, x2 = torch.randn(1, 16, 24, 24), torch.randn(1, 16, 24, 24)
     with torch.inference_mode():
         y1 = conv(x1)
@@ -871,3 +942,11 @@ def test_every_module_of_an_optimized_model_is_in_eval_mode():
     model = effnets.create_model("efficientnet_b0", num_classes=10).eval()
     for opt in (effnets.optimize(model), effnets.optimize(model, dtype="int8_dynamic")):
         assert [n for n, m in opt.named_modules() if m.training] == []
+
+
+def test_page_fault_cost_is_measured_on_this_machine():
+    """The cost per fault _count_faults charges: a fresh 40 MiB buffer (above glibc's 32 MiB mmap
+    ceiling, so mapped afresh) filled against the same buffer filled again; positive (pages
+    really fault in) and below 100 us (it is a per-page cost, not a whole fill)."""
+    from effnets.optimize import _page_fault_cost
+    assert 0 < _page_fault_cost() < 1e-4

@@ -75,6 +75,11 @@ from .layers.se import SqueezeExcite
 from .plain_ops import plain_mode as _plain_mode  # module global: tests may patch it
 from .profiling import forward_with_hooks
 
+try:  # page-fault counts (FusedConvAct._count_faults); not on Windows
+    import resource
+except ImportError:  # pragma: no cover
+    resource = None
+
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
@@ -118,6 +123,9 @@ _NATIVE_DW = os.environ.get("EFFNETS_NO_NATIVE_DW", "0") != "1"
 _WINOGRAD = os.environ.get("EFFNETS_WINOGRAD", "auto")
 # 1x1 convs on effnets' native GEMM (EFFNETS_NO_NATIVE_PW=1: oneDNN's, for comparison)
 _NATIVE_PW = os.environ.get("EFFNETS_NO_NATIVE_PW", "0") != "1"
+# other dense convs (stems, stride-2 3x3) on the GEMM over gathered patches where they time faster
+# (EFFNETS_NO_NATIVE_CONV=1: oneDNN's, for comparison)
+_NATIVE_CONV = os.environ.get("EFFNETS_NO_NATIVE_CONV", "0") != "1"
 # block-internal outputs written into buffers kept from the previous call (EFFNETS_NO_REUSE=1: off)
 _REUSE = os.environ.get("EFFNETS_NO_REUSE", "0") != "1"
 # an inverted-residual block's expand and depthwise convs as one pass where it times faster
@@ -205,6 +213,15 @@ def _gemm_act(weight_shape, groups: int, stride, padding, attr: str, scalars) ->
     return _native_act(attr, scalars)
 
 
+def _dense_act(weight_shape, groups: int, stride, dilation, attr: str, scalars) -> str | None:
+    """The activation name when a dense conv (no grouping or dilation, one stride for both axes)
+    may run on effnets' patch GEMM (``kernels.conv_forward``), else None."""
+    if not (_NATIVE_CONV and kernels.pointwise_available() and groups == 1 and stride[0] == stride[1]
+            and list(dilation) == [1, 1]):
+        return None
+    return _native_act(attr, scalars)
+
+
 def _sole_owner(buf: torch.Tensor, holders: int) -> bool:
     """True when nothing but the caller's ``holders`` Python references (and no view or storage
     handle) reaches ``buf``, so writing over it cannot change a tensor anyone else can see."""
@@ -229,9 +246,11 @@ def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalar
 
 def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> bool:
     """True when ``a`` ran faster than ``b`` by 5% or more (best of ``runs``, alternated, after
-    one warm-up call each).  Where a library conv allocates a fresh output and ours writes into
-    a kept buffer, the loop sees that as it is: outputs above glibc's mmap ceiling (32 MiB) are
-    mapped afresh, and their pages faulted in, on every call of the loop too."""
+    one warm-up call each).  Where a
+    library conv allocates a fresh output and ours writes into a kept buffer, the loop sees that
+    as it is: outputs above glibc's mmap ceiling (32 MiB) are mapped afresh, and their pages
+    faulted in, on every call of the loop too (but below it, the block freed a moment before
+    comes back: see ``FusedConvAct._count_faults``)."""
     a(), b()
     ta = tb = float("inf")
     for _ in range(runs):
@@ -242,6 +261,38 @@ def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> 
         b()
         tb = min(tb, time.perf_counter() - t)
     return ta < 0.95 * tb
+
+
+def _best_time(f: Callable[[], object], best: list[float]) -> Callable[[], object]:
+    """``f``, keeping its fastest call's seconds in ``best[0]``."""
+    def timed():
+        t = time.perf_counter()
+        out = f()
+        best[0] = min(best[0], time.perf_counter() - t)
+        return out
+    return timed
+
+
+_FAULT_COST: list[float] = []
+
+
+def _page_fault_cost() -> float:
+    """Seconds the first write to a fresh 4 KiB page costs over a write to a mapped one (measured
+    once per process: a fresh 40 MiB buffer, mapped afresh by glibc, filled against the same
+    buffer filled again; best of 3; ~0.85 us on the development machine)."""
+    if not _FAULT_COST:
+        n, best = 10 << 20, float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            buf = torch.empty(n)
+            buf.fill_(1.0)
+            t1 = time.perf_counter()
+            buf.fill_(2.0)
+            t2 = time.perf_counter()
+            best = min(best, (t1 - t) - (t2 - t1))
+            del buf
+        _FAULT_COST.append(max(best, 0.0) / (n * 4 / 4096))
+    return _FAULT_COST[0]
 
 
 def _conv3x3(cache: dict, x, weight, bias, padding, act: str, direct: Callable[[], torch.Tensor],
@@ -429,6 +480,10 @@ class FusedConvAct(nn.Module):
         # 1x1 convs: effnets' GEMM with bias, activation (SiLU included) in its epilogue; its panels
         self.pw_act = _pointwise_act(w.shape, self.groups, self.stride, self.padding, self.attr, self.scalars)
         self._panels: torch.Tensor | None = None
+        # other dense convs (stems, stride-2 3x3): the 1x1 GEMM on gathered patches
+        # (kernels.conv_forward) where it times faster than oneDNN's; _panels holds its weight
+        self.cv_act = (None if self.dw_act or self.wino_act or self.pw_act else
+                       _dense_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars))
         # set by quantize_dynamic: int8 weights, each pixel's input channels rounded to 256 levels
         # over their own range on the fly (kernels.pointwise_q8); self.weight then holds the
         # dequantized int8 weight, so every path (exports, other devices) computes the same thing.
@@ -468,8 +523,9 @@ class FusedConvAct(nn.Module):
               and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _MKLDNN_BF16))
               and x.dtype == self._parameters["weight"].dtype):
             native = x.dtype == torch.float32 and (kernels._LIB is not None or kernels.library() is not None)
-            # effnets' kernel that may run this layer: the depthwise kernel or the 1x1 GEMM
-            kind = ("dw" if self.dw_act is not None else "pw" if self.pw_act is not None else None) if native else None
+            # effnets' kernel that may run this layer: the depthwise kernel, the 1x1 GEMM or the patch GEMM
+            kind = ("dw" if self.dw_act is not None else "pw" if self.pw_act is not None else
+                    "cv" if self.cv_act is not None else None) if native else None
             choice = self._wino.get((kind, x.shape)) if kind else False
             if choice or (kind == "dw" and x.shape[1] != self.groups):  # a misfit input: the kernel's clear error
                 return self._run_native(kind, x)  # chosen before: no oneDNN weight needed
@@ -478,6 +534,10 @@ class FusedConvAct(nn.Module):
                     self.algorithm)
             if choice is None and self._choose_native(kind, x, args):
                 return self._run_native(kind, x)
+            if choice is False and kind != "dw" and resource is not None:
+                probe = self._wino.get(("faults", x.shape))
+                if probe is not None:
+                    return self._count_faults(kind, x, args, probe)
             if self.wino_act is not None and x.dtype == torch.float32:
                 oh, ow = (x.shape[2] + 2 * self.padding[0] - 2, x.shape[3] + 2 * self.padding[1] - 2)
                 shape = (x.shape[0], self.weight.shape[0], oh, ow)
@@ -604,25 +664,71 @@ class FusedConvAct(nn.Module):
         return self._with_sums(y, s)
 
     def _run_native(self, kind: str, x: torch.Tensor) -> torch.Tensor:
-        return self._native_depthwise(x) if kind == "dw" else self._native_pointwise(x)
+        return (self._native_depthwise(x) if kind == "dw" else self._native_pointwise(x) if kind == "pw"
+                else self._native_conv(x))
+
+    def _native_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """A dense conv (a stem, a stride-2 3x3) + bias + activation on effnets' GEMM over
+        gathered patches (``kernels.conv_forward``): SiLU in the epilogue, the output in a kept
+        buffer where ``reuse_output`` allows (oneDNN allocates a fresh one every call; B0's stem
+        output at batch 8 is 12.8 MB, ~3100 pages to fault in)."""
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        self._check_weight(weight)
+        if self._panels is None:
+            self._panels = kernels.conv_weight(weight)
+        kernel, st, pad = tuple(weight.shape[2:]), self.stride[0], tuple(self.padding)
+        shape = kernels.conv_output_shape(tuple(x.shape), weight.shape[0], kernel, st, pad)
+        if x.shape[1] != weight.shape[1] or bias.dtype != torch.float32 or shape[2] < 1 or shape[3] < 1:
+            y = kernels.conv_forward(x, self._panels, bias, weight.shape[0], kernel, st, pad, self.cv_act)  # raises
+        else:
+            if not x.is_contiguous(memory_format=torch.channels_last):
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = kernels.conv_into(x, self._panels, bias, self._output_tensor(shape), kernel, st, pad,
+                                  kernels.DW_ACT_CODES[self.cv_act])
+        return y if self.act is None else self.act(y)
 
     def _choose_native(self, kind: str, x: torch.Tensor, args: tuple) -> bool:
         """Times effnets' kernel for this layer (``kind`` "dw": the depthwise kernel, "pw": the 1x1
-        GEMM) against oneDNN's conv (``args``) for this input shape, keeps the answer in ``_wino``
-        (as for Winograd) and returns True where ours won.  Neither wins everywhere: the GEMM wins
-        small channel counts with SiLU and large maps, oneDNN some mid-size layers; the depthwise
-        kernel wins on AVX2 CPUs (~1.3-1.5x with the channel sums it hands the squeeze-excite),
-        oneDNN's AVX-512 code can beat it.  Where a squeeze-excite reads this output (a depthwise
-        conv's ``emit_channel_sums``), oneDNN's side is charged the pooling pass the
-        squeeze-excite then does itself."""
+        GEMM, "cv": the GEMM over gathered patches) against oneDNN's conv (``args``) for this input
+        shape, keeps the answer in ``_wino`` (as for Winograd) and returns True where ours won.
+        Neither wins everywhere: the GEMM wins small channel counts with SiLU and large maps,
+        oneDNN some mid-size layers; the depthwise kernel wins on AVX2 CPUs (~1.3-1.5x with the
+        channel sums it hands the squeeze-excite), oneDNN's AVX-512 code can beat it.  Where a
+        squeeze-excite reads this output (a depthwise conv's ``emit_channel_sums``), oneDNN's side
+        is charged the pooling pass the squeeze-excite then does itself.  Where oneDNN's 1x1 or
+        dense conv won, its page faults in the model are counted next (:meth:`_count_faults`)."""
         sums = self.emit_channel_sums and not self._forward_hooks
 
         def library():
             y = _onednn_conv_act(*args)
             return y.sum((2, 3)) if sums else y
 
-        choice = self._wino[(kind, tuple(x.shape))] = not _faster(library, lambda: self._run_native(kind, x))
+        lib, ours, key = [float("inf")], [float("inf")], tuple(x.shape)
+        choice = self._wino[(kind, key)] = not _faster(_best_time(library, lib),
+                                                        _best_time(lambda: self._run_native(kind, x), ours))
+        if not choice and kind != "dw" and max(lib[0], ours[0]) < float("inf"):
+            self._wino[("faults", key)] = (lib[0], ours[0], [])  # counted in the model: _count_faults
         return choice
+
+    def _count_faults(self, kind: str, x: torch.Tensor, args: tuple, probe: tuple) -> torch.Tensor:
+        """oneDNN's conv for a layer whose oneDNN route won :meth:`_choose_native`'s loop, with the
+        page faults it takes counted (``getrusage``).  In that loop its fresh output is the block
+        it freed a moment before; in the model, between other layers' allocations, glibc may hand
+        it new pages that fault in one by one (ResNet-RS-50 at batch 8: ~9000 faults per call,
+        ~0.85 us each here), which our kernels, writing into kept buffers, never take.  After
+        two calls the fewer of their two counts, at :func:`_page_fault_cost` each, is added to
+        oneDNN's time from the loop and the choice is made again by ``_faster``'s rule (ours unless
+        oneDNN is 5% faster); no faults, no change (docs/benchmarks.md item 33)."""
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        y = _onednn_conv_act(*args)
+        lib, ours, faults = probe
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        if len(faults) >= 2:
+            key = tuple(x.shape)
+            self._wino.pop(("faults", key), None)
+            if min(faults) > 0 and not lib + min(faults) * _page_fault_cost() < 0.95 * ours:
+                self._wino[(kind, key)] = True
+        return y if self.act is None else self.act(y)
 
     def forward_gated(self, x: torch.Tensor, se: nn.Module) -> torch.Tensor | None:
         """``self(se(x))`` with the squeeze-excite's product folded into this 1x1 conv: the gates
@@ -753,6 +859,7 @@ class FusedConvAct(nn.Module):
         state.setdefault("wino_act", None)
         state.setdefault("_wino", {})
         state.setdefault("pw_act", None)
+        state.setdefault("cv_act", None)
         state.setdefault("_panels", None)
         state.setdefault("reuse_output", False)
         state.setdefault("_out", None)
@@ -955,7 +1062,8 @@ def fuse_modules(model: nn.Module) -> nn.Module:
     # the block's last conv: its output leaves the block (residual sum in place, next block's
     # input), and is dead by the next call unless someone kept it, which _sole_owner sees; these
     # outputs are narrow, so keeping them costs little memory (B0 b8: ~20 MiB)
-    for last in ("conv_pwl", "conv3", "conv_exp"):  # conv_exp: Fused-MBConv without expansion
+    # stem convs likewise (ResNet-RS's stem ends in a stride-2 conv "pool")
+    for last in ("conv_pwl", "conv3", "conv_exp", "stem", "pool"):  # conv_exp: Fused-MBConv without expansion
         c = getattr(model, last, None)
         if isinstance(c, FusedConvAct) and c.act is None:
             c.reuse_output = True

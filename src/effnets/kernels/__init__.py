@@ -117,6 +117,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_pw_dw_fwd.argtypes = [p, p, p, i64, i32, i32, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32,
                                   i32, i32, i32]
     lib.eff_pw_dw_fwd.restype = i32
+    lib.eff_conv_fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32, i32, i32]
+    lib.eff_conv_fwd.restype = i32  # -1: out of memory
     lib.eff_dw_set_blocks.argtypes = [i32]
     lib.eff_dw_set_blocks.restype = i32
     lib.eff_dw_last_blocked.restype = i32
@@ -679,6 +681,66 @@ def pointwise_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, ou
     n, c, h, w = x.shape
     library().eff_pw_fwd(x.data_ptr(), panels.data_ptr(), bias.data_ptr(), _ptr(residual), _ptr(gate), h * w,
                          out.data_ptr(), n * h * w, c, out.shape[1], act_code, torch.get_num_threads())
+    return out
+
+
+def conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A dense conv weight (C_out, C_in, KH, KW) as the panels :func:`conv_into` reads: the
+    :func:`pointwise_weight` panels of the (C_out, KH * KW * C_in) matrix, rows in (kh, kw, c)
+    order (the order of a channels-last patch)."""
+    if weight.ndim != 4:
+        raise ValueError(f"conv_weight needs a (C_out, C_in, KH, KW) weight, got {tuple(weight.shape)}")
+    co = weight.shape[0]
+    return pointwise_weight(weight.detach().float().permute(0, 2, 3, 1).reshape(co, -1, 1, 1))
+
+
+def conv_output_shape(x_shape: tuple, out_channels: int, kernel: tuple[int, int], stride: int,
+                      padding: tuple[int, int]) -> tuple[int, int, int, int]:
+    n, _, h, w = x_shape
+    return (n, out_channels, (h + 2 * padding[0] - kernel[0]) // stride + 1, (w + 2 * padding[1] - kernel[1]) // stride + 1)
+
+
+def conv_forward(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, out_channels: int,
+                 kernel: tuple[int, int], stride: int = 1, padding: tuple[int, int] = (0, 0), act: str = "identity",
+                 residual: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(conv2d(x, weight, bias, stride, padding)) (+ residual)`` for a dense (ungrouped,
+    undilated) conv of any kernel size, channels-last float32 CPU, with ``panels =
+    conv_weight(weight)``: each thread gathers a block of output pixels' patches into a buffer in
+    its cache and runs the 1x1 GEMM on them (``native.c``, ``eff_conv_fwd``); written into
+    ``out`` when given.  ``act`` is a key of ``DW_ACT_CODES``.  Call only where :func:`library`
+    is not None."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        raise ValueError(f"conv_forward needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} on {x.device}")
+    kh, kw = kernel
+    k = x.shape[1] * kh * kw
+    if panels.ndim != 3 or panels.shape[1] != k or panels.shape[2] != 16 or panels.shape[0] != (out_channels + 15) // 16:
+        raise ValueError(f"panels must be conv_weight() of a ({out_channels}, {x.shape[1]}, {kh}, {kw}) weight, "
+                         f"got {tuple(panels.shape)}")
+    if stride < 1 or min(padding) < 0 or min(kernel) < 1:
+        raise ValueError(f"conv_forward: stride {stride}, padding {padding}, kernel {kernel} out of range")
+    shape = conv_output_shape(tuple(x.shape), out_channels, kernel, stride, padding)
+    if shape[2] < 1 or shape[3] < 1:
+        raise ValueError(f"conv_forward: a {kh}x{kw} kernel with padding {padding} does not fit the "
+                         f"{x.shape[2]}x{x.shape[3]} input")
+    residual, _ = _epilogue_args("conv_forward", act, residual, None, shape, x.shape[1])
+    out = _output(out, shape)
+    b = torch.zeros(out_channels, dtype=torch.float32) if bias is None else _param(bias)
+    return conv_into(x.contiguous(memory_format=torch.channels_last), panels.float().contiguous(), b, out,
+                     kernel, stride, padding, DW_ACT_CODES[act], residual)
+
+
+def conv_into(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, kernel: tuple[int, int],
+              stride: int, padding: tuple[int, int], act_code: int,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`conv_forward` without its checks, for a caller that made them once (``x``
+    channels-last float32, ``out`` channels-last of the output's shape, ``bias`` contiguous
+    float32); ``effnets.optimize`` calls it."""
+    n, c, h, w = x.shape
+    rc = library().eff_conv_fwd(x.data_ptr(), panels.data_ptr(), bias.data_ptr(), _ptr(residual), out.data_ptr(),
+                                n, h, w, c, out.shape[2], out.shape[3], out.shape[1], kernel[0], kernel[1], stride,
+                                padding[0], padding[1], act_code, torch.get_num_threads())
+    if rc != 0:
+        raise MemoryError("conv_forward: no memory for the patch buffers")
     return out
 
 

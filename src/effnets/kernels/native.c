@@ -1659,6 +1659,91 @@ void eff_pw_fwd(const float* x, const float* wp, const float* bias, const float*
     }
 }
 
+/* ---- a dense KH x KW convolution (any stride and padding) on the 1x1 GEMM ----
+ * y[n, oh, ow, :] = act(sum_{kh, kw, c} x[n, oh*S - PH + kh, ow*S - PW + kw, c] W[kh, kw, c, :] + b)
+ * (+ res), channels-last.  Each work item (output pixels [m0, m1) x panels [p0, p1), gemm_split's)
+ * copies its pixels' patches (kh, kw, c order: one run of KW * C floats per kernel row, zeros
+ * where a tap falls in the padding) into a per-thread buffer of at most CV_PATCH_BYTES and runs
+ * pw_block on them with K = KH * KW * C: the patch matrix (9x the input for 3x3) is never
+ * written whole, and the output gets bias, activation (SiLU included) and residual in the GEMM's
+ * epilogue, in a buffer the caller keeps.  For the convs Winograd and the 1x1 GEMM do not take:
+ * stems (3 input channels) and stride-2 3x3 convs (EfficientNetV2's Fused-MBConv, ResNet-RS),
+ * where oneDNN's conv allocates a fresh output every call and leaves SiLU to a second pass.
+ * W comes as pointwise_weight panels of the (C_out, KH * KW * C) matrix.  -1: out of memory. */
+#define CV_PATCH_BYTES (192 << 10)
+/* n floats from s to d: short runs (a stem's 3 x 3 channels) by masked 16-lane moves, where a
+ * memcpy call costs more than the copy; 0 to zero them */
+#ifdef EFF_X86
+AVX512 static void cv_copy512(float* d, const float* s, i64 n) {
+    for (i64 i = 0; i < n; i += 16) {
+        const __mmask16 m = lanes16(n - i);
+        _mm512_mask_storeu_ps(d + i, m, s ? _mm512_maskz_loadu_ps(m, s + i) : _mm512_setzero_ps());
+    }
+}
+#endif
+static inline void cv_copy(float* d, const float* s, i64 n, int wide) {
+#ifdef EFF_X86
+    if (wide && n <= 64) { cv_copy512(d, s, n); return; }
+#else
+    (void)wide;
+#endif
+    if (s) memcpy(d, s, sizeof(float) * (size_t)n);
+    else memset(d, 0, sizeof(float) * (size_t)n);
+}
+static void cv_patches(const float* x, float* buf, i64 r0, i64 n_rows, i64 H, i64 W, i64 C, i64 OH, i64 OW, int KH,
+                       int KW, int S, int PH, int PW, int wide) {
+    const i64 K = (i64)KH * KW * C;
+    i64 n = r0 / (OH * OW), oh = r0 / OW % OH, ow = r0 % OW;  /* advanced pixel by pixel below */
+    for (i64 j = 0; j < n_rows; j++) {
+        const i64 iw0 = ow * S - PW;
+        float* dst = buf + j * K;
+        for (int kh = 0; kh < KH; kh++, dst += KW * C) {
+            const i64 ih = oh * S - PH + kh;
+            if (ih < 0 || ih >= H) { cv_copy(dst, NULL, KW * C, wide); continue; }
+            const float* src = x + ((n * H + ih) * W) * C;
+            if (iw0 >= 0 && iw0 + KW <= W) { cv_copy(dst, src + iw0 * C, KW * C, wide); continue; }
+            for (int kw = 0; kw < KW; kw++) {
+                const i64 iw = iw0 + kw;
+                cv_copy(dst + kw * C, iw < 0 || iw >= W ? NULL : src + iw * C, C, wide);
+            }
+        }
+        if (++ow == OW) { ow = 0; if (++oh == OH) { oh = 0; n++; } }
+    }
+}
+int eff_conv_fwd(const float* x, const float* wp, const float* bias, const float* res, float* y, i64 N, i64 H, i64 W,
+                 i64 C, i64 OH, i64 OW, i64 Cout, int KH, int KW, int S, int PH, int PW, int act, int nt) {
+#ifdef EFF_X86
+    const int wide = avx512();
+#else
+    const int wide = 0;
+#endif
+    const i64 K = (i64)KH * KW * C, M = N * OH * OW, P = (Cout + 15) / 16, MR = wide ? 2 * PW_MR : PW_MR;
+    i64 cap = CV_PATCH_BYTES / (K * (i64)sizeof(float)) / MR * MR;  /* pixels per patch buffer */
+    if (cap < MR) cap = MR;
+    i64 mt, pt, pc;
+    gemm_split(M, P, MR, cap < PW_MC ? cap : PW_MC, nt, wide, &mt, &pt, &pc);
+    float* bufs = (float*)aligned_alloc(64, (sizeof(float) * (size_t)(cap * K * nt) + 63) / 64 * 64);
+    if (!bufs) return -1;
+    const int stream = gemm_stream(M, Cout, y);
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 t = 0; t < mt * pt; t++) {
+        i64 m0, m1, p0, p1;
+        gemm_item(t, M, P, MR, mt, pt, pc, &m0, &m1, &p0, &p1);
+        float* buf = bufs + cap * K * omp_get_thread_num();
+        for (i64 r = m0; r < m1; r += cap) {
+            const i64 n_rows = m1 - r < cap ? m1 - r : cap;
+            cv_patches(x, buf, r, n_rows, H, W, C, OH, OW, KH, KW, S, PH, PW, wide);
+            pw_block(buf, wp, bias, res ? res + r * Cout : NULL, NULL, 0, y + r * Cout, 0, n_rows, p0, p1, K, Cout,
+                     act, stream);
+        }
+#ifdef EFF_X86
+        if (stream) _mm_sfence();
+#endif
+    }
+    free(bufs);
+    return 0;
+}
+
 #ifdef EFF_X86
 /* ---- Winograd F(4x4, 3x3) with the transforms and the 36 products fused, a block of B tiles at a
  * time on one thread: the block's transformed input (36 x B x C) and products (36 x B x C_out)
