@@ -14,6 +14,10 @@ models in turns, best of 5 rounds): docs/benchmarks.md item 31.
 against oneDNN's conv, switched in turns in one optimized model (V2-S, B0, ResNet-RS-50 at batch 1
 and 8): docs/benchmarks.md item 33.
 
+``python benchmarks/ab.py item33``: two optimized models of the same weights in turns, one as
+``optimize`` makes it now and one as it did before item 33 (no patch GEMM, no page-fault counts,
+stems without kept buffers), each with its own per-layer choices.
+
 ``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
 swapped between the current build and another one (``kernels._LIB``; build the other by
 checking out its ``native.c`` and importing ``effnets.kernels``: the builds are cached under
@@ -169,6 +173,41 @@ def dense_ab(names: list[str], batches: list[int]) -> None:
                   f"({t['onednn'] / t['patch']:.3f}x)", flush=True)
 
 
+def item33_off(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (fresh from ``optimize``) as optimize made it before item 33: dense convs on oneDNN,
+    no page-fault counts after a layer's choice, stem convs without kept buffers."""
+    for name, m in model.named_modules():
+        if isinstance(m, FusedConvAct):
+            m.cv_act = None
+            if name.split(".")[-1] in ("stem", "pool") and name.startswith("stem"):
+                m.reuse_output = False
+            choose = m._choose_native
+
+            def no_counts(kind, x, args, m=m, choose=choose):
+                chosen = choose(kind, x, args)
+                m._wino.pop(("faults", tuple(x.shape)), None)
+                return chosen
+            m._choose_native = no_counts
+    return model
+
+
+def item33_ab(names: list[str], batches: list[int]) -> None:
+    """Two optimized models of the same weights in turns, each with its own per-layer choices:
+    optimize() as it is and as it was before item 33 (item33_off)."""
+    print("ms per forward, optimize() before item 33 vs now (two models in turns, best of 8 rounds):")
+    for name in names:
+        size = {**MODELS, "resnet_rs_50": 160}.get(name, 224)
+        base = effnets.create_model(name).eval()
+        models = {"before": item33_off(effnets.optimize(base)), "now": effnets.optimize(base)}
+        holder = types.SimpleNamespace(model=None)
+        for batch in batches:
+            x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+            t = best_of({k: (lambda m=m: setattr(holder, "model", m)) for k, m in models.items()},
+                        lambda inp: holder.model(inp), x, rounds=8, calls=5 if batch > 1 else 20)
+            print(f"  {name} b{batch}: before {t['before']:.2f}, now {t['now']:.2f} ({t['before'] / t['now']:.3f}x)",
+                  flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -177,6 +216,10 @@ def main(argv=None) -> int:
     dense = sub.add_parser("dense", help="stems and stride-2 convs: the patch GEMM against oneDNN's conv")
     dense.add_argument("--models", nargs="+", default=["efficientnetv2_s", "efficientnet_b0", "resnet_rs_50"])
     dense.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    item33 = sub.add_parser("item33", help="optimize() now against optimize() before item 33, two models in turns")
+    item33.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet_rs_50", "efficientnet_b0",
+                                                         "mobilenet_v3_large"])
+    item33.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -192,6 +235,8 @@ def main(argv=None) -> int:
         bf16_ab()
     elif args.what == "dense":
         dense_ab(args.models, args.batches)
+    elif args.what == "item33":
+        item33_ab(args.models, args.batches)
     else:
         lib_ab(args.other, args.dtype, args.models)
     return 0
