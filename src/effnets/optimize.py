@@ -246,11 +246,10 @@ def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalar
 
 def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> bool:
     """True when ``a`` ran faster than ``b`` by 5% or more (best of ``runs``, alternated, after
-    one warm-up call each).  Where a
-    library conv allocates a fresh output and ours writes into a kept buffer, the loop sees that
-    as it is: outputs above glibc's mmap ceiling (32 MiB) are mapped afresh, and their pages
-    faulted in, on every call of the loop too (but below it, the block freed a moment before
-    comes back: see ``FusedConvAct._count_faults``)."""
+    one warm-up call each).  Where a library conv allocates a fresh output and ours writes into
+    a kept buffer, the loop sees that as it is for outputs above glibc's mmap ceiling (32 MiB:
+    mapped afresh, their pages faulted in, on every call of the loop too); below it the block
+    freed a moment before comes back, which in the model it may not (``FusedConvAct._count_faults``)."""
     a(), b()
     ta = tb = float("inf")
     for _ in range(runs):
@@ -279,7 +278,7 @@ _FAULT_COST: list[float] = []
 def _page_fault_cost() -> float:
     """Seconds the first write to a fresh 4 KiB page costs over a write to a mapped one (measured
     once per process: a fresh 40 MiB buffer, mapped afresh by glibc, filled against the same
-    buffer filled again; best of 3; ~0.85 us on the development machine)."""
+    buffer filled again; best of 3; 0.63-0.85 us on the development machine)."""
     if not _FAULT_COST:
         n, best = 10 << 20, float("inf")
         for _ in range(3):
@@ -1078,9 +1077,10 @@ def fuse_modules(model: nn.Module) -> nn.Module:
 
 def release_buffers(model: nn.Module) -> int:
     """Drop the output buffers an optimized model keeps from call to call (see
-    ``FusedConvAct._output_tensor``; they hold about the block-internal activations and block
-    outputs of the last batch: 192 MiB for efficientnet_b0 at batch 8, 647 MiB for
-    efficientnetv2_s at batch 8 @300);
+    ``FusedConvAct._output_tensor``; they hold the outputs of the layers on effnets' kernels
+    among the block-internal activations, block outputs and stems of the last batch, so it
+    depends on the layers' timed choices: 100-135 MiB for efficientnet_b0 at batch 8, 480 MiB
+    for efficientnetv2_s at batch 8 @300, session 18);
     the next call allocates them again.
     Returns the number of bytes released (0 where none was kept or a caller still holds one)."""
     released = 0

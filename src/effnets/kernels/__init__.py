@@ -4,7 +4,8 @@ convolution, channels-last (training backward; inference forward with bias, acti
 channel sums a squeeze-excite needs); the inference squeeze-excite in one call (optionally with
 the residual sum and output activation); the training backward of the squeeze-excite gate
 product; the transforms of Winograd F(4x4, 3x3) convolution; the inference 1x1 convolution (a
-GEMM with bias, activation and residual in its epilogue, writing into a caller's buffer).
+GEMM with bias, activation and residual in its epilogue, writing into a caller's buffer), and
+other dense convolutions as that GEMM on patches gathered per block of output pixels.
 
 Nothing here is required: :func:`library` is None when there is no C compiler or with
 ``EFFNETS_NO_NATIVE=1`` (:func:`supports` / :func:`supports_depthwise` also say no for
@@ -696,6 +697,8 @@ def conv_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def conv_output_shape(x_shape: tuple, out_channels: int, kernel: tuple[int, int], stride: int,
                       padding: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(N, C_out, OH, OW) of a conv of an (N, C, H, W) input (no dilation); sizes below 1 where
+    the kernel does not fit."""
     n, _, h, w = x_shape
     return (n, out_channels, (h + 2 * padding[0] - kernel[0]) // stride + 1, (w + 2 * padding[1] - kernel[1]) // stride + 1)
 
