@@ -40,6 +40,7 @@ from effnets import kernels as K
 from effnets.optimize import FastLinear, FusedConvAct
 
 MODELS = {"efficientnet_b0": 224, "mobilenet_v3_large": 224, "efficientnetv2_s": 300}
+SIZES = {**MODELS, "resnet_rs_50": 160, "vit_tiny_16": 224}  # the input size of each model named here
 
 
 def best_of(variants: dict, model, x: torch.Tensor, rounds: int = 6, calls: int = 20) -> dict[str, float]:
@@ -59,6 +60,13 @@ def best_of(variants: dict, model, x: torch.Tensor, rounds: int = 6, calls: int 
                     model(x)
                 best[name] = min(best[name], (time.perf_counter() - t) / calls * 1e3)
     return best
+
+
+def in_turns(models: dict, x: torch.Tensor, rounds: int, calls: int) -> dict[str, float]:
+    """:func:`best_of` for several models (name -> model) instead of variants of one."""
+    holder = types.SimpleNamespace(model=None)
+    return best_of({k: (lambda m=m: setattr(holder, "model", m)) for k, m in models.items()},
+                   lambda inp: holder.model(inp), x, rounds=rounds, calls=calls)
 
 
 def alone() -> None:
@@ -109,7 +117,7 @@ def lib_ab(other: str, dtype: str | None, names: list[str]) -> None:
     try:
         for name in names:
             model = effnets.optimize(effnets.create_model(name).eval(), dtype=dtype)
-            size = {**MODELS, "resnet_rs_50": 160}.get(name, 224)
+            size = SIZES.get(name, 224)
             for batch in (1, 8):
                 x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
                 t = best_of({"other": lambda: setattr(K, "_LIB", old), "this": lambda: setattr(K, "_LIB", new)},
@@ -127,15 +135,12 @@ def bf16_ab() -> None:
         print("this CPU has no AVX512-BF16: dtype='bf16_mixed' would run its plain path")
         return
     print("ms per forward, fp32 optimize vs bf16_mixed (best of 5 rounds in turns):")
-    sizes = {**MODELS, "resnet_rs_50": 160, "vit_tiny_16": 224}
-    for name, size in sizes.items():
+    for name, size in SIZES.items():
         model = effnets.create_model(name).eval()
         models = {"fp32": effnets.optimize(model), "bf16_mixed": effnets.optimize(model, dtype="bf16_mixed")}
-        holder = types.SimpleNamespace(model=None)  # best_of's variants: which model runs
         for batch in (1, 8):
             x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-            t = best_of({k: (lambda m=m: setattr(holder, "model", m)) for k, m in models.items()},
-                        lambda inp: holder.model(inp), x, rounds=5, calls=max(2, 16 // batch))
+            t = in_turns(models, x, rounds=5, calls=max(2, 16 // batch))
             print(f"  {name} b{batch}: fp32 {t['fp32']:.2f}, bf16_mixed {t['bf16_mixed']:.2f} "
                   f"({t['fp32'] / t['bf16_mixed']:.2f}x)", flush=True)
 
@@ -147,7 +152,7 @@ def dense_ab(names: list[str], batches: list[int]) -> None:
     layer runs oneDNN's conv as before the patch GEMM existed)."""
     print("ms per forward, dense convs on oneDNN vs on the patch GEMM (best of 8 rounds in turns):")
     for name in names:
-        size = {**MODELS, "resnet_rs_50": 160}.get(name, 224)
+        size = SIZES.get(name, 224)
         model = effnets.optimize(effnets.create_model(name).eval())
         dense = [(m, m.cv_act) for m in model.modules() if isinstance(m, FusedConvAct) and m.cv_act]
         for batch in batches:
@@ -156,12 +161,8 @@ def dense_ab(names: list[str], batches: list[int]) -> None:
                 for _ in range(4):
                     model(x)
             chose = sum(v is True for m, _ in dense for k, v in m._wino.items() if k[0] == "cv" and k[1][0] == batch)
-            for m, _ in dense:  # ours on every such layer for the "patch" side
-                for k in [k for k in m._wino if k[0] in ("cv", "faults")]:
-                    if k[0] == "faults":
-                        del m._wino[k]
-                    else:
-                        m._wino[k] = True
+            for m, _ in dense:  # ours on every such layer for the "patch" side, no fault counts pending
+                m._wino = {k: k[0] == "cv" or v for k, v in m._wino.items() if k[0] != "faults"}
 
             def route(on: bool) -> None:
                 for m, act in dense:
@@ -169,8 +170,8 @@ def dense_ab(names: list[str], batches: list[int]) -> None:
             t = best_of({"onednn": lambda: route(False), "patch": lambda: route(True)}, model, x, rounds=8,
                         calls=max(2, 16 // batch))
             route(True)
-            print(f"  {name} b{batch} ({len(dense)} layers, {chose} on ours by their own choice): oneDNN {t['onednn']:.2f}, patch GEMM {t['patch']:.2f} "
-                  f"({t['onednn'] / t['patch']:.3f}x)", flush=True)
+            print(f"  {name} b{batch} ({len(dense)} layers, {chose} on ours by their own choice): "
+                  f"oneDNN {t['onednn']:.2f}, patch GEMM {t['patch']:.2f} ({t['onednn'] / t['patch']:.3f}x)", flush=True)
 
 
 def item33_off(model: torch.nn.Module) -> torch.nn.Module:
@@ -179,7 +180,7 @@ def item33_off(model: torch.nn.Module) -> torch.nn.Module:
     for name, m in model.named_modules():
         if isinstance(m, FusedConvAct):
             m.cv_act = None
-            if name.split(".")[-1] in ("stem", "pool") and name.startswith("stem"):
+            if name in ("stem", "stem.pool"):  # the stem convs fuse_modules now lets keep their buffers
                 m.reuse_output = False
             choose = m._choose_native
 
@@ -196,14 +197,12 @@ def item33_ab(names: list[str], batches: list[int]) -> None:
     optimize() as it is and as it was before item 33 (item33_off)."""
     print("ms per forward, optimize() before item 33 vs now (two models in turns, best of 8 rounds):")
     for name in names:
-        size = {**MODELS, "resnet_rs_50": 160}.get(name, 224)
+        size = SIZES.get(name, 224)
         base = effnets.create_model(name).eval()
         models = {"before": item33_off(effnets.optimize(base)), "now": effnets.optimize(base)}
-        holder = types.SimpleNamespace(model=None)
         for batch in batches:
             x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-            t = best_of({k: (lambda m=m: setattr(holder, "model", m)) for k, m in models.items()},
-                        lambda inp: holder.model(inp), x, rounds=8, calls=5 if batch > 1 else 20)
+            t = in_turns(models, x, rounds=8, calls=5 if batch > 1 else 20)
             print(f"  {name} b{batch}: before {t['before']:.2f}, now {t['now']:.2f} ({t['before'] / t['now']:.3f}x)",
                   flush=True)
 
