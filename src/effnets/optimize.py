@@ -281,8 +281,8 @@ def _page_fault_cost() -> float:
     allocator would reuse) is filled, then filled again; the fastest fresh fill less the fastest
     warm fill of 5 rounds (taking each minimum apart, so one preempted fill cannot cancel the
     faults' cost), divided by the faults ``getrusage`` counted in one fresh fill (20 where the
-    kernel maps 2 MiB huge pages, 10240 with 4 KiB pages; 0.63-0.94 us each on the development
-    machine).  Zero where fresh pages cost nothing measurable."""
+    kernel maps 2 MiB huge pages, 10240 with 4 KiB pages; 0.62-0.82 us each on the development
+    machine, up to 1.8 us with both cores busy).  Zero where fresh pages cost nothing measurable."""
     if not _FAULT_COST:
         import mmap
         n = 40 << 20
