@@ -1,4 +1,4 @@
-"""In-process A/B timings behind docs/benchmarks.md items 29-33 (not a test: prints figures).
+"""In-process A/B timings behind docs/benchmarks.md items 29-34 (not a test: prints figures).
 
 ``python benchmarks/ab.py linear``: effnets' GEMM (``FastLinear``, what ``optimize`` runs for a
 linear layer) against ``F.linear`` alone, for 1-512 rows of 1280 -> 1000 and 768 -> 3072 (the
@@ -17,6 +17,10 @@ and 8): docs/benchmarks.md item 33.
 ``python benchmarks/ab.py item33``: two optimized models of the same weights in turns, one as
 ``optimize`` makes it now and one as it did before item 33 (no patch GEMM, no page-fault counts,
 stems without kept buffers), each with its own per-layer choices.
+
+``python benchmarks/ab.py residual``: each block's residual sum in its last 1x1 conv's GEMM
+epilogue against a pass of its own, switched in turns in one optimized model (B0, MobileNetV3-L,
+MobileNetV2, V2-S at batch 1 and 8): item 34.
 
 ``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
 swapped between the current build and another one (``kernels._LIB``; build the other by
@@ -207,6 +211,27 @@ def item33_ab(names: list[str], batches: list[int]) -> None:
                   flush=True)
 
 
+def residual_ab(names: list[str], batches: list[int]) -> None:
+    """Each block's residual sum in its last 1x1 conv's GEMM epilogue (item 34) switched on and
+    off in turns in one optimized model (the same per-layer choices on both sides)."""
+    print("ms per forward, residual sums in their own pass vs in the GEMM epilogue (one model, in turns, "
+          "best of 25 rounds):")
+    for name in names:
+        size = SIZES.get(name, 224)
+        model = effnets.optimize(effnets.create_model(name).eval())
+        blocks = [m for m in model.modules() if getattr(m, "residual_in_branch", False)]
+
+        def switch(on: bool):
+            return lambda: [setattr(b, "residual_in_branch", on) for b in blocks]
+
+        for batch in batches:
+            x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+            t = best_of({"apart": switch(False), "epilogue": switch(True)}, model, x, rounds=25,
+                        calls=5 if batch > 1 else 20)
+            print(f"  {name} b{batch} ({len(blocks)} blocks): apart {t['apart']:.2f}, epilogue {t['epilogue']:.2f} "
+                  f"({t['apart'] / t['epilogue']:.3f}x)", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -219,6 +244,10 @@ def main(argv=None) -> int:
     item33.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet_rs_50", "efficientnet_b0",
                                                          "mobilenet_v3_large"])
     item33.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    residual = sub.add_parser("residual", help="residual sums in the GEMM epilogue or apart, one model in turns")
+    residual.add_argument("--models", nargs="+", default=["efficientnet_b0", "mobilenet_v3_large", "mobilenet_v2",
+                                                           "efficientnetv2_s"])
+    residual.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -236,6 +265,8 @@ def main(argv=None) -> int:
         dense_ab(args.models, args.batches)
     elif args.what == "item33":
         item33_ab(args.models, args.batches)
+    elif args.what == "residual":
+        residual_ab(args.models, args.batches)
     else:
         lib_ab(args.other, args.dtype, args.models)
     return 0

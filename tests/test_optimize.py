@@ -972,3 +972,69 @@ def test_page_fault_cost_survives_a_preempted_fill(monkeypatch):
     monkeypatch.setattr(opt, "resource", None)  # no fault counts: one fault per 4 KiB page
     monkeypatch.setattr(opt, "_FAULT_COST", [])
     assert opt._page_fault_cost() == pytest.approx((10e-3 - 1.5e-3) / ((40 << 20) // 4096), rel=1e-9)
+
+
+RESIDUAL_CASES = [("efficientnet_b0", None), ("efficientnetv2_b0", None), ("mobilenet_v2", None),
+                  ("efficientnet_b0", "int8_dynamic"), ("efficientnet_b0", "bf16_mixed")]
+
+
+@pytest.mark.parametrize("name,dtype", RESIDUAL_CASES)
+def test_residual_sum_in_the_last_convs_epilogue(monkeypatch, name, dtype):
+    """Each MBConv / Fused-MBConv block with a skip adds its shortcut in its last 1x1 conv's GEMM
+    epilogue (``residual_in_branch``, ``FusedConvAct.forward_residual``): one GEMM call with a
+    residual per such block and no other; the output equals, bit for bit, that of the same model
+    with the sums in their own pass (the flags off), and the original's; on oneDNN's side
+    (forced) the sum is its own pass again; a hook on a last conv sees its output without the
+    sum; in training mode the block adds the shortcut itself (its drop path is live)."""
+    from effnets import kernels
+    from effnets.blocks.mbconv import FusedMBConv, MBConv
+    if dtype == "bf16_mixed" and not kernels.bf16_fast():
+        pytest.skip("this CPU has no AVX512-BF16")
+    opt_mod = sys.modules["effnets.optimize"]
+    into = {None: "pointwise_into", "int8_dynamic": "pointwise_q8_into", "bf16_mixed": "pointwise_bf16_into"}[dtype]
+    calls = record_calls(monkeypatch, kernels, into, lambda *a, **kw: kw.get("residual") is not None)
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
+    x = torch.randn(2, 3, 96, 96)
+    skips = [n for n, m in model.named_modules() if type(m) in (MBConv, FusedMBConv) and m.has_skip
+             and m.conv_pwl is not None]
+    assert skips
+    with torch.inference_mode():
+        ref = model(x)
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: False)  # effnets' kernels everywhere
+        fused, apart = effnets.optimize(model, dtype=dtype), effnets.optimize(model, dtype=dtype)
+        assert sorted(n for n, m in fused.named_modules() if getattr(m, "residual_in_branch", False)) == sorted(skips)
+        for m in apart.modules():
+            if getattr(m, "residual_in_branch", False):
+                m.residual_in_branch = False
+        fused(x), apart(x)  # first calls time (stubbed) and choose
+        calls.clear()
+        y = fused(x).clone()
+        assert sum(calls) == len(skips)
+        calls.clear()
+        assert torch.equal(apart(x), y) and sum(calls) == 0
+        assert _rel_err(y, ref) < (1e-4 if dtype is None else 5e-2)
+        seen = []  # a hook on a last conv: it is called as a module and sees the conv alone (its squeeze-
+        # excite unfolded too, so the float roundings differ a little)
+        fused.get_submodule(skips[0] + ".conv_pwl").register_forward_hook(lambda m, a, o: seen.append(o.clone()))
+        calls.clear()
+        assert _rel_err(fused(x), y) < 1e-5 and sum(calls) == len(skips) - 1 and len(seen) == 1
+        block_in = {}
+        fused.get_submodule(skips[0]).register_forward_pre_hook(lambda m, a: block_in.update(x=a[0].clone()))
+        fused(x)
+        assert torch.equal(seen[-1] + block_in["x"], fused.get_submodule(skips[0])(block_in["x"]))
+    if dtype is None:
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, **kw: True)  # oneDNN faster everywhere
+        with torch.inference_mode():
+            onednn = effnets.optimize(model)
+            onednn(x)
+            calls.clear()
+            assert _rel_err(onednn(x), ref) < 1e-4 and sum(calls) == 0
+        residual_calls = record_calls(monkeypatch, opt_mod.FusedConvAct, "forward_residual")
+        with torch.inference_mode():
+            train = effnets.optimize(model).train()  # drop path live in training: the block's own sum
+            for b in train.modules():
+                if hasattr(b, "set_drop_path"):
+                    b.set_drop_path(0.0)  # (p = 0 so that the features compare; dropout: not compared)
+            feats = train.stages(train.stem(x))
+            assert _rel_err(feats, model.stages(model.stem(x))) < 1e-4 and not residual_calls

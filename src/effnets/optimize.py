@@ -67,6 +67,7 @@ from torch import nn
 from torch.nn.modules import module as _module_hooks  # the global hook registries
 
 from . import kernels
+from .blocks.mbconv import FusedMBConv, MBConv, inplace_ok
 from .errors import ConfigError
 from .int8_glue import fuse_int8_glue
 from .layers.conv import Conv2dSame, ConvNormAct
@@ -739,14 +740,15 @@ class FusedConvAct(nn.Module):
                 self._wino[(kind, key)] = True
         return y if self.act is None else self.act(y)
 
-    def forward_gated(self, x: torch.Tensor, se: nn.Module) -> torch.Tensor | None:
+    def forward_gated(self, x: torch.Tensor, se: nn.Module, residual: torch.Tensor | None = None) -> torch.Tensor | None:
         """``self(se(x))`` with the squeeze-excite's product folded into this 1x1 conv: the gates
         come from the channel means (the depthwise conv's sums where it left them), and effnets'
         GEMM scales its weights per image, so the gated tensor is never written and read back
         (a pass over the block's widest tensor).  None where that does not apply, and the caller
         (``layers.memory.se_conv``) runs ``self(se(x))``: not plain float32 CPU inference, not a
         1x1 conv on the native GEMM, a squeeze-excite the kernels cannot run, or hooks on either
-        module (they would miss the call or the gated tensor)."""
+        module (they would miss the call or the gated tensor).  ``residual``: added in the
+        epilogue too (``forward_residual`` checked it)."""
         if (self.pw_act is None or type(se) is not FastSqueezeExcite or se.native_names is None or _plain_mode()
                 or x.requires_grad or x.dtype != torch.float32 or not x.is_cpu or x.ndim != 4
                 or self._parameters["weight"].dtype != torch.float32 or x.shape[1] != self._parameters["weight"].shape[1]
@@ -771,7 +773,44 @@ class FusedConvAct(nn.Module):
             if sums is not None:
                 x._effnets_channel_sums = sums  # for the squeeze-excite the caller now runs
             return None
-        return self._native_pointwise(x, gates)
+        return self._native_pointwise(x, gates, residual)
+
+    def forward_residual(self, x: torch.Tensor, se: nn.Module | None, shortcut: torch.Tensor) -> torch.Tensor:
+        """``self(se(x)) + shortcut`` (``se`` None: ``self(x) + shortcut``) for a block's last 1x1
+        conv where :func:`fuse_modules` moved the block's residual sum (``residual_in_branch``):
+        on effnets' GEMMs (fp32 where it won the timing, int8, bf16) the shortcut is added in the
+        epilogue while the tile is in registers, so the block output is written once instead of
+        written, read back and written again (V2-S b8: 35 sums, 6.3 ms of 375; equal bits: the
+        same two float additions in the same order).  Elsewhere (oneDNN chosen or not timed yet,
+        hooks, graphs, autograd) the conv, then the sum."""
+        if self._residual_ok(x, shortcut):
+            if se is not None:
+                y = self.forward_gated(x, se, shortcut)
+                if y is not None:
+                    return y
+                x = se(x)
+            if self._lowp_native() if (self.int8 or self.bf16) else self._wino.get(("pw", x.shape)) is True:
+                return self._native_pointwise(x, None, shortcut)
+        elif se is not None:
+            x = se(x)
+        y = self(x)
+        return y.add_(shortcut) if inplace_ok(y, shortcut) else y + shortcut
+
+    def _residual_ok(self, x: torch.Tensor, shortcut: torch.Tensor) -> bool:
+        """Whether :meth:`forward_residual` may hand ``shortcut`` to the GEMM: eager float32 CPU
+        inference with the kernels built, no hooks on this conv (they would see neither the call
+        nor the output without the sum), no activation module after the GEMM, and a channels-last
+        shortcut of the output's shape."""
+        w = self._parameters["weight"]
+        return (self.pw_act is not None and self.act is None and type(x) is torch.Tensor
+                and (kernels._LIB is not None or kernels.library() is not None)
+                and type(shortcut) is torch.Tensor and not _plain_mode()
+                and x.dtype == torch.float32 and shortcut.dtype == torch.float32 and x.is_cpu and shortcut.is_cpu
+                and not (x.requires_grad or shortcut.requires_grad) and x.ndim == 4 and x.shape[1] == w.shape[1]
+                and shortcut.shape == (x.shape[0], w.shape[0], x.shape[2], x.shape[3])
+                and shortcut.is_contiguous(memory_format=torch.channels_last)
+                and not (self._forward_hooks or self._forward_pre_hooks or _module_hooks._global_forward_hooks
+                         or _module_hooks._global_forward_pre_hooks))
 
     def _choose_gated(self, x: torch.Tensor, se: nn.Module, gates: torch.Tensor, sums, key) -> bool:
         """Times the gated GEMM against the squeeze-excite's product pass + this conv as it would
@@ -788,11 +827,13 @@ class FusedConvAct(nn.Module):
         choice = self._wino[key] = not _faster(separate, lambda: self._native_pointwise(x, gates))
         return choice
 
-    def _native_pointwise(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    def _native_pointwise(self, x: torch.Tensor, gate: torch.Tensor | None = None,
+                          residual: torch.Tensor | None = None) -> torch.Tensor:
         """1x1 conv + bias + activation as one pass of effnets' GEMM (``kernels.pointwise_conv``):
         SiLU is applied in the epilogue while the tile is in registers (oneDNN's conv leaves it to a
         second pass over the output), and the output can go to a kept buffer.  ``gate``: (N, C_in)
-        factors applied to the input (``forward_gated``)."""
+        factors applied to the input (``forward_gated``); ``residual``: added to the output in the
+        epilogue (``forward_residual``)."""
         weight, bias = self._parameters["weight"], self._parameters["bias"]
         self._check_weight(weight)
         co = weight.shape[0]
@@ -801,11 +842,11 @@ class FusedConvAct(nn.Module):
         panels, b = self._gemm_weights()
         lowp = self.int8 or self.bf16
         if not lowp and (x.shape[1] != weight.shape[1] or bias.dtype != torch.float32):  # raises, naming the misfit
-            return kernels.pointwise_conv(x, panels, bias, co, self.pw_act, gate=gate)
+            return kernels.pointwise_conv(x, panels, bias, co, self.pw_act, residual, gate=gate)
         out = self._output_tensor((x.shape[0], co, x.shape[2], x.shape[3]))
         into = (kernels.pointwise_q8_into if self.int8 else kernels.pointwise_bf16_into if self.bf16
                 else kernels.pointwise_into)
-        y = into(x, panels, b, out, kernels.DW_ACT_CODES[self.pw_act], gate=gate)
+        y = into(x, panels, b, out, kernels.DW_ACT_CODES[self.pw_act], residual=residual, gate=gate)
         return y if self.act is None else self.act(y)
 
     def _gemm_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1076,6 +1117,11 @@ def fuse_modules(model: nn.Module) -> nn.Module:
         c = getattr(model, last, None)
         if isinstance(c, FusedConvAct) and c.act is None:
             c.reuse_output = True
+    # the block's residual sum in its last 1x1 conv's epilogue (FusedConvAct.forward_residual)
+    last = getattr(model, "conv_pwl", None)
+    if type(model) in (MBConv, FusedMBConv) and model.has_skip \
+            and isinstance(last, FusedConvAct) and last.pw_act is not None and last.act is None:
+        model.residual_in_branch = True
     dw, se = getattr(model, "conv_dw", None), getattr(model, "se", None)
     if isinstance(dw, FusedConvAct) and isinstance(se, FastSqueezeExcite) and dw.act is None \
             and dw.dw_act is not None:

@@ -29,10 +29,16 @@ class ResidualBlock(nn.Module):
     Subclasses set ``has_skip`` and ``drop_path`` (a DropPath when there is a skip, else None);
     no class-level defaults, since a class attribute would hide the registered submodule."""
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    # set per block by effnets.optimize where the branch's last 1x1 conv can add the shortcut in
+    # its GEMM's epilogue (``branch(x, shortcut)``): one pass over the block output, not two
+    residual_in_branch = False
+
+    def branch(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residual_in_branch and not self.training:  # eval: drop path is the identity
+            return self.branch(x, x)
         y = self.branch(x)
         if self.has_skip:
             y = add_residual(self.drop_path(y), x)
@@ -85,8 +91,8 @@ class MBConv(ResidualBlock):
         self.conv_pwl = ConvNormAct(mid, a.out_chs, 1, **a.norm_act(None))
         self.drop_path = a.make_drop_path()
 
-    def branch(self, x):
-        return se_conv(expand_conv_dw(x, self.conv_pw, self.conv_dw), self.se, self.conv_pwl)
+    def branch(self, x, shortcut=None):
+        return se_conv(expand_conv_dw(x, self.conv_pw, self.conv_dw), self.se, self.conv_pwl, shortcut)
 
 
 class FusedMBConv(ResidualBlock):
@@ -107,8 +113,8 @@ class FusedMBConv(ResidualBlock):
             self.conv_pwl = ConvNormAct(mid, a.out_chs, 1, **a.norm_act(None))
         self.drop_path = a.make_drop_path()
 
-    def branch(self, x):
+    def branch(self, x, shortcut=None):
         x = self.conv_exp(x)
-        if self.conv_pwl is None:
+        if self.conv_pwl is None:  # never given a shortcut (optimize moves it only into a 1x1 conv)
             return x if self.se is None else self.se(x)
-        return se_conv(x, self.se, self.conv_pwl)
+        return se_conv(x, self.se, self.conv_pwl, shortcut)

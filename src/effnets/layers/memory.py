@@ -326,10 +326,15 @@ def expand_conv_dw(x: torch.Tensor, expand: nn.Module | None, dw: nn.Module) -> 
     return dw(expand(x)) if y is None else y
 
 
-def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module) -> torch.Tensor:
+def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module,
+            shortcut: torch.Tensor | None = None) -> torch.Tensor:
     """``cna(se(x))`` (squeeze-excite, then a ConvNormAct).  In memory-efficient training the
     gated tensor ``se(x)``, which only the conv's weight gradient needs, is not stored: the
-    conv saves ``x`` (kept anyway) and the B x C x 1 x 1 SE logits and recomputes the product."""
+    conv saves ``x`` (kept anyway) and the B x C x 1 x 1 SE logits and recomputes the product.
+    ``shortcut``: ``cna(se(x)) + shortcut``, given only in an ``effnets.optimize``d model's eval
+    blocks, whose 1x1 conv adds it in its GEMM's epilogue (``FusedConvAct.forward_residual``)."""
+    if shortcut is not None:
+        return type(cna).forward_residual(cna, x, se, shortcut)
     if se is None:
         return cna(x)
     if not (use_memory_efficient(se) and use_memory_efficient(cna)):  # eval, export, compile: plain modules
