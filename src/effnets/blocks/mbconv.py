@@ -27,7 +27,8 @@ def add_residual(y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
 class ResidualBlock(nn.Module):
     """Base: ``forward`` = shortcut + drop_path(branch) when the block has a skip.
     Subclasses set ``has_skip`` and ``drop_path`` (a DropPath when there is a skip, else None);
-    no class-level defaults, since a class attribute would hide the registered submodule."""
+    no class-level defaults for those two, since a class attribute would hide the registered
+    submodule.  A subclass whose ``branch`` takes a shortcut may be marked ``residual_in_branch``."""
 
     # set per block by effnets.optimize where the branch's last 1x1 conv can add the shortcut in
     # its GEMM's epilogue (``branch(x, shortcut)``): one pass over the block output, not two
