@@ -25,6 +25,13 @@ def _perturb_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def _model_and_input(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
+    """Seed 0: ``name`` with 10 classes and perturbed BN (eval), and a batch of 2 images."""
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
+    return model, torch.randn(2, 3, size, size)
+
+
 def _rel_err(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -585,9 +592,7 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
     calls = record_calls(monkeypatch, kernels, "pointwise_into",
                          lambda *a, **kw: "linear" if in_linear[0] else kw.get("gate") is not None)
     fused = record_calls(monkeypatch, kernels, "expand_depthwise_into")  # expand conv + depthwise in one pass
-    torch.manual_seed(0)
-    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
-    x = torch.randn(2, 3, size, size)
+    model, x = _model_and_input(name, size)
     se_then_1x1 = [n for n, m in model.named_modules() if getattr(m, "se", None) is not None
                    and (getattr(m, "conv_pwl", None) is not None or type(m).__name__ == "DepthwiseSeparable")]
     with torch.inference_mode():
@@ -633,9 +638,7 @@ def test_depthwise_choice_between_native_kernel_and_onednn(monkeypatch, name, si
     opt_mod = sys.modules["effnets.optimize"]
     calls = record_calls(monkeypatch, kernels, "depthwise_into")
     monkeypatch.setattr(opt_mod, "_FUSE_EXPAND", False)  # every depthwise conv on its own (see the next test)
-    torch.manual_seed(0)
-    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
-    x = torch.randn(2, 3, size, size)
+    model, x = _model_and_input(name, size)
     n_dw = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
     with torch.inference_mode():
         ref = model(x)
@@ -663,9 +666,7 @@ def test_stems_and_strided_convs_choose_between_the_patch_gemm_and_onednn(monkey
         pytest.skip("the native GEMM needs the build on x86 AVX2")
     opt_mod = sys.modules["effnets.optimize"]
     calls = record_calls(monkeypatch, kernels, "conv_into")
-    torch.manual_seed(0)
-    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
-    x = torch.randn(2, 3, size, size)
+    model, x = _model_and_input(name, size)
     with torch.inference_mode():
         ref = model(x)
         for library_faster in (False, True):
@@ -733,9 +734,7 @@ def test_expand_and_depthwise_convs_run_as_one_pass_where_timed_faster(monkeypat
         pytest.skip("native kernels unavailable")
     opt_mod = sys.modules["effnets.optimize"]
     fused_calls = record_calls(monkeypatch, kernels, "expand_depthwise_into")
-    torch.manual_seed(0)
-    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
-    x = torch.randn(2, 3, size, size)
+    model, x = _model_and_input(name, size)
 
     def build(fuse: bool, fused_wins: bool = True):
         monkeypatch.setattr(opt_mod, "_FUSE_EXPAND", fuse)
@@ -993,9 +992,7 @@ def test_residual_sum_in_the_last_convs_epilogue(monkeypatch, name, dtype):
     opt_mod = sys.modules["effnets.optimize"]
     into = {None: "pointwise_into", "int8_dynamic": "pointwise_q8_into", "bf16_mixed": "pointwise_bf16_into"}[dtype]
     calls = record_calls(monkeypatch, kernels, into, lambda *a, **kw: kw.get("residual") is not None)
-    torch.manual_seed(0)
-    model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
-    x = torch.randn(2, 3, 96, 96)
+    model, x = _model_and_input(name, 96)
     skips = [n for n, m in model.named_modules() if type(m) in (MBConv, FusedMBConv) and m.has_skip
              and m.conv_pwl is not None]
     assert skips
