@@ -682,6 +682,34 @@ def test_avx512_code_equals_avx2_code_bit_for_bit(act):
 
 
 @pw
+@pytest.mark.parametrize("act", ["silu", "identity"])
+def test_avx512_silu_equals_avx2_at_the_edges_of_exp(act):
+    """exp16 applies 2^n with vscalefps where exp_v adds n to the exponent bits: equal bit for bit
+    also where exp's clamps act (|z| near 87.3 and 88.4), on huge, tiny and subnormal inputs (all
+    2^32 floats were compared once, outside the tests).  An identity 1x1 conv hands each value to
+    the SiLU epilogue unchanged (no inf or NaN: times the zero weights they would spread)."""
+    if not K.set_avx512(True):
+        pytest.skip("this CPU has no AVX-512F")
+    edges = torch.tensor([87.3365402, 88.3762626647949, 88.72283, 89.0, 103.9, 1e4, 3e38, 1e-30, 1e-39, 0.0],
+                         dtype=torch.float32)
+    near = torch.cat([torch.linspace(e - 0.05, e + 0.05, 257) for e in (87.3365402, 88.3762626647949)])
+    vals = torch.cat([edges, near, torch.linspace(-120, 120, 4001)])
+    vals = torch.cat([vals, -vals])
+    c = 16
+    x = torch.cat([vals, vals.new_zeros((-len(vals)) % c)]).view(1, -1, c).permute(0, 2, 1)[..., None]
+    x = x.contiguous(memory_format=torch.channels_last)  # (1, 16, rows, 1): every value in some pixel
+    outs = []
+    try:
+        for on in (True, False):
+            K.set_avx512(on)
+            outs.append(K.pointwise_conv(x, K.pointwise_weight(torch.eye(c)[:, :, None, None]), torch.zeros(c), c, act))
+    finally:
+        K.set_avx512(True)
+    assert torch.equal(outs[0].contiguous().view(torch.int32), outs[1].contiguous().view(torch.int32))  # -0.0 too
+    want = x if act == "identity" else F.silu(x.double()).float()
+    assert torch.allclose(outs[0], want, rtol=1e-6, atol=1e-30)
+
+@pw
 @pytest.mark.parametrize("n,ci,co,h,w,k,stride,pad", [
     (2, 3, 24, 17, 15, 3, 2, (1, 1)),   # a stem: 3 channels (runs of 9 floats), 24 = 16 + 8 outputs, odd map
     (1, 24, 96, 19, 19, 3, 2, (1, 1)),  # EfficientNetV2's stride-2 Fused-MBConv

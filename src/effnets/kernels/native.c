@@ -126,11 +126,13 @@ static int have_avx512(void) {
     return v;
 }
 AVX512 static inline __m256 hi256(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
-/* exp_v and act_v on 16 lanes, the same arithmetic step for step (the same results bit for bit:
- * tested), so an epilogue's exp costs half the instructions of two 8-lane halves */
+/* exp_v on 16 lanes: the same n, f and 2^f fit step for step, then 2^n applied by vscalefps (one
+ * instruction for exp_v's clamp to EXP_HI, convert, shift and integer add; exact, as that add is,
+ * where the result is a normal float: the results equal exp_v's bit for bit over every float,
+ * tested), so an epilogue's SiLU costs ~12% less than with exp_v's steps on 16 lanes */
 AVX512 static inline __m512 exp16(__m512 x) {
     const __mmask16 big = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_HI), _CMP_GT_OQ);
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365402f)), _mm512_set1_ps(EXP_HI));
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3365402f));
     const __m512 L = _mm512_set1_ps(1.44269504088896341f), Llo = _mm512_set1_ps(1.92596299e-08f);
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, L), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_fmadd_ps(x, Llo, _mm512_fmsub_ps(x, L, n));
@@ -140,8 +142,7 @@ AVX512 static inline __m512 exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022122f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314694f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001f));
-    const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-    return _mm512_mask_blend_ps(big, _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e)), _mm512_set1_ps(INFINITY));
+    return _mm512_mask_blend_ps(big, _mm512_scalef_ps(p, n), _mm512_set1_ps(INFINITY));
 }
 AVX512 static inline __m512 act16(__m512 z, int act) {
     const __m512 zero = _mm512_setzero_ps();
