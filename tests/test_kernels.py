@@ -912,6 +912,33 @@ def test_pointwise_conv_streaming_stores_match(isa):
 
 
 @pw
+def test_pointwise_conv_prefetching_the_next_tile_changes_no_bit(isa):
+    """Inputs above 8 MiB have each GEMM tile prefetch the next tile's rows (a hint: the same
+    arithmetic).  The threshold lowered to 0, small GEMMs take that path: outputs equal the
+    unprefetched ones bit for bit over row counts that end mid-tile, K blocks (K > 256), the two-
+    and three-panel tiles, residual and gate; 36 outputs per row (rows not 32-byte aligned) check
+    that the prefetch flag never turns on the streaming stores, which need aligned rows."""
+    lib = K.library()
+    torch.manual_seed(0)
+    default = lib.eff_pw_set_prefetch_bytes(0)
+    assert default == 8 << 20
+    try:
+        for n, ci, co, h, w in [(2, 24, 32, 9, 7), (1, 300, 48, 11, 5), (3, 40, 36, 6, 6), (2, 64, 80, 13, 3)]:
+            x, wt, b = torch.randn(n, ci, h, w), torch.randn(co, ci, 1, 1) / ci ** 0.5, torch.randn(co)
+            res, gate = torch.randn(n, co, h, w), torch.rand(n, ci)
+            panels = K.pointwise_weight(wt)
+            outs = []
+            for limit in (0, 1 << 62):
+                lib.eff_pw_set_prefetch_bytes(limit)
+                outs.append(K.pointwise_conv(x, panels, b, co, "silu", residual=res, gate=gate))
+            assert torch.equal(outs[0], outs[1]), (n, ci, co)
+            ref = F.silu(F.conv2d(x.double() * gate.double()[:, :, None, None], wt.double(), b.double())) + res.double()
+            assert _rel(outs[0], ref) < 1e-5
+    finally:
+        lib.eff_pw_set_prefetch_bytes(default)
+
+
+@pw
 def test_silu_underflows_to_zero_as_in_pytorch(isa):
     """SiLU(z) for z below -88.4 is -0 (exp(-z) overflows, z / inf), as PyTorch computes it below -88.7, in
     every kernel with a SiLU epilogue (1x1 GEMM, depthwise conv, in-place SiLU; AVX-512, AVX2

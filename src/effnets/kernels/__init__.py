@@ -85,6 +85,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_pw_fwd.restype = None
     lib.eff_pw_set_stream_bytes.argtypes = [i64]  # outputs above this go out by streaming stores
     lib.eff_pw_set_stream_bytes.restype = i64  # the previous threshold
+    lib.eff_pw_set_prefetch_bytes.argtypes = [i64]  # inputs above this: each tile prefetches the next one's rows
+    lib.eff_pw_set_prefetch_bytes.restype = i64
     if hasattr(lib, "eff_wino_in"):  # x86 builds only
         lib.eff_wino_in.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i32]
         lib.eff_wino_out.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i32, i32]
