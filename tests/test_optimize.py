@@ -297,8 +297,9 @@ def test_compiled_matches_original():
 @pytest.mark.parametrize("eager_wins", [True, False])
 def test_compile_keeps_the_faster_of_eager_and_compiled_per_shape(monkeypatch, eager_wins):
     """optimize(compile=True)'s wrapper times the eager optimized model against the compiled one
-    on the first call per input shape and runs the winner from then on; with autograd on it
-    always runs the compiled model.  (A stand-in for Inductor: what is timed is the choice.)"""
+    on the first call per input shape, after warming the eager model, and runs the winner from
+    then on (the compiled model only where it timed faster); with autograd on it always runs the
+    compiled model.  (A stand-in for Inductor: what is timed is the choice.)"""
     from effnets.optimize import CompiledOrEager
     optimize_mod = sys.modules["effnets.optimize"]
     torch.manual_seed(0)
@@ -315,18 +316,31 @@ def test_compile_keeps_the_faster_of_eager_and_compiled_per_shape(monkeypatch, e
     with torch.inference_mode():
         eager(x), eager(x2)  # its layers' own timed choices (also _faster) made before the stand-in below
     timed = []
-    monkeypatch.setattr(optimize_mod, "_faster", lambda a, b, runs=3: timed.append((a(), b())) or eager_wins)
+
+    def faster(a, b, runs=3):  # True: a is the faster; which of a and b is compiled, the stand-in's calls tell
+        n = len(compiled_calls)
+        a()
+        a_compiled = len(compiled_calls) > n
+        b()
+        timed.append(runs)
+        return eager_wins != a_compiled
+
+    monkeypatch.setattr(optimize_mod, "_faster", faster)
+    eager_calls = []
+    eager.register_forward_pre_hook(lambda m, a: eager_calls.append(1))
     wrapped = CompiledOrEager(eager, StandIn())
     with torch.inference_mode():
         ref = model(x)
         for _ in range(3):
             assert _rel_err(wrapped(x), ref) < 1e-4
-        assert len(timed) == 1  # timed once for this shape, not on every call
+        assert timed == [5]  # timed once for this shape (five rounds), not on every call
         assert wrapped.chosen == {((2, 3, 64, 64), torch.float32): "eager" if eager_wins else "compiled"}
         # first call: compiled once before timing, once in the timing; then once per call if it won
         assert len(compiled_calls) == 2 + (0 if eager_wins else 3)
+        # the eager model: two warm-up calls before the timing, one in it, then once per call if it won
+        assert len(eager_calls) == 3 + (3 if eager_wins else 0)
         wrapped(x2)
-        assert len(timed) == 2 and ((1, 3, 96, 96), torch.float32) in wrapped.chosen
+        assert timed == [5, 5] and ((1, 3, 96, 96), torch.float32) in wrapped.chosen
     before = len(compiled_calls)
     wrapped(x)  # grad enabled: not an inference call, the compiled model runs
     assert len(compiled_calls) == before + 1

@@ -1372,7 +1372,7 @@ AVX512 static void pw_tile_512(const float* const* xr, const float* w, i64 k0, i
     c##i = _mm512_fmadd_ps(a_, b0, c##i); d##i = _mm512_fmadd_ps(a_, b1, d##i); } while (0)
 /* the next tile's input rows (nn rows from nx, ldx apart; NULL: none) fetched into L2 while this
  * tile runs, one cache line per k step (eff_pw_fwd asks for it where the input is larger than the
- * cache: pw_prefetch_limit) */
+ * cache: pw_prefetch_bytes) */
 #define PW_PF_INIT i64 pf_left = nx ? (i64)nn * ((k1 - k0 + 15) / 16) : 0; int pf_i = 0; \
     const float* pf_p = nx ? nx + k0 : NULL
 #define PW_PF_STEP do { if (pf_left > 0) { _mm_prefetch((const char*)(pf_p + pf_i * ldx), _MM_HINT_T1); pf_left--; \
