@@ -709,6 +709,7 @@ def test_avx512_silu_equals_avx2_at_the_edges_of_exp(act):
     want = x if act == "identity" else F.silu(x.double()).float()
     assert torch.allclose(outs[0], want, rtol=1e-6, atol=1e-30)
 
+
 @pw
 @pytest.mark.parametrize("n,ci,co,h,w,k,stride,pad", [
     (2, 3, 24, 17, 15, 3, 2, (1, 1)),   # a stem: 3 channels (runs of 9 floats), 24 = 16 + 8 outputs, odd map

@@ -1264,7 +1264,7 @@ class CompiledOrEager(nn.Module):
     (shape, dtype) in CPU inference (no grad), from five alternated timed calls of each after
     the eager model's own first calls for the shape (its per-layer choices, page-fault counts
     and kept buffers settle over three), and shown in ``chosen``: the compiled model only where
-    it ran at least 5% faster.  With two warm-up calls and ties going to the compiled model, a
+    it ran at least 5% faster.  With one warm-up call each and ties going to the compiled model, a
     ``make bench`` run kept Inductor's B0 at batch 8 (112 img/s) where the eager model ran 164.
     Anything else (autograd, CUDA, keyword arguments) runs the compiled model.  ``_orig_mod``
     is the optimized model, as on ``torch.compile``'s wrapper."""
