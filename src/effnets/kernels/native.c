@@ -1519,7 +1519,9 @@ static void pw_gather(const float* x, const float* res, float* y, i64 r, i64 r1,
  * wk + j * pstride), input channels k0..k1 (wk: the panel's rows k0..k1) */
 static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const float* bias, const float* res,
                     float* y, i64 r0, i64 r1, i64 p, i64 k0, i64 k1, i64 K, i64 N, int act, int stream) {
-    const int pf = stream & PW_PREFETCH;
+#ifdef EFF_X86
+    const int pf = stream & PW_PREFETCH;  /* the prefetches are x86 code */
+#endif
     stream &= PW_STREAM;
     const i64 lastc = N - (p + np - 1) * 16;  /* columns of the last of the np panels */
     const int ncols = lastc < 16 ? (int)lastc : 16;
@@ -2312,7 +2314,9 @@ static void q8_block(const float* x, const int8_t* wq, i64 ps, const float* cols
     float rs[Q8_MR], rmn[Q8_MR];
     float* yr[Q8_MR]; const float* rr[Q8_MR];
     const int isa = q8_isa() < 2 ? q8_isa() : 2, vnni = isa == 2;  /* AMX's callers: the VNNI code here */
-    const int pf = stream & PW_PREFETCH;
+#ifdef EFF_X86
+    const int pf = stream & PW_PREFETCH;  /* the prefetches are x86 code */
+#endif
     stream &= PW_STREAM;
     for (i64 r0 = m0; r0 < m1; r0 += Q8_MR) {
         const int nrows = (int)(m1 - r0 < Q8_MR ? m1 - r0 : Q8_MR);
