@@ -1,4 +1,4 @@
-"""In-process A/B timings behind docs/benchmarks.md items 29-34 (not a test: prints figures).
+"""In-process A/B timings behind docs/benchmarks.md items 29-36 (not a test: prints figures).
 
 ``python benchmarks/ab.py linear``: effnets' GEMM (``FastLinear``, what ``optimize`` runs for a
 linear layer) against ``F.linear`` alone, for 1-512 rows of 1280 -> 1000 and 768 -> 3072 (the
@@ -21,6 +21,12 @@ stems without kept buffers), each with its own per-layer choices.
 ``python benchmarks/ab.py residual``: each block's residual sum in its last 1x1 conv's GEMM
 epilogue against a pass of its own, switched in turns in one optimized model (B0, MobileNetV3-L,
 MobileNetV2, V2-S at batch 1 and 8): item 34.
+
+``python benchmarks/ab.py prefetch``: the fp32 1x1 GEMM's prefetch of the next tile's rows (item
+36) switched on and off in turns (``eff_pw_set_prefetch_bytes``: 8 MiB or never): large GEMMs
+alone at batch 1 and 8, then the GEMM calls inside optimized models at batch 8 (each call timed by
+a wrapper around the native function, summed per shape, min of ``--rounds`` forwards), and the
+whole forwards.
 
 ``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
 swapped between the current build and another one (``kernels._LIB``; build the other by
@@ -232,6 +238,88 @@ def residual_ab(names: list[str], batches: list[int]) -> None:
                   f"({t['apart'] / t['epilogue']:.3f}x)", flush=True)
 
 
+PF_ON, PF_OFF = 8 << 20, 1 << 62  # eff_pw_set_prefetch_bytes: the default, and never
+
+
+def _min_of_turns(fns: dict, rounds: int, calls: int) -> dict[str, float]:
+    """Seconds per call of each function (name -> fn), the functions taking turns, best round."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            fn()
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[k] = min(best[k], (time.perf_counter() - t) / calls)
+    return best
+
+
+def prefetch_ab(names: list[str], rounds: int) -> None:
+    lib = K.library()
+    pf = lambda on: lib.eff_pw_set_prefetch_bytes(PF_ON if on else PF_OFF)  # noqa: E731
+    try:
+        print("fp32 GEMMs alone, GMAC/s with the prefetch off / on (best of 4 rounds of 15 calls, in turns):")
+        for ci, co, h in [(144, 24, 56), (96, 24, 112), (256, 64, 38), (192, 48, 75), (960, 160, 19)]:
+            w, bias = torch.randn(co, ci, 1, 1) / ci ** 0.5, torch.randn(co)
+            panels = K.pointwise_weight(w)
+            line = f"  {ci} -> {co} on {h}x{h}:"
+            for b in (1, 8):
+                x = torch.randn(b, ci, h, h).contiguous(memory_format=torch.channels_last)
+                out = torch.empty(b, co, h, h).contiguous(memory_format=torch.channels_last)
+                run = lambda: K.pointwise_into(x, panels, bias, out, 1)  # noqa: E731
+                with torch.inference_mode():
+                    t = _min_of_turns({"off": lambda: (pf(False), run()), "on": lambda: (pf(True), run())}, 4, 15)
+                g = b * h * h * ci * co / 1e9
+                line += f"  b{b} {g / t['off']:.0f} / {g / t['on']:.0f} ({t['off'] / t['on']:.3f}x)"
+            print(line, flush=True)
+        fn = "eff_pw_fwd"
+        print(f"in optimized models, batch 8: {fn} per shape (M, K, N), ms off -> on "
+              f"(min of {rounds} forwards each way, in turns):")
+        orig = getattr(lib, fn)
+        spent: dict = {}
+
+        def timed(*a):
+            t = time.perf_counter()
+            r = orig(*a)
+            key = (a[7], a[8], a[9])  # M, K, N
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - t
+            return r
+
+        setattr(lib, fn, timed)
+        try:
+            for name in names:
+                torch.manual_seed(0)
+                model = effnets.optimize(effnets.create_model(name).eval())
+                size = SIZES.get(name, 224)
+                x = torch.randn(8, 3, size, size).contiguous(memory_format=torch.channels_last)
+                calls = {True: {}, False: {}}
+                whole = {True: float("inf"), False: float("inf")}
+                with torch.inference_mode():
+                    model(x), model(x)
+                    for r in range(rounds):
+                        for on in ((True, False) if r % 2 else (False, True)):
+                            pf(on)
+                            spent.clear()
+                            t = time.perf_counter()
+                            model(x)
+                            whole[on] = min(whole[on], time.perf_counter() - t)
+                            for k, v in spent.items():
+                                calls[on][k] = min(calls[on].get(k, float("inf")), v)
+                off, on = sum(calls[False].values()), sum(calls[True].values())
+                print(f"  {name}: all {fn} calls {off * 1e3:.1f} -> {on * 1e3:.1f} ms ({off / on:.3f}x); whole "
+                      f"forward {whole[False] * 1e3:.1f} -> {whole[True] * 1e3:.1f} ms "
+                      f"({whole[False] / whole[True]:.3f}x)", flush=True)
+                for k in sorted(calls[False], key=lambda k: -calls[False][k])[:6]:
+                    m_, k_, n_ = k
+                    print(f"    {m_} x {k_} -> {n_} ({m_ * k_ * 4 / 2 ** 20:.1f} MiB in): "
+                          f"{calls[False][k] * 1e3:.2f} -> {calls[True][k] * 1e3:.2f} ms "
+                          f"({calls[False][k] / calls[True][k]:.3f}x)", flush=True)
+        finally:
+            setattr(lib, fn, orig)
+    finally:
+        pf(True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -248,6 +336,9 @@ def main(argv=None) -> int:
     residual.add_argument("--models", nargs="+", default=["efficientnet_b0", "mobilenet_v3_large", "mobilenet_v2",
                                                            "efficientnetv2_s"])
     residual.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    pref = sub.add_parser("prefetch", help="the fp32 1x1 GEMM's row prefetch on and off, in turns")
+    pref.add_argument("--models", nargs="+", default=["efficientnetv2_s", "efficientnet_b0", "resnet_rs_50"])
+    pref.add_argument("--rounds", type=int, default=6)
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -267,6 +358,8 @@ def main(argv=None) -> int:
         item33_ab(args.models, args.batches)
     elif args.what == "residual":
         residual_ab(args.models, args.batches)
+    elif args.what == "prefetch":
+        prefetch_ab(args.models, args.rounds)
     else:
         lib_ab(args.other, args.dtype, args.models)
     return 0

@@ -290,28 +290,6 @@ def test_kernel_input_layouts_out_buffer_and_gate_forms(isa):
 
 
 @native
-def test_prefetching_the_next_row_group_changes_no_bit(isa):
-    """Inputs above 8 MiB have the int8 GEMM prefetch each next group of rows while it quantizes
-    and multiplies the current one (a hint: the same arithmetic).  The threshold lowered to 0,
-    small GEMMs take that path; outputs equal the unprefetched ones bit for bit (row counts that
-    end mid-group, residual and gate, 36 outputs per row: rows not 32-byte aligned, so a leaked
-    flag would turn on the streaming stores, which need aligned rows)."""
-    lib = K.library()
-    default = lib.eff_pw_set_prefetch_bytes(0)
-    try:
-        for n, ci, h, w, co in [(2, 24, 9, 7, 32), (3, 40, 6, 6, 36), (1, 300, 11, 5, 48)]:
-            x, weight, bias, gate, res = _case(n, ci, h, w, co, seed=5)
-            panels, cols, _ = K.pointwise_weight_q8(weight, bias)
-            outs = []
-            for limit in (0, 1 << 62):
-                lib.eff_pw_set_prefetch_bytes(limit)
-                outs.append(K.pointwise_q8(x, panels, cols, co, "silu", residual=res, gate=gate))
-            assert torch.equal(outs[0], outs[1]), (n, ci, co)
-    finally:
-        lib.eff_pw_set_prefetch_bytes(default)
-
-
-@native
 def test_constant_rows_and_zero_gates(isa):
     """A pixel whose channels are all equal has range 0 and is represented exactly: the output is
     the conv of the true input (the same for C_in = 1, where every row is constant).  A zero

@@ -1228,8 +1228,9 @@ static i64 pw_stream_limit(void) {
 i64 eff_pw_set_stream_bytes(i64 b) { const i64 old = pw_stream_limit(); pw_stream_bytes = b; return old; }
 /* the flags pw_block hands its tiles: outputs by streaming stores, the next tile's rows prefetched */
 enum { PW_STREAM = 1, PW_PREFETCH = 2 };
-/* inputs above this have each fp32 tile prefetch the next one's rows (and the int8 GEMM each next
- * group of rows, q8_block: 1.13-1.18x on such inputs alone at batch 8).  A tile reads 8 or 12 rows of at
+/* inputs above this have each fp32 tile prefetch the next one's rows (not the int8 GEMM, whose rows
+ * are read one after another: prefetching its next group of rows timed 1.13-1.18x in one run and
+ * 0.84-0.98x in three later ones, docs/benchmarks.md item 36).  A tile reads 8 or 12 rows of at
  * most PW_KC floats (1 KiB): streams too short for the hardware prefetcher to get ahead of, so
  * where the input comes from memory each tile began with a dozen misses.  Measured on the AMD
  * development machine (2 threads, batch 8, in the model, min of 6 runs each way): EfficientNetV2-S's
@@ -2314,18 +2315,8 @@ static void q8_block(const float* x, const int8_t* wq, i64 ps, const float* cols
     float rs[Q8_MR], rmn[Q8_MR];
     float* yr[Q8_MR]; const float* rr[Q8_MR];
     const int isa = q8_isa() < 2 ? q8_isa() : 2, vnni = isa == 2;  /* AMX's callers: the VNNI code here */
-#ifdef EFF_X86
-    const int pf = stream & PW_PREFETCH;  /* the prefetches are x86 code */
-#endif
-    stream &= PW_STREAM;
     for (i64 r0 = m0; r0 < m1; r0 += Q8_MR) {
         const int nrows = (int)(m1 - r0 < Q8_MR ? m1 - r0 : Q8_MR);
-#ifdef EFF_X86
-        if (pf && r0 + 2 * Q8_MR <= m1) {  /* the next group's rows (contiguous) into L2 while this one runs */
-            const char* nx = (const char*)(x + (r0 + Q8_MR) * K);
-            for (i64 off = 0; off < Q8_MR * K * (i64)sizeof(float); off += 64) _mm_prefetch(nx + off, _MM_HINT_T1);
-        }
-#endif
         for (int i = 0; i < Q8_MR; i++) {
             const i64 row = r0 + (i < nrows ? i : 0);
             const float* g = gate ? gate + (row / hw) * K : NULL;
@@ -2405,7 +2396,7 @@ int eff_pw_q8_fwd(const float* x, const int8_t* wq, i64 ps, const float* cols, c
     const i64 qb = ((amx ? Q8_AMX_MR * 4 * KP : Q8_MR * 4 * K4 * 2) + 63) / 64 * 64;
     uint8_t* qs = (uint8_t*)aligned_alloc(64, (size_t)(qb * nt));
     if (!qs) return -1;
-    const int stream = gemm_stream(M, N, y), flags = stream | (M * K * 4 > pw_prefetch_bytes ? PW_PREFETCH : 0);
+    const int stream = gemm_stream(M, N, y);
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 t = 0; t < mt * pt; t++) {
         i64 m0, m1, p0, p1;
@@ -2415,7 +2406,7 @@ int eff_pw_q8_fwd(const float* x, const int8_t* wq, i64 ps, const float* cols, c
         if (amx) q8_block_amx(x, wq, ps, cols, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream, q);
         else
 #endif
-        q8_block(x, wq, ps, cols, res, gate, hw, y, m0, m1, p0, p1, K, N, act, flags, q);
+        q8_block(x, wq, ps, cols, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream, q);
 #ifdef EFF_X86
         if (stream) _mm_sfence();
 #endif

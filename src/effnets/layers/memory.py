@@ -334,7 +334,7 @@ def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module,
     ``shortcut``: ``cna(se(x)) + shortcut``, given only in an ``effnets.optimize``d model's eval
     blocks, whose 1x1 conv adds it in its GEMM's epilogue (``FusedConvAct.forward_residual``)."""
     if shortcut is not None:
-        return type(cna).forward_residual(cna, x, se, shortcut)
+        return cna.forward_residual(x, se, shortcut)
     if se is None:
         return cna(x)
     if not (use_memory_efficient(se) and use_memory_efficient(cna)):  # eval, export, compile: plain modules
