@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench bench-lowprec bench-alloc clean
+.PHONY: install demo test test-all bench bench-lowprec bench-alloc bench-survey clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 # bf16 / int8 / ONNX Runtime on a trained efficientnet_b0 (trains it on digits first; ~15 min).
 bench-lowprec: $(STAMP)
 	$(BIN)/python benchmarks/lowprec.py $(BENCH_ARGS)
+
+# effnets.optimize against timm / torchvision on the rest of the zoo (benchmarks/survey.py; ~4 min).
+bench-survey: $(STAMP)
+	$(BIN)/python benchmarks/survey.py $(BENCH_ARGS)
 
 # What glibc's allocator costs effnets, timm and torchvision (benchmarks/allocator.py; ~9 min).
 bench-alloc: $(STAMP)
