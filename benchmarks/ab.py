@@ -1,4 +1,4 @@
-"""In-process A/B timings behind docs/benchmarks.md items 29-36 (not a test: prints figures).
+"""In-process A/B timings behind docs/benchmarks.md items 29-37 (not a test: prints figures).
 
 ``python benchmarks/ab.py linear``: effnets' GEMM (``FastLinear``, what ``optimize`` runs for a
 linear layer) against ``F.linear`` alone, for 1-512 rows of 1280 -> 1000 and 768 -> 3072 (the
@@ -28,6 +28,12 @@ alone at batch 1 and 8, then the GEMM calls inside optimized models at batch 8 (
 a wrapper around the native function, summed per shape, min of ``--rounds`` forwards), and the
 whole forwards.
 
+``python benchmarks/ab.py gelu``: two optimized models of the same weights in turns, one as
+``optimize`` makes it now (the exact GELU in effnets' epilogues: depthwise, 1x1 and patch
+GEMMs, and a transformer MLP's fc1; ``(B, T, C)`` linears on the GEMM) and one as before item 37
+(GELU convs on oneDNN, GELU a pass of its own, ``(B, T, C)`` linears on ``F.linear``): ViT-Ti/16,
+ViT-S/16, CoAtNet-0 at batch 1 and 8, best of 8 rounds.
+
 ``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
 swapped between the current build and another one (``kernels._LIB``; build the other by
 checking out its ``native.c`` and importing ``effnets.kernels``: the builds are cached under
@@ -50,7 +56,7 @@ from effnets import kernels as K
 from effnets.optimize import FastLinear, FusedConvAct
 
 MODELS = {"efficientnet_b0": 224, "mobilenet_v3_large": 224, "efficientnetv2_s": 300}
-SIZES = {**MODELS, "resnet_rs_50": 160, "vit_tiny_16": 224}  # the input size of each model named here
+SIZES = {**MODELS, "resnet_rs_50": 160, "vit_tiny_16": 224, "vit_small_16": 224, "coatnet_0": 224}  # the input size of each model named here
 
 
 def best_of(variants: dict, model, x: torch.Tensor, rounds: int = 6, calls: int = 20) -> dict[str, float]:
@@ -238,6 +244,38 @@ def residual_ab(names: list[str], batches: list[int]) -> None:
                   f"({t['apart'] / t['epilogue']:.3f}x)", flush=True)
 
 
+def _linear_2d_only(self, x: torch.Tensor) -> torch.Tensor:
+    """FastLinear.forward as before item 37: only 2-D inputs on the GEMM."""
+    return FastLinear.forward(self, x) if x.ndim == 2 else F.linear(x, self.weight, self.bias)
+
+
+def gelu_off(base: torch.nn.Module) -> torch.nn.Module:
+    """``optimize(base)`` as before item 37: no GELU on effnets' kernels, (B, T, C) linears on F.linear."""
+    opt = sys.modules["effnets.optimize"]
+    native_act = opt._native_act
+    opt._native_act = lambda attr, scalars, algorithm=None: None if attr == "gelu" else native_act(attr, scalars)
+    try:
+        model = effnets.optimize(base)
+    finally:
+        opt._native_act = native_act
+    for m in model.modules():
+        if type(m) is FastLinear:
+            m.forward = types.MethodType(_linear_2d_only, m)
+    return model
+
+
+def gelu_ab(names: list[str], batches: list[int]) -> None:
+    print("ms per forward, optimize() before item 37 vs now (two models in turns, best of 8 rounds):")
+    for name in names:
+        base = effnets.create_model(name).eval()
+        models = {"before": gelu_off(base), "now": effnets.optimize(base)}
+        for batch in batches:
+            x = torch.randn(batch, 3, SIZES[name], SIZES[name]).contiguous(memory_format=torch.channels_last)
+            t = in_turns(models, x, rounds=8, calls=3 if batch > 1 else 10)
+            print(f"  {name} b{batch}: before {t['before']:.2f}, now {t['now']:.2f} ({t['before'] / t['now']:.3f}x)",
+                  flush=True)
+
+
 PF_ON, PF_OFF = 8 << 20, 1 << 62  # eff_pw_set_prefetch_bytes: the default, and never
 
 
@@ -339,6 +377,9 @@ def main(argv=None) -> int:
     pref = sub.add_parser("prefetch", help="the fp32 1x1 GEMM's row prefetch on and off, in turns")
     pref.add_argument("--models", nargs="+", default=["efficientnetv2_s", "efficientnet_b0", "resnet_rs_50"])
     pref.add_argument("--rounds", type=int, default=6)
+    gelu = sub.add_parser("gelu", help="optimize() now against optimize() before item 37 (GELU), in turns")
+    gelu.add_argument("--models", nargs="+", default=["vit_tiny_16", "vit_small_16", "coatnet_0"])
+    gelu.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -358,6 +399,8 @@ def main(argv=None) -> int:
         item33_ab(args.models, args.batches)
     elif args.what == "residual":
         residual_ab(args.models, args.batches)
+    elif args.what == "gelu":
+        gelu_ab(args.models, args.batches)
     elif args.what == "prefetch":
         prefetch_ab(args.models, args.rounds)
     else:

@@ -53,7 +53,7 @@ native = pytest.mark.skipif(K.library() is None, reason=f"native kernels unavail
 
 # activation -> (float64 reference, Lipschitz constant: silu' <= 1.0998, hardswish' <= 1.5)
 ACTS = {"identity": (lambda t: t, 1.0), "silu": (F.silu, 1.1), "relu": (F.relu, 1.0),
-        "hardswish": (F.hardswish, 1.5), "relu6": (F.relu6, 1.0)}
+        "hardswish": (F.hardswish, 1.5), "relu6": (F.relu6, 1.0), "gelu": (F.gelu, 1.13)}  # max GELU' = 1.129
 
 # (N, C_in, H, W, C_out): C_in 1 (every row constant), not a multiple of 4 (5, 13) or of 16;
 # C_out 1, 7, 17, 33 (partial last panel, one and two-panel tiles), 40 (3 panels, work split
@@ -449,7 +449,7 @@ def test_bad_arguments_raise_value_errors_naming_the_problem():
     with pytest.raises(ValueError, match="panels / cols"):
         q8(x, panels, cols[:2], 7)
     with pytest.raises(ValueError, match="act must be one of"):
-        q8(x, panels, cols, 7, "gelu")
+        q8(x, panels, cols, 7, "mish")
     with pytest.raises(ValueError, match="residual"):
         q8(x, panels, cols, 7, residual=res[:, :6])
     with pytest.raises(ValueError, match="residual"):

@@ -259,7 +259,7 @@ def test_training_depthwise_convs_use_native_backward(monkeypatch):
 
 
 _ACTS64 = {"identity": lambda z: z, "silu": F.silu, "relu": F.relu, "hardswish": F.hardswish,
-           "relu6": lambda z: z.clamp(0, 6)}
+           "relu6": lambda z: z.clamp(0, 6), "gelu": F.gelu}  # float64 F.gelu: the exact erf
 
 
 @native
@@ -430,7 +430,7 @@ def test_se_gate_rejects_what_it_cannot_read():
     with pytest.raises(ValueError, match="residual"):
         K.se_gate_(x, None, w1, b1, w2, b2, "relu", "sigmoid", residual=torch.randn(1, 8, 2, 2))
     with pytest.raises(ValueError, match="out_act"):
-        K.se_gate_(x, None, w1, b1, w2, b2, "relu", "sigmoid", residual=x.clone(), out_act="gelu")
+        K.se_gate_(x, None, w1, b1, w2, b2, "relu", "sigmoid", residual=x.clone(), out_act="mish")
 
 
 wino = pytest.mark.skipif(not K.winograd_available(), reason="Winograd kernels need the native build on x86 AVX2")
@@ -538,7 +538,7 @@ def test_winograd_fused_rejects_what_it_cannot_compute():
     with pytest.raises(ValueError, match="no output"):
         K.winograd_conv3x3_fused(torch.randn(1, 8, 2, 2), panels, b, (0, 0))
     with pytest.raises(ValueError, match="act must be"):
-        K.winograd_conv3x3_fused(x, panels, b, (1, 1), "gelu")
+        K.winograd_conv3x3_fused(x, panels, b, (1, 1), "mish")
     with pytest.raises(ValueError, match="tiles_per_block"):
         K.winograd_conv3x3_fused(x, panels, b, (1, 1), tiles_per_block=0)
     with pytest.raises(ValueError, match="winograd_panels needs"):
@@ -557,7 +557,7 @@ def test_winograd_rejects_what_it_cannot_compute():
     with pytest.raises(ValueError, match="no output"):
         K.winograd_conv3x3(torch.randn(1, 8, 2, 2), u, None, (0, 0))
     with pytest.raises(ValueError, match="act must be"):
-        K.winograd_conv3x3(torch.randn(1, 8, 8, 8), u, None, (1, 1), "gelu")
+        K.winograd_conv3x3(torch.randn(1, 8, 8, 8), u, None, (1, 1), "mish")
     with pytest.raises(ValueError, match="tiles_per_round"):
         K.winograd_conv3x3(torch.randn(1, 8, 8, 8), u, None, (1, 1), tiles_per_round=0)
     with pytest.raises(ValueError, match=r"\(C_out, C_in, 3, 3\)"):
@@ -711,6 +711,36 @@ def test_avx512_silu_equals_avx2_at_the_edges_of_exp(act):
 
 
 @pw
+@pytest.mark.parametrize("c", [16, 8, 5])  # whole 16-lane vectors, an 8-lane rest, the scalar tail
+def test_gelu_epilogue_is_the_exact_gelu_to_float32_accuracy(c):
+    """The GEMM epilogue's GELU (erf by Abramowitz & Stegun 7.1.26, as PyTorch's vectorized erf)
+    against float64's exact GELU over [-12, 12] and the far tails: absolute error within 3e-7 of
+    max(1, |x|) (PyTorch's float32 F.gelu: 1.7e-7 there), -0.0 for the far negative tail as
+    F.gelu gives 0, the identity for the far positive one; the AVX-512 and AVX2 code equal bit
+    for bit.  An identity 1x1 conv hands each value to the epilogue unchanged."""
+    vals = torch.cat([torch.linspace(-12, 12, 48001),
+                      torch.tensor([1e-30, 1e-39, 0.0, 30.0, 1e4, 3e38])])
+    vals = torch.cat([vals, -vals])
+    x = torch.cat([vals, vals.new_zeros((-len(vals)) % c)]).view(1, -1, c).permute(0, 2, 1)[..., None]
+    x = x.contiguous(memory_format=torch.channels_last)
+    outs = []
+    try:
+        for on in (True, False):
+            if on and not K.set_avx512(True):
+                continue
+            K.set_avx512(on)
+            outs.append(K.pointwise_conv(x, K.pointwise_weight(torch.eye(c)[:, :, None, None]), torch.zeros(c), c, "gelu"))
+    finally:
+        K.set_avx512(True)
+    assert all(torch.equal(o.contiguous().view(torch.int32), outs[0].contiguous().view(torch.int32)) for o in outs)
+    want = F.gelu(x.double())
+    err = (outs[0].double() - want).abs() / x.double().abs().clamp(min=1)
+    assert err.max() < 3e-7, err.max()
+    far = x.abs() > 20
+    assert torch.equal(outs[0][far & (x > 0)], x[far & (x > 0)]) and (outs[0][far & (x < 0)] == 0).all()
+
+
+@pw
 @pytest.mark.parametrize("n,ci,co,h,w,k,stride,pad", [
     (2, 3, 24, 17, 15, 3, 2, (1, 1)),   # a stem: 3 channels (runs of 9 floats), 24 = 16 + 8 outputs, odd map
     (1, 24, 96, 19, 19, 3, 2, (1, 1)),  # EfficientNetV2's stride-2 Fused-MBConv
@@ -762,7 +792,7 @@ def test_dense_conv_rejects_what_it_cannot_compute():
     with pytest.raises(ValueError, match="does not fit"):
         K.conv_forward(torch.randn(1, 8, 2, 2), panels, None, 16, (3, 3))
     with pytest.raises(ValueError, match="act must be"):
-        K.conv_forward(torch.randn(1, 8, 8, 8), panels, None, 16, (3, 3), act="gelu")
+        K.conv_forward(torch.randn(1, 8, 8, 8), panels, None, 16, (3, 3), act="mish")
     with pytest.raises(ValueError, match="float32"):
         K.conv_forward(torch.randn(1, 8, 8, 8, dtype=torch.float64), panels, None, 16, (3, 3))
     with pytest.raises(ValueError, match="out of range"):
@@ -812,7 +842,7 @@ def test_depthwise_blocks_equal_the_pixel_code_bit_for_bit(c, h, w, k, stride, p
     (3, 40, 48, 7, 7, 5, 1, (2, 2)),     # 7x7 maps: more kernel rows than a thread's share of rows
     (3, 13, 37, 9, 8, 3, 1, (0, 1)),     # odd channels, unequal padding
 ])
-@pytest.mark.parametrize("acts", [("silu", "silu"), ("hardswish", "relu"), ("relu6", "identity")])
+@pytest.mark.parametrize("acts", [("silu", "silu"), ("hardswish", "relu"), ("relu6", "identity"), ("gelu", "gelu")])
 @pytest.mark.parametrize("int8", [False, True])
 def test_expand_depthwise_equals_the_two_kernels_bit_for_bit(n, ci, cm, h, w, k, stride, pad, acts, int8, isa):
     """The expand 1x1 conv (fp32 GEMM, or the int8 GEMM with per-pixel input ranges) and the
@@ -874,7 +904,7 @@ def test_pointwise_conv_rejects_what_it_cannot_read():
     with pytest.raises(ValueError, match="panels must be"):
         K.pointwise_conv(x, panels, None, 40)  # more channels than the panels hold
     with pytest.raises(ValueError, match="act must be"):
-        K.pointwise_conv(x, panels, None, 24, "gelu")
+        K.pointwise_conv(x, panels, None, 24, "mish")
     with pytest.raises(ValueError, match="residual"):
         K.pointwise_conv(x, panels, None, 24, residual=torch.randn(1, 24, 4, 5))
     with pytest.raises(ValueError, match="out must be"):

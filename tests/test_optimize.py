@@ -901,10 +901,11 @@ def test_native_convs_reject_inputs_with_the_wrong_channel_count(monkeypatch):
 
 @pytest.mark.skipif(not effnets.kernels.pointwise_available(), reason="the native GEMM needs the build on x86 AVX2")
 def test_fast_linear_runs_the_gemm_where_it_can_and_f_linear_elsewhere(monkeypatch, tmp_path):
-    """optimize() turns nn.Linear into FastLinear (same parameter names): a 2-D float32 CPU input
-    in eager inference runs effnets' GEMM, equal to F.linear up to float rounding, with or
-    without bias; (B, T, C) inputs, autograd inputs and the plain (export) path run F.linear;
-    weights loaded in place afterwards drop the kernel's panels; pickles rebuild them."""
+    """optimize() turns nn.Linear into FastLinear (same parameter names): a float32 CPU input in
+    eager inference, 2-D or (B, T, C), runs effnets' GEMM (its rows the GEMM's pixels), equal
+    to F.linear up to float rounding, with or without bias; autograd inputs and the plain
+    (export) path run F.linear; weights loaded in place afterwards drop the kernel's panels;
+    pickles rebuild them."""
     from effnets import kernels as K
     from effnets.optimize import FastLinear
     torch.manual_seed(0)
@@ -924,7 +925,11 @@ def test_fast_linear_runs_the_gemm_where_it_can_and_f_linear_elsewhere(monkeypat
     calls.clear()
     x3 = torch.randn(2, 5, 40)
     with torch.inference_mode():
-        assert torch.equal(opt[0](x3), nn.functional.linear(x3, opt[0].weight, opt[0].bias))
+        y3 = opt[0](x3)
+    assert y3.shape == (2, 5, 37) and _rel_err(y3, nn.functional.linear(x3.double(), opt[0].weight.double(),
+                                                                          opt[0].bias.double())) < 1e-5
+    assert calls == [(10, 40, 1, 1)]  # the 2 x 5 rows in one GEMM
+    calls.clear()
     xg = torch.randn(4, 40, requires_grad=True)
     assert torch.equal(opt[0](xg), nn.functional.linear(xg, opt[0].weight, opt[0].bias))
     monkeypatch.setattr(sys.modules["effnets.optimize"], "_plain_mode", lambda: True)
@@ -947,6 +952,55 @@ def test_fast_linear_runs_the_gemm_where_it_can_and_f_linear_elsewhere(monkeypat
     assert loaded[0]._panels is None
     with torch.inference_mode():
         assert torch.equal(loaded(x), got)
+
+
+@pytest.mark.skipif(not effnets.kernels.pointwise_available(), reason="the native GEMM needs the build on x86 AVX2")
+def test_transformer_mlp_gelu_runs_in_the_linear_epilogue(monkeypatch):
+    """A block whose class declares ``linear_act`` (the ViT and CoAtNet MLPs: fc1 -> GELU) has
+    that activation moved into fc1's GEMM epilogue by optimize(): fc1 carries act "gelu", the
+    block's act becomes Identity, the state dict keeps its names, and the model's output equals
+    the original's (eager on the kernel and in the plain path, which applies F.gelu after
+    F.linear).  The tanh GELU (no kernel form) and an MLP class without the declaration stay
+    as they were."""
+    from effnets.nets.vit import Mlp
+    from effnets.optimize import FastLinear
+    torch.manual_seed(0)
+    model = effnets.create_model("vit_tiny_16", num_classes=10).eval()
+    opt = effnets.optimize(model)
+    mlps = [m for m in opt.modules() if type(m) is Mlp]
+    assert len(mlps) == 12 and all(m.fc1.act_name == "gelu" and type(m.act) is nn.Identity for m in mlps)
+    assert all(m.fc2.act_name == "identity" for m in mlps)
+    assert set(opt.state_dict()) == set(model.state_dict())
+    calls = record_calls(monkeypatch, effnets.kernels, "pointwise_into", lambda *a, **kw: a[4])
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        want, got = model(x), opt(x)
+    assert calls.count(effnets.kernels.DW_ACT_CODES["gelu"]) == 12  # every fc1, with its GELU
+    assert _rel_err(got, want) < 1e-4
+    monkeypatch.setattr(sys.modules["effnets.optimize"], "_plain_mode", lambda: True)
+    with torch.inference_mode():
+        assert _rel_err(opt(x), want) < 1e-4
+    monkeypatch.undo()
+
+    class TanhMlp(Mlp):
+        def __init__(self):
+            super().__init__(8, 16)
+            self.act = nn.GELU(approximate="tanh")
+
+    class Undeclared(nn.Module):  # the same layers, no linear_act: nothing tells their order
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+
+    for block in (TanhMlp().eval(), Undeclared().eval()):
+        o = effnets.optimize(block)
+        assert type(o.fc1) is FastLinear and o.fc1.act_name == "identity" and type(o.act) is nn.GELU
+        xb = torch.randn(3, 5, 8)
+        with torch.inference_mode():
+            assert _rel_err(o(xb), block(xb)) < 1e-5
 
 
 def test_every_module_of_an_optimized_model_is_in_eval_mode():

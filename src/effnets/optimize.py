@@ -180,47 +180,55 @@ def _onednn_conv_act(x, w, bias, padding, stride, dilation, groups, attr, scalar
                                                    algorithm)
 
 
-def _native_act(attr: str, scalars) -> str | None:
-    """The oneDNN post-op as a ``kernels.DW_ACT_CODES`` name, or None if the native kernels lack it."""
+def _native_act(attr: str, scalars, algorithm: str | None = None) -> str | None:
+    """The oneDNN post-op as a ``kernels.DW_ACT_CODES`` name, or None if the native kernels lack it.
+    GELU only where the caller passes its ``algorithm`` and it is the exact (erf) one: the kernels
+    have no tanh form."""
     if attr == "hardtanh":
         return "relu6" if [float(v) for v in scalars] == [0.0, 6.0] else None
+    if attr == "gelu":
+        return "gelu" if algorithm == "none" else None
     return {"none": "identity", "swish": "silu", "relu": "relu", "hardswish": "hardswish"}.get(attr)
 
 
-def _native_dw_act(weight_shape, groups: int, stride, dilation, attr: str, scalars) -> str | None:
+def _native_dw_act(weight_shape, groups: int, stride, dilation, attr: str, scalars,
+                   algorithm: str | None = None) -> str | None:
     """The activation name for effnets' native depthwise kernel (``kernels.DW_ACT_CODES``) when a
     conv of this weight shape, grouping and post-op can run on it, else None."""
     c_out, c_in_per_group, kh, kw = weight_shape
     if not (_NATIVE_DW and groups == c_out and c_in_per_group == 1 and kh == kw <= 11 and stride[0] == stride[1]
             and list(dilation) == [1, 1]):
         return None
-    return _native_act(attr, scalars)
+    return _native_act(attr, scalars, algorithm)
 
 
-def _pointwise_act(weight_shape, groups: int, stride, padding, attr: str, scalars) -> str | None:
+def _pointwise_act(weight_shape, groups: int, stride, padding, attr: str, scalars,
+                   algorithm: str | None = None) -> str | None:
     """The activation name when a conv of this shape may run on effnets' native GEMM
     (``kernels.pointwise_conv``: 1x1, stride 1, no padding or grouping), else None."""
     if not (_NATIVE_PW and kernels.pointwise_available()):
         return None
-    return _gemm_act(weight_shape, groups, stride, padding, attr, scalars)
+    return _gemm_act(weight_shape, groups, stride, padding, attr, scalars, algorithm)
 
 
-def _gemm_act(weight_shape, groups: int, stride, padding, attr: str, scalars) -> str | None:
+def _gemm_act(weight_shape, groups: int, stride, padding, attr: str, scalars,
+              algorithm: str | None = None) -> str | None:
     """The activation name when a conv is a GEMM (1x1, stride 1, no padding or grouping) with an
     activation the native epilogues have, else None: the int8 GEMM's test (its plain C and
     PyTorch paths need neither AVX2 nor the compiled kernels)."""
     if not (groups == 1 and tuple(weight_shape[2:]) == (1, 1) and list(stride) == [1, 1] and list(padding) == [0, 0]):
         return None
-    return _native_act(attr, scalars)
+    return _native_act(attr, scalars, algorithm)
 
 
-def _dense_act(weight_shape, groups: int, stride, dilation, attr: str, scalars) -> str | None:
+def _dense_act(weight_shape, groups: int, stride, dilation, attr: str, scalars,
+               algorithm: str | None = None) -> str | None:
     """The activation name when a dense conv (no grouping or dilation, one stride for both axes)
     may run on effnets' patch GEMM (``kernels.conv_forward``), else None."""
     if not (_NATIVE_CONV and kernels.pointwise_available() and groups == 1 and stride[0] == stride[1]
             and list(dilation) == [1, 1]):
         return None
-    return _native_act(attr, scalars)
+    return _native_act(attr, scalars, algorithm)
 
 
 def _sole_owner(buf: torch.Tensor, holders: int) -> bool:
@@ -234,7 +242,8 @@ def _sole_owner(buf: torch.Tensor, holders: int) -> bool:
     return sys.getrefcount(buf) <= holders + 2 and storage_refs <= 2
 
 
-def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalars) -> str | None:
+def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalars,
+                  algorithm: str | None = None) -> str | None:
     """The activation name when a conv of this shape may run as Winograd F(4x4, 3x3)
     (``kernels.winograd_conv3x3``: 3x3, stride 1, no dilation or grouping, channels multiples
     of 8), else None."""
@@ -242,7 +251,7 @@ def _winograd_act(weight_shape, groups: int, stride, dilation, attr: str, scalar
     if not (_WINOGRAD != "0" and groups == 1 and (kh, kw) == (3, 3) and list(stride) == [1, 1]
             and list(dilation) == [1, 1] and c_in % 8 == 0 and c_out % 8 == 0 and kernels.winograd_available()):
         return None
-    return _native_act(attr, scalars)
+    return _native_act(attr, scalars, algorithm)
 
 
 def _faster(a: Callable[[], object], b: Callable[[], object], runs: int = 3) -> bool:
@@ -393,14 +402,14 @@ def _graph_taps(weight: torch.Tensor) -> torch.Tensor:
 def _conv2d_act_op(x, weight, bias, padding, stride, dilation, groups, attr, scalars, algorithm):
     x = x.contiguous(memory_format=torch.channels_last)
     cacheable = not weight.requires_grad
-    dw_act = _native_dw_act(weight.shape, groups, stride, dilation, attr, scalars)
+    dw_act = _native_dw_act(weight.shape, groups, stride, dilation, attr, scalars, algorithm)
     if dw_act is not None and kernels.library() is not None:
         taps = _graph_taps(weight) if cacheable else kernels.depthwise_taps(weight)
         return kernels.depthwise_forward(x, taps, bias, stride[0], tuple(padding), dw_act)[0]
     w = weight
     if _PREPACK and cacheable:
         w = _pack_for(_graph_cache(weight), weight, x.shape, padding, stride, dilation, groups)
-    wino_act = _winograd_act(weight.shape, groups, stride, dilation, attr, scalars) if cacheable else None
+    wino_act = _winograd_act(weight.shape, groups, stride, dilation, attr, scalars, algorithm) if cacheable else None
     if wino_act is not None:
         direct = functools.partial(_onednn_conv_act, x, w, bias, padding, stride, dilation, groups, attr, scalars,
                                    algorithm)
@@ -482,18 +491,22 @@ class FusedConvAct(nn.Module):
         self._pack_tag = None
         self.native_in_graph = False  # set by optimize(compile=True): see _conv2d_act_op
         # depthwise convs run on effnets' native kernel (bias + activation fused; see kernels)
-        self.dw_act = _native_dw_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars)
+        self.dw_act = _native_dw_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars,
+                                     self.algorithm)
         self._taps: torch.Tensor | None = None
         # 3x3 stride-1 convs: Winograd where it times faster (see _conv3x3); its weight and choices
-        self.wino_act = _winograd_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars)
+        self.wino_act = _winograd_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars,
+                                      self.algorithm)
         self._wino: dict = {}
         # 1x1 convs: effnets' GEMM with bias, activation (SiLU included) in its epilogue; its panels
-        self.pw_act = _pointwise_act(w.shape, self.groups, self.stride, self.padding, self.attr, self.scalars)
+        self.pw_act = _pointwise_act(w.shape, self.groups, self.stride, self.padding, self.attr, self.scalars,
+                                     self.algorithm)
         self._panels: torch.Tensor | None = None
         # other dense convs (stems, stride-2 3x3): the 1x1 GEMM on gathered patches
         # (kernels.conv_forward) where it times faster than oneDNN's; _panels holds its weight
         self.cv_act = (None if self.dw_act or self.wino_act or self.pw_act else
-                       _dense_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars))
+                       _dense_act(w.shape, self.groups, self.stride, self.dilation, self.attr, self.scalars,
+                                  self.algorithm))
         # set by quantize_dynamic: int8 weights, each pixel's input channels rounded to 256 levels
         # over their own range on the fly (kernels.pointwise_q8); self.weight then holds the
         # dequantized int8 weight, so every path (exports, other devices) computes the same thing.
@@ -928,18 +941,27 @@ class FusedConvAct(nn.Module):
                 f"{', bf16' if self.bf16 else ''}")
 
 
+# what FastLinear's plain path applies after F.linear for each fused activation it can carry
+_LINEAR_ACTS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish}
+
+
 class FastLinear(nn.Linear):
-    """``nn.Linear`` of an optimized model (same ``weight``/``bias``, same state dict).  A 2-D
-    float32 CPU input in eager inference runs on effnets' 1x1-conv GEMM (an (N, K) matrix is the
-    channels-last map (N, K, 1, 1)); everything else (exports, traces, compiles, other devices
-    and dtypes, the (B, T, C) inputs of attention blocks) runs ``F.linear``.
+    """``nn.Linear`` of an optimized model (same ``weight``/``bias``, same state dict).  A
+    float32 CPU input in eager inference, 2-D or (..., C) (an attention block's (B, T, C)), runs
+    on effnets' 1x1-conv GEMM (its rows as the pixels of a channels-last (rows, C, 1, 1) map),
+    with ``act_name``'s activation in the epilogue (set by ``fuse_modules`` where a block declares
+    ``linear_act``: a transformer MLP's GELU); everything else (exports, traces, compiles, other
+    devices and dtypes, autograd) runs ``F.linear`` and then that activation.
 
     Why: a classifier at batch 1 is a matrix-vector product bound by reading its weight (B0:
     5 MB), which ``F.linear`` reads on one thread and, by the classifier, from memory
     (``benchmarks/ab.py linear`` on the AMD machine: B0 b1 7.94 -> 7.71 ms, MobileNetV3-L b1
     5.19 -> 4.93 ms).  Not timed per shape as the convs are: alone, weight hot, the GEMM was
     faster at every size that script lists (1-512 rows), and a timing alone would not see the
-    cold weight the model reads.  With ``quantize_dynamic`` (``int8``) the int8 GEMM with
+    cold weight the model reads.  Attention blocks' linears: the GEMM with GELU in the epilogue
+    saves the MLP's separate GELU pass (``benchmarks/ab.py gelu``: ViT-S/16 1.17x / 1.06x at batch
+    1 / 8; inside the model the products alone take about ``F.linear``'s time, docs/benchmarks.md
+    item 37).  With ``quantize_dynamic`` (``int8``) the int8 GEMM with
     per-row input ranges, a quarter of the weight bytes (B0 b1 6.46 -> 6.10 ms in the same A/B);
     its plain path rounds the rows as the kernel does (``quantize_rows``).  With ``quantize_bf16``
     (``bf16``) the bf16 GEMM (AVX512-BF16), its plain path rounding the input to bf16."""
@@ -950,6 +972,7 @@ class FastLinear(nn.Linear):
         self.weight = nn.Parameter(lin.weight.detach().clone(), requires_grad=False)
         bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
         self.register_parameter("bias", bias)
+        self.act_name = "identity"  # the epilogue's activation (fuse_modules: a block's linear_act)
         self.int8 = False  # set by quantize_dynamic; weight then holds the dequantized int8 weight
         self.bf16 = False  # set by quantize_bf16; weight then holds the bf16-rounded weight
         self._tag = None  # (data_ptr, version) of the weight the forms below were made from
@@ -957,10 +980,9 @@ class FastLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._parameters["weight"], self._parameters["bias"]
-        # fp32: 2-D inputs only (attention blocks' (B, T, C) ones stay on F.linear's GEMM); int8
-        # and bf16: any (..., C) input (int8: each row of C values quantized over its own range)
-        lowp = self.int8 or self.bf16
-        if ((x.ndim == 2 or (lowp and x.ndim > 2)) and _NATIVE_PW and not _plain_mode() and x.is_cpu
+        # any (..., C) input: its rows are the GEMM's pixels (int8: each row of C values quantized
+        # over its own range)
+        if (x.ndim >= 2 and _NATIVE_PW and not _plain_mode() and x.is_cpu
                 and x.dtype == torch.float32 and w.dtype == torch.float32 and (b is None or b.dtype == torch.float32)
                 and not x.requires_grad and x.shape[-1] == w.shape[1] and x.numel() > 0
                 and (kernels._LIB is not None or kernels.library() is not None)
@@ -970,7 +992,8 @@ class FastLinear(nn.Linear):
             x = kernels.quantize_rows(x.reshape(-1, x.shape[-1], 1, 1)).reshape(x.shape)
         elif self.bf16:
             x = kernels.round_bf16(x)
-        return F.linear(x, w, b)
+        y = F.linear(x, w, b)
+        return y if self.act_name == "identity" else _LINEAR_ACTS[self.act_name](y)
 
     def _native(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         tag = tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in (w, b) if t is not None)
@@ -985,18 +1008,20 @@ class FastLinear(nn.Linear):
         x4, out4 = x[:, :, None, None], out[:, :, None, None]  # (N, K) as a channels-last (N, K, 1, 1) map
         into = (kernels.pointwise_q8_into if self.int8 else kernels.pointwise_bf16_into if self.bf16
                 else kernels.pointwise_into)
-        into(x4, *self._panels, out4, kernels.DW_ACT_CODES["identity"])
+        into(x4, *self._panels, out4, kernels.DW_ACT_CODES[self.act_name])
         return out
 
     def __getstate__(self):  # derived weights are rebuilt, not pickled
         return {**self.__dict__, "_tag": None, "_panels": None}
 
-    def __setstate__(self, state):  # saved before the bf16 GEMM existed
+    def __setstate__(self, state):  # saved before the bf16 GEMM or the fused activation existed
         state.setdefault("bf16", False)
+        state.setdefault("act_name", "identity")
         self.__dict__.update(state)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", int8" if self.int8 else ", bf16" if self.bf16 else "")
+        return (super().extra_repr() + ("" if self.act_name == "identity" else f", act={self.act_name}")
+                + (", int8" if self.int8 else ", bf16" if self.bf16 else ""))
 
 
 class FastSqueezeExcite(nn.Module):
@@ -1102,6 +1127,17 @@ def fuse_modules(model: nn.Module) -> nn.Module:
             setattr(model, name, FusedConvAct(child))
         else:
             fuse_modules(child)
+    # a block whose class declares ``linear_act = (linear, act)``: ``act`` reads that linear's
+    # output right after it and nothing else does (a transformer MLP's fc1 -> GELU), so the GEMM's
+    # epilogue applies it
+    names = getattr(type(model), "linear_act", None)
+    if names:
+        lin, act = getattr(model, names[0], None), getattr(model, names[1], None)
+        post = _postop(act) if isinstance(act, nn.Module) and type(lin) is FastLinear else None
+        native = _native_act(post[0], post[1], post[2]) if post else None
+        if native in _LINEAR_ACTS and lin.act_name == "identity":
+            lin.act_name = native
+            setattr(model, names[1], nn.Identity())
     # a block's expand conv feeds only its depthwise conv, which feeds only its SE / project conv
     # (MBConv, depthwise-separable, Fused-MBConv, ResNet bottleneck)
     for first, then in (("conv_pw", "conv_dw"), ("conv_dw", "conv_pwl"), ("conv_dw", "conv_pw"),
@@ -1506,7 +1542,8 @@ def _gemm_layers(m: nn.Module, min_channels: int = 0):
     epilogue has (their ``pw_act`` set here, even where the kernels are unavailable) and linear
     layers, with at least ``min_channels`` input channels."""
     for name, mod in m.named_modules():
-        act = _gemm_act(mod.weight.shape, mod.groups, mod.stride, mod.padding, mod.attr, mod.scalars) \
+        act = _gemm_act(mod.weight.shape, mod.groups, mod.stride, mod.padding, mod.attr, mod.scalars,
+                        mod.algorithm) \
             if isinstance(mod, FusedConvAct) else None
         if (act is not None or isinstance(mod, FastLinear)) and mod.weight.shape[1] >= min_channels:
             if act is not None:

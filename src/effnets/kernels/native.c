@@ -31,7 +31,16 @@
 
 typedef int64_t i64;
 enum { ACT_IDENTITY = 0, ACT_SILU = 1, ACT_RELU = 2, ACT_HARDSWISH = 3, ACT_RELU6 = 4, ACT_SIGMOID = 5,
-       ACT_HARDSIGMOID = 6 };
+       ACT_HARDSIGMOID = 6, ACT_GELU = 7 };
+/* GELU (the exact, erf form: x/2 (1 + erf(x / sqrt 2))) with erf by Abramowitz & Stegun 7.1.26
+ * (|error| <= 1.5e-7), the approximation PyTorch's vectorized CPU erf uses for nn.GELU:
+ * erf(a) = 1 - t (A1 + t (A2 + ...)) exp(-a^2), t = 1 / (1 + P a), a >= 0, odd in a */
+#define GELU_P 0.3275911f
+#define GELU_A1 0.254829592f
+#define GELU_A2 -0.284496736f
+#define GELU_A3 1.421413741f
+#define GELU_A4 -1.453152027f
+#define GELU_A5 1.061405429f
 
 /* ---- scalar reference math (tails and non-AVX2 machines) ---- */
 static inline float flush_tiny(float v) { return fabsf(v) < FLT_MIN ? 0.0f : v; }  /* see flush_tiny_v */
@@ -49,8 +58,16 @@ static inline float exp_s(float x) {
     int32_t e = ((int32_t)n + 127) << 23; float s; memcpy(&s, &e, 4);
     return p * s;
 }
+static inline float gelu_s(float x) {
+    const float z = x * 0.707106781186547524f, a = fabsf(z);
+    const float t = 1.0f / (1.0f + GELU_P * a);
+    const float r = ((((GELU_A5 * t + GELU_A4) * t + GELU_A3) * t + GELU_A2) * t + GELU_A1) * t;
+    const float e = 1.0f - r * exp_s(-(a * a));  /* erf(|z|) */
+    return 0.5f * x * (1.0f + copysignf(e, z));
+}
 static inline float act_s(float z, int act) {
     if (act == ACT_SILU) return z / (1.0f + exp_s(-z));
+    if (act == ACT_GELU) return gelu_s(z);
     if (act == ACT_RELU) return z > 0.0f ? z : 0.0f;
     if (act == ACT_HARDSWISH) return z * fminf(fmaxf(z + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f);
     if (act == ACT_RELU6) return fminf(fmaxf(z, 0.0f), 6.0f);
@@ -94,8 +111,21 @@ AVX2 static inline __m256 flush_tiny_v(__m256 v) {
 AVX2 static inline __m256 sigmoid_v(__m256 z) {
     return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp_v(_mm256_sub_ps(_mm256_setzero_ps(), z))));
 }
+AVX2 static inline __m256 gelu_v(__m256 x) {  /* gelu_s on 8 lanes, step for step */
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.707106781186547524f)), a = _mm256_andnot_ps(sign, z);
+    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(GELU_P), a, one));
+    __m256 r = _mm256_fmadd_ps(_mm256_set1_ps(GELU_A5), t, _mm256_set1_ps(GELU_A4));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A3));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A2));
+    r = _mm256_mul_ps(_mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A1)), t);
+    const __m256 e = _mm256_fnmadd_ps(r, exp_v(_mm256_xor_ps(sign, _mm256_mul_ps(a, a))), one);
+    const __m256 erf = _mm256_or_ps(e, _mm256_and_ps(sign, z));
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, erf));
+}
 AVX2 static inline __m256 act_v(__m256 z, int act) {
     if (act == ACT_SILU) return _mm256_div_ps(z, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_v(_mm256_sub_ps(_mm256_setzero_ps(), z))));
+    if (act == ACT_GELU) return gelu_v(z);
     if (act == ACT_RELU) return _mm256_max_ps(z, _mm256_setzero_ps());
     if (act == ACT_HARDSWISH) {
         __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(z, _mm256_set1_ps(3.0f)), _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
@@ -144,9 +174,23 @@ AVX512 static inline __m512 exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001f));
     return _mm512_mask_blend_ps(big, _mm512_scalef_ps(p, n), _mm512_set1_ps(INFINITY));
 }
+AVX512 static inline __m512 gelu16(__m512 x) {  /* gelu_v on 16 lanes */
+    const __m512 sign = _mm512_set1_ps(-0.0f), one = _mm512_set1_ps(1.0f);
+    const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.707106781186547524f)), a = _mm512_abs_ps(z);
+    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(GELU_P), a, one));
+    __m512 r = _mm512_fmadd_ps(_mm512_set1_ps(GELU_A5), t, _mm512_set1_ps(GELU_A4));
+    r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(GELU_A3));
+    r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(GELU_A2));
+    r = _mm512_mul_ps(_mm512_fmadd_ps(r, t, _mm512_set1_ps(GELU_A1)), t);
+    const __m512 e = _mm512_fnmadd_ps(r, exp16(_mm512_mul_ps(a, _mm512_sub_ps(_mm512_setzero_ps(), a))), one);
+    const __m512 erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(e),
+                                                           _mm512_and_si512(_mm512_castps_si512(sign), _mm512_castps_si512(z))));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, erf));
+}
 AVX512 static inline __m512 act16(__m512 z, int act) {
     const __m512 zero = _mm512_setzero_ps();
     if (act == ACT_SILU) return _mm512_div_ps(z, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(zero, z))));
+    if (act == ACT_GELU) return gelu16(z);
     if (act == ACT_RELU) return _mm512_max_ps(z, zero);
     if (act == ACT_HARDSWISH) {
         const __m512 r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(z, _mm512_set1_ps(3.0f)), zero), _mm512_set1_ps(6.0f));

@@ -72,6 +72,8 @@ class PatchEmbed(nn.Module):
 
 
 class Mlp(nn.Module):
+    linear_act = ("fc1", "act")  # act reads only fc1's output, right after it: optimize fuses the two
+
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
