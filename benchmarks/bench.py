@@ -148,34 +148,50 @@ def compiled(impl, model, size, batch, limit_s: int):
     return cm, time.perf_counter() - t0
 
 
-def train_b0(res: dict, batch: int = 16, size: int = 224, rounds: int = 3, steps_per_round: int = 2) -> None:
-    """efficientnet_b0 training steps (forward, cross-entropy, backward, SGD-momentum step) of
-    every implementation and layout, timed in turns like inference (a step takes 1-2 s here,
-    long enough for the host's load to change between implementations), then the peak tensor
-    memory of one step each (effnets.measure.peak_memory)."""
+def train_compare(names: dict, batch: int, size: int, rounds: int = 3, steps_per_round: int = 2,
+                  num_classes: int = 1000) -> list[dict]:
+    """Training steps (forward, cross-entropy, backward, SGD-momentum step) of each
+    implementation (``names``: impl -> model name, None to leave one out) and layout, timed in
+    turns like inference (a step takes 1-2 s here, long enough for the host's load to change
+    between implementations), then the peak tensor memory of one step each
+    (effnets.measure.peak_memory) in the layout that trained fastest.  One dict per
+    implementation: impl, images_per_s, peak_memory_bytes, config, step_ms."""
     contenders = {}
-    for impl in ("effnets", "timm", "torchvision"):
+    for impl, name in names.items():
+        if name is None:
+            continue
         for cl in ((True,) if impl == "effnets" else (False, True)):
             torch.manual_seed(0)
-            model = build(impl, "efficientnet_b0").train()
+            model = build(impl, name).train()
             if cl:
                 model = model.to(memory_format=torch.channels_last)
             x = torch.randn(batch, 3, size, size)
             x = x.contiguous(memory_format=torch.channels_last) if cl else x
-            y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0))
+            y = torch.randint(0, num_classes, (batch,), generator=torch.Generator().manual_seed(0))
             opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
             step = training_step(model, x, y, opt)
             contenders[(impl, "channels_last" if cl else "nchw")] = (step, (model, opt, x, y))
     times = take_turns({k: step for k, (step, _) in contenders.items()}, rounds * steps_per_round, rounds, 1)
-    for impl in ("effnets", "timm", "torchvision"):
+    out = []
+    for impl in names:
         rates = {cfg: batch / statistics.median(times[(i, cfg)]) for (i, cfg) in contenders if i == impl}
+        if not rates:
+            continue
         cfg = max(rates, key=rates.get)
         step, held = contenders[(impl, cfg)]  # resident: weights, momentum buffers, inputs (as measure_training)
         peak_bytes = peak_memory(step, torch.device("cpu"), tensor_bytes(*held))
-        res["training"].append(dict(impl=impl, images_per_s=rates[cfg], peak_memory_bytes=peak_bytes, config=cfg,
-                                    step_ms=batch / rates[cfg] * 1e3))
-        print(f"  train b0 b{batch}@{size} {impl:<12} {rates[cfg]:6.2f} img/s  peak {peak_bytes / 2**20:7.1f} MiB "
-              f"({cfg})", flush=True)
+        out.append(dict(impl=impl, images_per_s=rates[cfg], peak_memory_bytes=peak_bytes, config=cfg,
+                        step_ms=batch / rates[cfg] * 1e3))
+    return out
+
+
+def train_b0(res: dict, batch: int = 16, size: int = 224, rounds: int = 3, steps_per_round: int = 2) -> None:
+    """efficientnet_b0 training of every implementation (:func:`train_compare`) into ``res``."""
+    names = {"effnets": "efficientnet_b0", "timm": "efficientnet_b0", "torchvision": "efficientnet_b0"}
+    for row in train_compare(names, batch, size, rounds, steps_per_round):
+        res["training"].append(row)
+        print(f"  train b0 b{batch}@{size} {row['impl']:<12} {row['images_per_s']:6.2f} img/s  peak "
+              f"{row['peak_memory_bytes'] / 2**20:7.1f} MiB ({row['config']})", flush=True)
 
 
 def main(argv=None) -> int:

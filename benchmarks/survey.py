@@ -10,6 +10,11 @@ and is not timed).  Multiply-adds are reported beside it but not compared: a hoo
 peer's functional calls (torchvision's ``nn.MultiheadAttention`` projections, fused attention)
 no better than it sees them in effnets.
 
+``--train``: also training (batch 8; forward, cross-entropy, backward, SGD-momentum step; the
+implementations and layouts in turns, ``bench.train_compare``) of the models in ``TRAIN_MODELS``:
+images/s against the faster peer and peak tensor memory against the leaner one (effnets with its
+default memory-efficient blocks).
+
 Prints a table of images/s and ours / best peer and writes ``survey.json`` and ``survey.md``
 under ``--out`` (default ``benchmarks/results``).  Random weights, seeded: the timing does not
 depend on them except through subnormal numbers, which trained squeeze-excite gates can make
@@ -44,6 +49,16 @@ MODELS = [  # key, size, effnets name, timm name, torchvision name
     ("coatnet_0", 224, "coatnet_0", "coatnet_0_224", None),
     ("vit_small_16", 224, "vit_small_16", "vit_small_patch16_224", None),
     ("vit_base_16", 224, "vit_base_16", "vit_base_patch16_224", "vit_b_16"),
+]
+
+
+TRAIN_MODELS = [  # key, size, effnets name, timm name, torchvision name
+    ("mobilenet_v2", 224, "mobilenet_v2", "mobilenetv2_100", "mobilenet_v2"),
+    ("mobilenet_v3_large", 224, "mobilenet_v3_large", "mobilenetv3_large_100", "mobilenet_v3_large"),
+    ("efficientnetv2_s", 224, "efficientnetv2_s", "tf_efficientnetv2_s", "efficientnet_v2_s"),
+    ("resnet_rs_50", 160, "resnet_rs_50", "resnetrs50", None),
+    ("vit_small_16", 224, "vit_small_16", "vit_small_patch16_224", None),
+    ("coatnet_0", 224, "coatnet_0", "coatnet_0_224", None),
 ]
 
 
@@ -103,6 +118,38 @@ def survey(models, iters: int) -> list[dict]:
     return rows
 
 
+def train_survey(models, batch: int = 8) -> list[dict]:
+    rows = []
+    for key, size, en, tn, vn in models:
+        res = {r["impl"]: r for r in bench.train_compare({"effnets": en, "timm": tn, "torchvision": vn}, batch, size,
+                                                          rounds=2, steps_per_round=2)}
+        peers = [r for impl, r in res.items() if impl != "effnets"]
+        fast, lean = max(peers, key=lambda r: r["images_per_s"]), min(peers, key=lambda r: r["peak_memory_bytes"])
+        ours = res["effnets"]
+        row = dict(model=key, size=size, batch=batch, ours=ours, peers=peers,
+                   speed=ours["images_per_s"] / fast["images_per_s"], fast_peer=fast["impl"],
+                   memory=ours["peak_memory_bytes"] / lean["peak_memory_bytes"], lean_peer=lean["impl"])
+        rows.append(row)
+        print(f"  train {key} @{size} b{batch}: effnets {ours['images_per_s']:.2f} img/s, "
+              f"{ours['peak_memory_bytes'] / 2**20:.0f} MiB; speed {row['speed']:.2f}x {fast['impl']}, "
+              f"memory {row['memory']:.2f}x {lean['impl']}", flush=True)
+    return rows
+
+
+def train_report(rows: list[dict]) -> str:
+    lines = ["", "Training (SGD-momentum steps, peers in their faster layout):", "",
+             "| model | batch | effnets img/s | faster peer img/s | speed | effnets MiB | leaner peer MiB | memory |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fast = next(p for p in r["peers"] if p["impl"] == r["fast_peer"])
+        lean = next(p for p in r["peers"] if p["impl"] == r["lean_peer"])
+        lines.append(f"| {r['model']} @{r['size']} | {r['batch']} | {r['ours']['images_per_s']:.2f} | "
+                     f"{fast['images_per_s']:.2f} ({r['fast_peer']}) | {r['speed']:.2f}x | "
+                     f"{r['ours']['peak_memory_bytes'] / 2**20:.0f} | {lean['peak_memory_bytes'] / 2**20:.0f} "
+                     f"({r['lean_peer']}) | {r['memory']:.2f}x |")
+    return "\n".join(lines)
+
+
 def report(rows: list[dict], machine: dict) -> str:
     lines = [f"effnets.optimize (eager) vs the best plain peer, {machine['threads']} threads, {machine['cpu']}, "
              f"torch {machine['torch']}", "",
@@ -121,26 +168,32 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=None, help="keys of MODELS (default: all)")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--train", action="store_true", help="also training speed and memory (TRAIN_MODELS, batch 8)")
+    ap.add_argument("--train-only", action="store_true", help="training only (writes survey_train.{md,json})")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    unknown = set(args.models or []) - {m[0] for m in MODELS}
+    unknown = set(args.models or []) - {m[0] for m in MODELS + TRAIN_MODELS}
     if unknown:
-        ap.error(f"unknown model keys {sorted(unknown)}; choose among {[m[0] for m in MODELS]}")
+        ap.error(f"unknown model keys {sorted(unknown)}; choose among {sorted({m[0] for m in MODELS + TRAIN_MODELS})}")
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = dict(cpu=bench._cpu_name(), platform=platform.platform(), torch=torch.__version__,
                    threads=torch.get_num_threads(), loadavg_start=bench._loadavg())
     t0 = time.perf_counter()
-    rows = survey([m for m in MODELS if not args.models or m[0] in args.models], args.iters)
+    rows = [] if args.train_only else survey([m for m in MODELS if not args.models or m[0] in args.models], args.iters)
+    train_rows = (train_survey([m for m in TRAIN_MODELS if not args.models or m[0] in args.models])
+                  if args.train or args.train_only else [])
     machine["seconds"] = round(time.perf_counter() - t0)
-    text = report(rows, machine)
+    text = (report(rows, machine) if rows else f"{machine['threads']} threads, {machine['cpu']}, torch {machine['torch']}\n"
+            ) + (train_report(train_rows) if train_rows else "")
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "survey.json"), "w") as f:
-        json.dump(dict(machine=machine, rows=rows), f, indent=1)
-    with open(os.path.join(args.out, "survey.md"), "w") as f:
+    stem = "survey_train" if args.train_only else "survey"  # a training-only run keeps the inference files
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
+        json.dump(dict(machine=machine, rows=rows, training=train_rows), f, indent=1)
+    with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write(text + "\n")
     return 0
 

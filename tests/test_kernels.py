@@ -13,7 +13,7 @@ from effnets.layers import memory as M
 
 native = pytest.mark.skipif(K.library() is None, reason=f"native kernels unavailable: {K.why_unavailable}")
 
-ACTS = {"silu": F.silu, "identity": lambda t: t, "relu": F.relu}
+ACTS = {"silu": F.silu, "identity": lambda t: t, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish}
 
 
 def _rel(a, ref):
@@ -32,7 +32,7 @@ def _reference(y, w, b, eps, act, g):
 @native
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("shape", [(4, 40, 28, 28), (3, 13, 5, 7), (2, 1152, 7, 7)])
-@pytest.mark.parametrize("act", ["silu", "identity", "relu"])
+@pytest.mark.parametrize("act", ["silu", "identity", "relu", "relu6", "hardswish"])
 def test_bn_act_matches_float64(channels_last, shape, act):
     torch.manual_seed(0)
     y = torch.randn(*shape) * 2 + 0.5
@@ -48,7 +48,7 @@ def test_bn_act_matches_float64(channels_last, shape, act):
     dx, dw, db = K.bn_act_backward(g, y, w, b, mean, invstd, act)
     ref, rdx, rdw, rdb, rrm, rrv = _reference(y, w, b, 1e-3, act, g)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last or shape[2:] == (1, 1)
-    tol = 2e-6 if act != "relu" else 1e-5
+    tol = 2e-6 if act not in ("relu", "relu6") else 1e-5
     assert _rel(out, ref) < tol
     assert _rel(rm, rrm) < 1e-6 and _rel(rv, rrv) < 1e-6  # running stats: momentum, unbiased variance
     assert _rel(dx, rdx) < 1e-5 and _rel(dw, rdw) < 1e-5 and _rel(db, rdb) < 1e-5

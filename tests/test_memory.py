@@ -33,20 +33,22 @@ def _assert_same(a, b, rtol=1e-5):
         assert ((g0[k] - g1[k]).abs().max() / scale) < rtol * 30, k
     for k in s0:  # BN running statistics and batch counters updated exactly once (a second
         # update would move them by ~momentum = 10%; float rounding upstream moves them ~1e-5)
-        assert torch.allclose(s0[k].float(), s1[k].float(), rtol=1e-4, atol=1e-6), k
+        assert torch.allclose(s0[k].float(), s1[k].float(), rtol=10 * max(rtol, 1e-5), atol=rtol / 10), k
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "efficientnetv2_b0"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "efficientnetv2_b0", "mobilenet_v2"])
 def test_memory_efficient_same_gradients_and_less_saved(name):
     torch.manual_seed(0)
     model = effnets.create_model(name, num_classes=10, drop_path=0.2)
     x = torch.randn(2, 3, 64, 64)
-    _assert_same(_step(model, x, me=False), _step(model, x, me=True))
+    # MobileNetV2 (ReLU6): plain float32 PyTorch's loss is 1.9e-5 from float64's here, the native
+    # BN + ReLU6 kernels' 4e-7 (measured once): the two float32 sides differ by PyTorch's rounding
+    _assert_same(_step(model, x, me=False), _step(model, x, me=True), rtol=1e-4 if name == "mobilenet_v2" else 1e-5)
     with memory_efficient(False):
         plain = saved_activation_bytes(model, x)
     with memory_efficient(True):
         lean = saved_activation_bytes(model, x)
-    limit = 0.8 if name != "mobilenet_v3_large" else 0.9  # ReLU/hard-swish mix saves less
+    limit = 0.8 if name not in ("mobilenet_v3_large", "mobilenet_v2") else 0.9  # ReLU-type acts save less
     assert lean < limit * plain, (lean, plain)
 
 
@@ -61,6 +63,58 @@ def test_memory_efficient_channels_last_and_per_model_switch():
     set_memory_efficient(True, model)
     on = saved_activation_bytes(model, x)
     assert on < 0.8 * off
+
+
+@pytest.mark.parametrize("name,size", [("vit_tiny_16", 64), ("coatnet_0", 64)])
+def test_transformer_mlp_keeps_no_gelu_output_for_backward(name, size):
+    """The ViT and CoAtNet MLPs recompute GELU's output in backward instead of saving it
+    (layers.memory.act_linear): same loss and gradients as the plain modules, and the saved
+    activations shrink by at least 80% of one (tokens x hidden) float tensor per MLP."""
+    torch.manual_seed(0)
+    model = effnets.create_model(name, num_classes=10)
+    x = torch.randn(2, 3, size, size)
+    _assert_same(_step(model, x, me=False), _step(model, x, me=True))
+    mlps = [m for m in model.modules() if type(m).__name__ in ("Mlp", "TransformerMlp")]
+    hidden_bytes = []
+    hooks = [m.fc1.register_forward_hook(lambda mod, a, out: hidden_bytes.append(out.numel() * 4)) for m in mlps]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    with memory_efficient(True):
+        lean = saved_activation_bytes(model, x)
+        for m in mlps:  # the MLPs alone switched off (CoAtNet's conv stages stay memory-efficient)
+            set_memory_efficient(False, m)
+        plain = saved_activation_bytes(model, x)
+    assert len(hidden_bytes) == len(mlps) > 0 and plain - lean >= 0.8 * sum(hidden_bytes), (plain, lean)
+
+
+def test_act_linear_matches_the_modules_for_each_activation_and_keeps_dropout():
+    """act_linear gives the outputs and gradients of linear(act(h)) for GELU (both forms), SiLU
+    and ReLU; a ViT MLP with dropout between GELU and fc2 runs the plain modules in training
+    (the mask needs the stored product), and none of this runs in eval."""
+    from torch import nn
+
+    from effnets.layers.memory import act_linear
+    from effnets.nets.vit import Mlp
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 7)
+    owner = nn.Module()  # training, no per-module switch: the global default (on)
+    for act in (nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ReLU()):
+        h = torch.randn(3, 5, 24, requires_grad=True)
+        h2 = h.detach().clone().requires_grad_(True)
+        y, want = act_linear(h, act, lin, owner), lin(act(h2))
+        assert torch.allclose(y, want, atol=1e-6)
+        g = torch.randn_like(y)
+        gs = torch.autograd.grad(y, [h, lin.weight, lin.bias], g)
+        gw = torch.autograd.grad(want, [h2, lin.weight, lin.bias], g)
+        assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(gs, gw)), act
+    mlp = Mlp(8, 32, drop=0.5).train()
+    torch.manual_seed(3)
+    a = mlp(torch.ones(2, 4, 8))
+    torch.manual_seed(3)
+    b = mlp.drop2(mlp.fc2(mlp.drop1(mlp.act(mlp.fc1(torch.ones(2, 4, 8))))))
+    assert torch.equal(a, b) and (a != mlp.eval()(torch.ones(2, 4, 8))).any()  # dropout really applied
 
 
 def test_eval_and_export_use_plain_ops():

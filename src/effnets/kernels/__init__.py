@@ -36,9 +36,9 @@ _LIB: ctypes.CDLL | None = None
 _TRIED = False
 why_unavailable: str | None = None
 
-ACT_CODES = {"identity": 0, "silu": 1, "relu": 2}  # fused with training BatchNorm
+ACT_CODES = {"identity": 0, "silu": 1, "relu": 2, "hardswish": 3, "relu6": 4}  # fused with training BatchNorm
 # fused with the inference depthwise conv and the GEMM epilogues; "gelu" the exact (erf) GELU
-DW_ACT_CODES = {**ACT_CODES, "hardswish": 3, "relu6": 4, "gelu": 7}
+DW_ACT_CODES = {**ACT_CODES, "gelu": 7}
 SE_ACT_CODES = {**DW_ACT_CODES, "sigmoid": 5, "hardsigmoid": 6}  # squeeze-excite act and gate
 
 

@@ -315,6 +315,48 @@ class _GatedConv(torch.autograd.Function):
         return dx, ds, dw, db if has_bias else None, None, None, None, None, None
 
 
+class _ActLinear(torch.autograd.Function):
+    """``F.linear(act(h), weight, bias)`` saving ``h`` and not ``act(h)``: the activation's output,
+    which only the linear's weight gradient reads, is recomputed in backward (one elementwise
+    pass).  In a transformer MLP that is one of its two widest saved tensors (B x T x 4C)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, kind):
+        ctx.save_for_backward(h, weight)
+        ctx.kind, ctx.has_bias = kind, bias is not None
+        return F.linear(_act_out(kind, h), weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        h, weight = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g2 = g.reshape(-1, g.shape[-1])
+        dh = dw = db = None
+        if need_w:
+            dw = g2.t() @ _act_out(ctx.kind, h).reshape(-1, h.shape[-1])
+        if need_b and ctx.has_bias:
+            db = g2.sum(0)
+        if need_h:
+            dh = _act_bwd(ctx.kind, g @ weight, h)
+        return dh, dw, db, None
+
+
+def _act_out(kind: str, z: torch.Tensor) -> torch.Tensor:
+    """``act(z)`` as a new tensor (``_act_fwd`` may overwrite ``z``)."""
+    return _act_fwd(kind, z) if kind in ("gelu", "gelu_tanh", "identity") else _act_fwd(kind, z.clone())
+
+
+def act_linear(h: torch.Tensor, act: nn.Module, linear: nn.Module, owner: nn.Module) -> torch.Tensor:
+    """``linear(act(h))`` (a transformer MLP's activation and second linear).  In memory-efficient
+    training (``owner``'s switch) the activation's output is not stored but recomputed in
+    backward (:class:`_ActLinear`); elsewhere, or for layers it does not know, the modules."""
+    kind = _act_kind(act) if use_memory_efficient(owner) and type(linear) is nn.Linear else None
+    if kind is None or kind == "identity":
+        return linear(act(h))
+    return _ActLinear.apply(h, linear.weight, linear.bias, kind)
+
+
 def expand_conv_dw(x: torch.Tensor, expand: nn.Module | None, dw: nn.Module) -> torch.Tensor:
     """``dw(expand(x))`` (an inverted-residual block's expand and depthwise convs; ``expand``
     None: ``dw(x)``).  In an ``effnets.optimize``d model the two run as one pass where they can
@@ -352,7 +394,7 @@ def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module,
     return cna.norm_act(y)
 
 
-__all__ = ["set_memory_efficient", "memory_efficient_enabled", "memory_efficient", "use_memory_efficient",
+__all__ = ["set_memory_efficient", "memory_efficient_enabled", "memory_efficient", "use_memory_efficient", "act_linear",
            "batch_norm_act", "channel_mean", "gate_mul", "expand_conv_dw", "se_conv", "depthwise_conv"]
 
 

@@ -27,7 +27,7 @@ from ..errors import CheckpointError
 from ..layers import ConvNormAct, DropPath, SqueezeExcite, check_rate, init_conv_, linear_schedule, set_dropout
 from ..layers.attention import Attention
 from ..layers.head import linear_head
-from ..layers.memory import checkpoint_enabled, checkpoint_module
+from ..layers.memory import act_linear, checkpoint_enabled, checkpoint_module
 from ..layers.rel_pos import RelPosBias, resize_rel_pos_table
 from .inputs import check_input
 
@@ -111,9 +111,10 @@ class TransformerMlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        self.memory_efficient: bool | None = None  # None: the global default (layers.memory)
 
-    def forward(self, x):
-        return self.drop(self.fc2(self.act(self.fc1(x))))
+    def forward(self, x):  # GELU's output not stored in training (act_linear)
+        return self.drop(act_linear(self.fc1(x), self.act, self.fc2, self))
 
 
 class CoAtTransformer(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 from ..layers import DropPath, check_rate, set_dropout
 from ..layers.attention import Attention
 from ..layers.head import linear_head
-from ..layers.memory import checkpoint_enabled, checkpoint_module
+from ..layers.memory import act_linear, checkpoint_enabled, checkpoint_module
 from .inputs import check_input
 
 LN_EPS = 1e-6  # original ViT (flax LayerNorm default); PyTorch's default 1e-5 changes logits
@@ -81,9 +81,13 @@ class Mlp(nn.Module):
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop2 = nn.Dropout(drop)
+        self.memory_efficient: bool | None = None  # None: the global default (layers.memory)
 
     def forward(self, x):
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        h = self.fc1(x)
+        if self.drop1.p == 0 or not self.training:  # GELU's output not stored in training (act_linear)
+            return self.drop2(act_linear(h, self.act, self.fc2, self))
+        return self.drop2(self.fc2(self.drop1(self.act(h))))
 
 
 class Block(nn.Module):
