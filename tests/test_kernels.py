@@ -55,6 +55,27 @@ def test_bn_act_matches_float64(channels_last, shape, act):
 
 
 @native
+@pytest.mark.parametrize("act,aten_bwd", [
+    ("relu6", lambda g, z: torch.ops.aten.hardtanh_backward(g, z, 0.0, 6.0)),
+    ("hardswish", lambda g, z: torch.ops.aten.hardswish_backward(g, z))])
+def test_bn_act_backward_takes_atens_derivative_at_the_kinks(act, aten_bwd):
+    """The training kernels' ReLU6 and hard-swish derivatives at and next to their kinks (0 and
+    6; -3 and 3) are aten's (hardtanh_backward: 0 at both kinks; hardswish_backward: 0 at -3, 1
+    at 3).  A zero BN weight makes each channel's pre-activation exactly its bias, so the bias
+    gradient is the channel's summed output gradient times the derivative at that bias."""
+    kinks = torch.tensor([-3.0, 3.0, 0.0, 6.0, -3.0001, 2.9999, 3.0001, 5.9999, 1e-6, -1e-6, 0.5, -7.0])
+    c = len(kinks)
+    torch.manual_seed(0)
+    for shape in ((2, c, 5, 7), (3, c, 1, 1)):  # per-plane and per-row (channels-last) layouts
+        y, g = torch.randn(*shape), torch.randn(*shape)
+        w, rm, rv = torch.zeros(c), torch.zeros(c), torch.ones(c)
+        out, mean, invstd = K.bn_act_forward(y, w, kinks.clone(), rm, rv, 0.1, 1e-5, act)
+        _, _, db = K.bn_act_backward(g, y, w, kinks.clone(), mean, invstd, act)
+        want = g.double().sum((0, 2, 3)) * aten_bwd(torch.ones(c, dtype=torch.float64), kinks.double())
+        assert torch.allclose(db.double(), want, rtol=1e-5, atol=1e-6), (db, want)
+
+
+@native
 def test_silu_inplace_matches_float64_over_the_whole_range():
     x = torch.cat([torch.linspace(-100, 100, 20001), torch.randn(10007) * 5, torch.tensor([0.0, -0.0, 1e-30])])
     ref = F.silu(x.double())

@@ -79,7 +79,7 @@ static inline float dact_s(float z, int act) {  /* d act / dz */
     if (act == ACT_SILU) { float s = 1.0f / (1.0f + exp_s(-z)); return s + z * s * (1.0f - s); }
     if (act == ACT_RELU) return z > 0.0f ? 1.0f : 0.0f;
     if (act == ACT_RELU6) return z > 0.0f && z < 6.0f ? 1.0f : 0.0f;  /* as hardtanh_backward: 0 at the kinks */
-    if (act == ACT_HARDSWISH) return z < -3.0f ? 0.0f : z <= 3.0f ? z * (1.0f / 3.0f) + 0.5f : 1.0f;  /* as aten's */
+    if (act == ACT_HARDSWISH) return z <= -3.0f ? 0.0f : z < 3.0f ? z * (1.0f / 3.0f) + 0.5f : 1.0f;  /* as aten's */
     return 1.0f;  /* derivatives serve the training BN+act kernels: identity, SiLU, ReLU, ReLU6, hard-swish */
 }
 
@@ -147,8 +147,8 @@ AVX2 static inline __m256 dact_v(__m256 z, int act) {
                                            _mm256_cmp_ps(z, _mm256_set1_ps(6.0f), _CMP_LT_OQ)), _mm256_set1_ps(1.0f));
     if (act == ACT_HARDSWISH) {
         const __m256 mid = _mm256_fmadd_ps(z, _mm256_set1_ps(1.0f / 3.0f), _mm256_set1_ps(0.5f));
-        const __m256 d = _mm256_and_ps(mid, _mm256_cmp_ps(z, _mm256_set1_ps(-3.0f), _CMP_GE_OQ));
-        return _mm256_blendv_ps(d, _mm256_set1_ps(1.0f), _mm256_cmp_ps(z, _mm256_set1_ps(3.0f), _CMP_GT_OQ));
+        const __m256 d = _mm256_and_ps(mid, _mm256_cmp_ps(z, _mm256_set1_ps(-3.0f), _CMP_GT_OQ));
+        return _mm256_blendv_ps(d, _mm256_set1_ps(1.0f), _mm256_cmp_ps(z, _mm256_set1_ps(3.0f), _CMP_GE_OQ));
     }
     return _mm256_set1_ps(1.0f);  /* training BN+act kernels: identity, SiLU, ReLU, ReLU6, hard-swish */
 }
