@@ -329,16 +329,18 @@ class _ActLinear(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
+        # under autocast the forward's product ran in g's dtype (bf16 / fp16) on a cast weight:
+        # the products here run in g's dtype too, each gradient returned in its input's dtype
         h, weight = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g2 = g.reshape(-1, g.shape[-1])
         dh = dw = db = None
         if need_w:
-            dw = g2.t() @ _act_out(ctx.kind, h).reshape(-1, h.shape[-1])
+            dw = (g2.t() @ _act_out(ctx.kind, h).reshape(-1, h.shape[-1]).to(g.dtype)).to(weight.dtype)
         if need_b and ctx.has_bias:
-            db = g2.sum(0)
+            db = g2.sum(0).to(weight.dtype)
         if need_h:
-            dh = _act_bwd(ctx.kind, g @ weight, h)
+            dh = _act_bwd(ctx.kind, (g @ weight.to(g.dtype)).to(h.dtype), h)
         return dh, dw, db, None
 
 
