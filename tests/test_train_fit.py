@@ -51,6 +51,15 @@ def test_fit_outputs_progressive_log_and_config(tmp_path):
     assert r.completed and r.global_step == 3 * 6
 
 
+def test_bf16_autocast_training_on_cpu_runs_the_memory_efficient_blocks(tmp_path):
+    """precision: bf16 on CPU (torch.autocast) with the memory-efficient blocks on (the default):
+    the run completes with finite losses; its first backward used to raise
+    a dtype error in the BN + act block (its recomputed BN output promoted to fp32)."""
+    r, _ = _fit(tmp_path, epochs=1, precision="bf16")
+    assert r.completed and r.global_step == 6
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in r.history)
+
+
 def _tensors(path):
     t, _ = read_checkpoint(path)
     return {k: v for k, v in t.items() if not k.startswith("rng.")}

@@ -151,8 +151,10 @@ class _BatchNormAct(torch.autograd.Function):
         if ctx.kind != "identity":
             scale = invstd if weight is None else invstd * weight
             shift = -mean * scale if bias is None else bias - mean * scale
-            z = torch.addcmul(shift.view(shape), y, scale.view(shape))  # recomputed BN output
-            g = _act_bwd(ctx.kind, g, z)
+            # recomputed BN output, in y's dtype as the forward's was (bf16 / fp16 under autocast,
+            # whose fp32 statistics would otherwise promote it and the gradient to fp32)
+            z = torch.addcmul(shift.view(shape), y, scale.view(shape)).to(y.dtype)
+            g = _act_bwd(ctx.kind, g.to(y.dtype), z)
             del z
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
