@@ -13,7 +13,8 @@ from effnets.layers import memory as M
 
 native = pytest.mark.skipif(K.library() is None, reason=f"native kernels unavailable: {K.why_unavailable}")
 
-ACTS = {"silu": F.silu, "identity": lambda t: t, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish}
+ACTS = {"silu": F.silu, "identity": lambda t: t, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
+        "gelu": F.gelu}
 
 
 def _rel(a, ref):
@@ -32,7 +33,7 @@ def _reference(y, w, b, eps, act, g):
 @native
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("shape", [(4, 40, 28, 28), (3, 13, 5, 7), (2, 1152, 7, 7)])
-@pytest.mark.parametrize("act", ["silu", "identity", "relu", "relu6", "hardswish"])
+@pytest.mark.parametrize("act", ["silu", "identity", "relu", "relu6", "hardswish", "gelu"])
 def test_bn_act_matches_float64(channels_last, shape, act):
     torch.manual_seed(0)
     y = torch.randn(*shape) * 2 + 0.5
@@ -73,6 +74,29 @@ def test_bn_act_backward_takes_atens_derivative_at_the_kinks(act, aten_bwd):
         _, _, db = K.bn_act_backward(g, y, w, kinks.clone(), mean, invstd, act)
         want = g.double().sum((0, 2, 3)) * aten_bwd(torch.ones(c, dtype=torch.float64), kinks.double())
         assert torch.allclose(db.double(), want, rtol=1e-5, atol=1e-6), (db, want)
+
+
+@native
+@pytest.mark.parametrize("n", [1, 7, 8, 1000, 4099])  # the scalar tail alone, a whole vector, thread shares
+def test_gelu_forward_and_backward_passes_match_float64(n):
+    """act_out(x, "gelu") and gelu_backward(g, h) (GELU' and, optionally, GELU in one pass: what
+    the memory-efficient transformer MLP runs) against float64's exact GELU and its autograd
+    derivative, over [-10, 10] and the far tails; other dtypes and layouts are left to PyTorch."""
+    torch.manual_seed(0)
+    h = torch.cat([torch.linspace(-10, 10, n), torch.tensor([-40.0, 40.0, 0.0])])
+    g = torch.randn_like(h)
+    h64 = h.double().requires_grad_()
+    ref = F.gelu(h64)
+    (dref,) = torch.autograd.grad(ref, h64, g.double())
+    scale = h.abs().clamp(min=1).double()
+    assert ((K.act_out(h, "gelu").double() - ref.detach()).abs() / scale).max() < 3e-7
+    dh, a = K.gelu_backward(g, h, True)
+    assert ((dh.double() - dref).abs() / g.abs().double().clamp(min=1)).max() < 1e-6
+    assert torch.equal(a, K.act_out(h, "gelu"))
+    dh2, none = K.gelu_backward(g, h, False)
+    assert none is None and torch.equal(dh2, dh)
+    assert K.act_out(h.double(), "gelu") is None and K.gelu_backward(g, h[:-1], True) is None
+    assert K.act_out(h.view(-1, 1).expand(-1, 2), "gelu") is None  # not contiguous
 
 
 @native

@@ -36,9 +36,10 @@ _LIB: ctypes.CDLL | None = None
 _TRIED = False
 why_unavailable: str | None = None
 
-ACT_CODES = {"identity": 0, "silu": 1, "relu": 2, "hardswish": 3, "relu6": 4}  # fused with training BatchNorm
-# fused with the inference depthwise conv and the GEMM epilogues; "gelu" the exact (erf) GELU
-DW_ACT_CODES = {**ACT_CODES, "gelu": 7}
+# fused with training BatchNorm, the inference depthwise conv and the GEMM epilogues; "gelu" the
+# exact (erf) GELU
+ACT_CODES = {"identity": 0, "silu": 1, "relu": 2, "hardswish": 3, "relu6": 4, "gelu": 7}
+DW_ACT_CODES = dict(ACT_CODES)
 SE_ACT_CODES = {**DW_ACT_CODES, "sigmoid": 5, "hardsigmoid": 6}  # squeeze-excite act and gate
 
 
@@ -74,6 +75,9 @@ def _build() -> ctypes.CDLL:
     lib.eff_bn_act_fwd.argtypes = [p, p, i64, i64, i64, p, p, p, p, f64, f64, p, p, i32, i32]
     lib.eff_bn_act_bwd.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, p, p, i32, i32]
     lib.eff_silu.argtypes = [p, p, i64, i32]
+    lib.eff_act.argtypes = [p, p, i64, i32, i32]
+    lib.eff_gelu_bwd.argtypes = [p, p, p, p, i64, i32]
+    lib.eff_act.restype = lib.eff_gelu_bwd.restype = None
     lib.eff_dw_bwd_input.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_bwd_weight.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32]
     lib.eff_dw_fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32, i32]
@@ -231,6 +235,33 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.silu(x, inplace=True)
     lib.eff_silu(x.data_ptr(), x.data_ptr(), x.numel(), torch.get_num_threads())
     return x
+
+
+def _dense_f32(*ts: torch.Tensor) -> bool:
+    """CPU float32 tensors of one shape, each contiguous in memory, and the kernels built."""
+    return (library() is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+                                          and t.shape == ts[0].shape for t in ts))
+
+
+def act_out(x: torch.Tensor, act: str) -> torch.Tensor | None:
+    """``act(x)`` as a new tensor (``act`` a key of ``DW_ACT_CODES``, "gelu" the exact GELU)
+    for a contiguous float32 CPU ``x``; None otherwise (the caller runs PyTorch's op)."""
+    if not _dense_f32(x):
+        return None
+    out = torch.empty_like(x)
+    library().eff_act(x.data_ptr(), out.data_ptr(), x.numel(), DW_ACT_CODES[act], torch.get_num_threads())
+    return out
+
+
+def gelu_backward(g: torch.Tensor, h: torch.Tensor, want_gelu: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(g * GELU'(h), GELU(h) if want_gelu)`` in one pass over ``h`` (exact GELU, erf as in
+    the epilogues), for contiguous float32 CPU tensors of one shape; None otherwise."""
+    if not _dense_f32(g, h):
+        return None
+    dh = torch.empty_like(h)
+    a = torch.empty_like(h) if want_gelu else None
+    library().eff_gelu_bwd(g.data_ptr(), h.data_ptr(), dh.data_ptr(), _ptr(a), h.numel(), torch.get_num_threads())
+    return dh, a
 
 
 def supports_depthwise(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
@@ -1006,7 +1037,8 @@ def depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().reshape(c, kh * kw).t().contiguous()
 
 
-__all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "why_unavailable", "ACT_CODES",
+__all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", "act_out", "gelu_backward",
+           "why_unavailable", "ACT_CODES",
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
            "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "pointwise_available",

@@ -65,6 +65,14 @@ static inline float gelu_s(float x) {
     const float e = 1.0f - r * exp_s(-(a * a));  /* erf(|z|) */
     return 0.5f * x * (1.0f + copysignf(e, z));
 }
+/* GELU's derivative, Phi(x) + x phi(x), from the same erf and exp(-x^2 / 2) = exp(-z^2) */
+static inline float dgelu_s(float x) {
+    const float z = x * 0.707106781186547524f, a = fabsf(z);
+    const float t = 1.0f / (1.0f + GELU_P * a);
+    const float r = ((((GELU_A5 * t + GELU_A4) * t + GELU_A3) * t + GELU_A2) * t + GELU_A1) * t;
+    const float ez = exp_s(-(a * a)), e = 1.0f - r * ez;
+    return 0.5f * (1.0f + copysignf(e, z)) + x * ez * 0.398942280401432678f;
+}
 static inline float act_s(float z, int act) {
     if (act == ACT_SILU) return z / (1.0f + exp_s(-z));
     if (act == ACT_GELU) return gelu_s(z);
@@ -80,7 +88,8 @@ static inline float dact_s(float z, int act) {  /* d act / dz */
     if (act == ACT_RELU) return z > 0.0f ? 1.0f : 0.0f;
     if (act == ACT_RELU6) return z > 0.0f && z < 6.0f ? 1.0f : 0.0f;  /* as hardtanh_backward: 0 at the kinks */
     if (act == ACT_HARDSWISH) return z <= -3.0f ? 0.0f : z < 3.0f ? z * (1.0f / 3.0f) + 0.5f : 1.0f;  /* as aten's */
-    return 1.0f;  /* derivatives serve the training BN+act kernels: identity, SiLU, ReLU, ReLU6, hard-swish */
+    if (act == ACT_GELU) return dgelu_s(z);
+    return 1.0f;  /* derivatives serve the training kernels: identity, SiLU, ReLU, ReLU6, hard-swish, GELU */
 }
 
 #ifdef EFF_X86
@@ -125,6 +134,21 @@ AVX2 static inline __m256 gelu_v(__m256 x) {  /* gelu_s on 8 lanes, step for ste
     const __m256 erf = _mm256_or_ps(e, _mm256_and_ps(sign, z));
     return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, erf));
 }
+/* gelu_v's value (*a) and derivative (returned; dgelu_s step for step) from one erf and exp */
+AVX2 static inline __m256 gelu_both_v(__m256 x, __m256* a_out) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.707106781186547524f)), a = _mm256_andnot_ps(sign, z);
+    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(GELU_P), a, one));
+    __m256 r = _mm256_fmadd_ps(_mm256_set1_ps(GELU_A5), t, _mm256_set1_ps(GELU_A4));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A3));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A2));
+    r = _mm256_mul_ps(_mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A1)), t);
+    const __m256 ez = exp_v(_mm256_xor_ps(sign, _mm256_mul_ps(a, a)));
+    const __m256 e = _mm256_fnmadd_ps(r, ez, one);
+    const __m256 cdf = _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_add_ps(one, _mm256_or_ps(e, _mm256_and_ps(sign, z))));
+    if (a_out) *a_out = _mm256_mul_ps(x, cdf);
+    return _mm256_fmadd_ps(_mm256_mul_ps(x, ez), _mm256_set1_ps(0.398942280401432678f), cdf);
+}
 AVX2 static inline __m256 act_v(__m256 z, int act) {
     if (act == ACT_SILU) return _mm256_div_ps(z, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_v(_mm256_sub_ps(_mm256_setzero_ps(), z))));
     if (act == ACT_GELU) return gelu_v(z);
@@ -150,7 +174,8 @@ AVX2 static inline __m256 dact_v(__m256 z, int act) {
         const __m256 d = _mm256_and_ps(mid, _mm256_cmp_ps(z, _mm256_set1_ps(-3.0f), _CMP_GT_OQ));
         return _mm256_blendv_ps(d, _mm256_set1_ps(1.0f), _mm256_cmp_ps(z, _mm256_set1_ps(3.0f), _CMP_GE_OQ));
     }
-    return _mm256_set1_ps(1.0f);  /* training BN+act kernels: identity, SiLU, ReLU, ReLU6, hard-swish */
+    if (act == ACT_GELU) return gelu_both_v(z, NULL);
+    return _mm256_set1_ps(1.0f);  /* training kernels: identity, SiLU, ReLU, ReLU6, hard-swish, GELU */
 }
 static int have_avx2(void) {
     static int v = -1;
@@ -315,6 +340,23 @@ AVX2 static void silu_span_v(const float* x, float* o, i64 n) {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, act_v(_mm256_loadu_ps(x + i), ACT_SILU));
     for (; i < n; i++) o[i] = act_s(x[i], ACT_SILU);
 }
+#ifdef EFF_X86
+AVX2 static void act_span_v(const float* x, float* o, i64 s, i64 e, int act, i64* next) {
+    i64 i = s;
+    for (; i + 8 <= e; i += 8) _mm256_storeu_ps(o + i, act_v(_mm256_loadu_ps(x + i), act));
+    *next = i;
+}
+AVX2 static void gelu_bwd_span_v(const float* g, const float* h, float* dh, float* a, i64 s, i64 e, i64* next) {
+    i64 i = s;
+    for (; i + 8 <= e; i += 8) {
+        __m256 av;
+        const __m256 d = gelu_both_v(_mm256_loadu_ps(h + i), &av);
+        if (a) _mm256_storeu_ps(a + i, av);
+        _mm256_storeu_ps(dh + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), d));
+    }
+    *next = i;
+}
+#endif
 #endif
 
 static void apply_row(const float* y, float* o, const float* sc, const float* sh, i64 C, int act) {
@@ -501,6 +543,38 @@ void eff_silu(const float* x, float* out, i64 n, int nt) {
             if (have_avx2()) silu_span_v(x + s, out + s, e - s); else
 #endif
             for (i64 i = s; i < e; i++) out[i] = act_s(x[i], ACT_SILU);
+        }
+    }
+}
+
+/* out = act(x) for any DW act code (out may alias x). */
+void eff_act(const float* x, float* out, i64 n, int act, int nt) {
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        i64 per = ((n + T - 1) / T + 15) & ~(i64)15, s = t * per, e = s + per < n ? s + per : n, i = s;
+#ifdef EFF_X86
+        if (have_avx2()) act_span_v(x, out, s, e, act, &i);
+#endif
+        for (; i < e; i++) out[i] = act_s(x[i], act);
+    }
+}
+
+/* GELU's backward in one pass over h: dh = g * GELU'(h) (dh may alias g) and, where a is not
+ * NULL, a = GELU(h), the value a memory-efficient MLP recomputes for its next linear's weight
+ * gradient (layers.memory._ActLinear). */
+void eff_gelu_bwd(const float* g, const float* h, float* dh, float* a, i64 n, int nt) {
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        i64 per = ((n + T - 1) / T + 15) & ~(i64)15, s = t * per, e = s + per < n ? s + per : n, i = s;
+#ifdef EFF_X86
+        if (have_avx2()) gelu_bwd_span_v(g, h, dh, a, s, e, &i);
+#endif
+        for (; i < e; i++) {
+            const float x = h[i];
+            if (a) a[i] = gelu_s(x);
+            dh[i] = g[i] * dgelu_s(x);
         }
     }
 }

@@ -326,7 +326,8 @@ class _ActLinear(torch.autograd.Function):
     def forward(ctx, h, weight, bias, kind):
         ctx.save_for_backward(h, weight)
         ctx.kind, ctx.has_bias = kind, bias is not None
-        return F.linear(_act_out(kind, h), weight, bias)
+        a = kernels.act_out(h, kind) if kind == "gelu" else None  # GELU on effnets' vector code
+        return F.linear(_act_out(kind, h) if a is None else a, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -336,13 +337,16 @@ class _ActLinear(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g2 = g.reshape(-1, g.shape[-1])
-        dh = dw = db = None
+        dh = dw = db = a = None
+        if need_h:
+            da = (g @ weight.to(g.dtype)).to(h.dtype)
+            both = kernels.gelu_backward(da, h, need_w) if ctx.kind == "gelu" else None
+            dh, a = both if both is not None else (_act_bwd(ctx.kind, da, h), None)  # one pass: GELU' and GELU
         if need_w:
-            dw = (g2.t() @ _act_out(ctx.kind, h).reshape(-1, h.shape[-1]).to(g.dtype)).to(weight.dtype)
+            a = _act_out(ctx.kind, h) if a is None else a
+            dw = (g2.t() @ a.reshape(-1, h.shape[-1]).to(g.dtype)).to(weight.dtype)
         if need_b and ctx.has_bias:
             db = g2.sum(0).to(weight.dtype)
-        if need_h:
-            dh = _act_bwd(ctx.kind, (g @ weight.to(g.dtype)).to(h.dtype), h)
         return dh, dw, db, None
 
 
