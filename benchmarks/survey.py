@@ -121,8 +121,16 @@ def survey(models, iters: int) -> list[dict]:
 def train_survey(models, batch: int = 8) -> list[dict]:
     rows = []
     for key, size, en, tn, vn in models:
-        res = {r["impl"]: r for r in bench.train_compare({"effnets": en, "timm": tn, "torchvision": vn}, batch, size,
-                                                          rounds=2, steps_per_round=2)}
+        names = {"effnets": en, "timm": tn, "torchvision": vn}
+        ours = bench.build("effnets", en)
+        for impl in ("timm", "torchvision"):  # the same network check as for inference
+            why = same_network(ours, bench.build(impl, names[impl])) if names[impl] else None
+            if why:
+                print(f"  train {key}: {impl} {names[impl]} is not the same network ({why}); not timed", flush=True)
+                names[impl] = None
+        if not (names["timm"] or names["torchvision"]):
+            continue
+        res = {r["impl"]: r for r in bench.train_compare(names, batch, size, rounds=2, steps_per_round=2)}
         peers = [r for impl, r in res.items() if impl != "effnets"]
         fast, lean = max(peers, key=lambda r: r["images_per_s"]), min(peers, key=lambda r: r["peak_memory_bytes"])
         ours = res["effnets"]

@@ -7,7 +7,8 @@ the conv output, so it can be recomputed in one cheap elementwise pass in backwa
 being stored (the idea of In-Place ABN, Rota Bulò et al. 2018, arXiv 1712.02616, and of
 gradient checkpointing restricted to cheap ops, Chen et al. 2016, arXiv 1604.06174).
 Likewise squeeze-excite keeps only the pre-gate logits (B x C x 1 x 1) and recomputes the
-gate.  Depthwise convolutions in ``ConvNormAct`` keep ATen's forward but run their backward
+gate, and a transformer MLP (``act_linear``) keeps its first linear's output and recomputes the
+activation that its second linear reads.  Depthwise convolutions in ``ConvNormAct`` keep ATen's forward but run their backward
 on effnets' native kernels (``depthwise_conv``; CPU float32), since oneDNN's costs ~3.8x its
 forward there.
 
@@ -15,8 +16,9 @@ forward there.
 exactly as ``nn.BatchNorm2d``) + activation, saving only the BN input and the per-channel
 statistics.  Gradients are those of the plain ops (same ATen backward kernels).
 
-Switch: ``ConvNormAct`` (and ``SqueezeExcite``) use it when the module is training, grad is
-enabled, the global default or the module's own ``memory_efficient`` attribute says so, and
+Switch: ``ConvNormAct`` (and ``SqueezeExcite``, the ViT / CoAtNet MLPs) use it when the module
+is training, grad is enabled, the global default or the module's own ``memory_efficient``
+attribute says so, and
 nothing is tracing / scripting / compiling.  In eval, export and compile the plain modules
 run, so exported graphs contain standard ops only.  On by default (training only);
 ``set_memory_efficient(False)`` globally or ``set_memory_efficient(False, model)`` per model.
@@ -340,8 +342,9 @@ class _ActLinear(torch.autograd.Function):
         dh = dw = db = a = None
         if need_h:
             da = (g @ weight.to(g.dtype)).to(h.dtype)
+            # GELU: its derivative and the recomputed GELU in one native pass
             both = kernels.gelu_backward(da, h, need_w) if ctx.kind == "gelu" else None
-            dh, a = both if both is not None else (_act_bwd(ctx.kind, da, h), None)  # one pass: GELU' and GELU
+            dh, a = both if both is not None else (_act_bwd(ctx.kind, da, h), None)
         if need_w:
             a = _act_out(ctx.kind, h) if a is None else a
             dw = (g2.t() @ a.reshape(-1, h.shape[-1]).to(g.dtype)).to(weight.dtype)
