@@ -58,20 +58,23 @@ static inline float exp_s(float x) {
     int32_t e = ((int32_t)n + 127) << 23; float s; memcpy(&s, &e, 4);
     return p * s;
 }
-static inline float gelu_s(float x) {
+/* erf(x / sqrt 2) by the fit above, and exp(-x^2 / 2) (= exp(-z^2), z = x / sqrt 2) in *ez */
+static inline float gelu_erf_s(float x, float* ez) {
     const float z = x * 0.707106781186547524f, a = fabsf(z);
     const float t = 1.0f / (1.0f + GELU_P * a);
     const float r = ((((GELU_A5 * t + GELU_A4) * t + GELU_A3) * t + GELU_A2) * t + GELU_A1) * t;
-    const float e = 1.0f - r * exp_s(-(a * a));  /* erf(|z|) */
-    return 0.5f * x * (1.0f + copysignf(e, z));
+    *ez = exp_s(-(a * a));
+    return copysignf(1.0f - r * *ez, z);
 }
-/* GELU's derivative, Phi(x) + x phi(x), from the same erf and exp(-x^2 / 2) = exp(-z^2) */
+static inline float gelu_s(float x) {
+    float ez;
+    return 0.5f * x * (1.0f + gelu_erf_s(x, &ez));
+}
+/* GELU's derivative, Phi(x) + x phi(x), from the same erf and exp */
 static inline float dgelu_s(float x) {
-    const float z = x * 0.707106781186547524f, a = fabsf(z);
-    const float t = 1.0f / (1.0f + GELU_P * a);
-    const float r = ((((GELU_A5 * t + GELU_A4) * t + GELU_A3) * t + GELU_A2) * t + GELU_A1) * t;
-    const float ez = exp_s(-(a * a)), e = 1.0f - r * ez;
-    return 0.5f * (1.0f + copysignf(e, z)) + x * ez * 0.398942280401432678f;
+    float ez;
+    const float erf = gelu_erf_s(x, &ez);
+    return 0.5f * (1.0f + erf) + x * ez * 0.398942280401432678f;
 }
 static inline float act_s(float z, int act) {
     if (act == ACT_SILU) return z / (1.0f + exp_s(-z));
@@ -122,7 +125,8 @@ AVX2 static inline __m256 flush_tiny_v(__m256 v) {
 AVX2 static inline __m256 sigmoid_v(__m256 z) {
     return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp_v(_mm256_sub_ps(_mm256_setzero_ps(), z))));
 }
-AVX2 static inline __m256 gelu_v(__m256 x) {  /* gelu_s on 8 lanes, step for step */
+/* gelu_erf_s on 8 lanes, step for step */
+AVX2 static inline __m256 gelu_erf_v(__m256 x, __m256* ez) {
     const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
     const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.707106781186547524f)), a = _mm256_andnot_ps(sign, z);
     const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(GELU_P), a, one));
@@ -130,24 +134,21 @@ AVX2 static inline __m256 gelu_v(__m256 x) {  /* gelu_s on 8 lanes, step for ste
     r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A3));
     r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A2));
     r = _mm256_mul_ps(_mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A1)), t);
-    const __m256 e = _mm256_fnmadd_ps(r, exp_v(_mm256_xor_ps(sign, _mm256_mul_ps(a, a))), one);
-    const __m256 erf = _mm256_or_ps(e, _mm256_and_ps(sign, z));
-    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, erf));
+    *ez = exp_v(_mm256_xor_ps(sign, _mm256_mul_ps(a, a)));
+    return _mm256_or_ps(_mm256_fnmadd_ps(r, *ez, one), _mm256_and_ps(sign, z));
 }
-/* gelu_v's value (*a) and derivative (returned; dgelu_s step for step) from one erf and exp */
+AVX2 static inline __m256 gelu_v(__m256 x) {  /* gelu_s on 8 lanes */
+    __m256 ez;
+    const __m256 erf = gelu_erf_v(x, &ez);
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+}
+/* gelu_v's value (*a_out, where not NULL) and dgelu_s's derivative (returned) from one erf and exp */
 AVX2 static inline __m256 gelu_both_v(__m256 x, __m256* a_out) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
-    const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.707106781186547524f)), a = _mm256_andnot_ps(sign, z);
-    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(GELU_P), a, one));
-    __m256 r = _mm256_fmadd_ps(_mm256_set1_ps(GELU_A5), t, _mm256_set1_ps(GELU_A4));
-    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A3));
-    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A2));
-    r = _mm256_mul_ps(_mm256_fmadd_ps(r, t, _mm256_set1_ps(GELU_A1)), t);
-    const __m256 ez = exp_v(_mm256_xor_ps(sign, _mm256_mul_ps(a, a)));
-    const __m256 e = _mm256_fnmadd_ps(r, ez, one);
-    const __m256 cdf = _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_add_ps(one, _mm256_or_ps(e, _mm256_and_ps(sign, z))));
-    if (a_out) *a_out = _mm256_mul_ps(x, cdf);
-    return _mm256_fmadd_ps(_mm256_mul_ps(x, ez), _mm256_set1_ps(0.398942280401432678f), cdf);
+    __m256 ez;
+    const __m256 erf = gelu_erf_v(x, &ez), one_erf = _mm256_add_ps(_mm256_set1_ps(1.0f), erf);
+    if (a_out) *a_out = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), one_erf);
+    return _mm256_fmadd_ps(_mm256_mul_ps(x, ez), _mm256_set1_ps(0.398942280401432678f),
+                           _mm256_mul_ps(_mm256_set1_ps(0.5f), one_erf));
 }
 AVX2 static inline __m256 act_v(__m256 z, int act) {
     if (act == ACT_SILU) return _mm256_div_ps(z, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_v(_mm256_sub_ps(_mm256_setzero_ps(), z))));
