@@ -1003,6 +1003,32 @@ def test_transformer_mlp_gelu_runs_in_the_linear_epilogue(monkeypatch):
             assert _rel_err(o(xb), block(xb)) < 1e-5
 
 
+@pytest.mark.skipif(not effnets.kernels.pointwise_available(), reason="the native kernels need the build on x86 AVX2")
+def test_exact_gelu_convs_run_on_the_native_kernels_and_tanh_gelu_does_not():
+    """CoAtNet's conv stages (exact GELU) run their depthwise and 1x1 convs with GELU in the
+    native kernels' epilogues (dw_act / pw_act "gelu"), and the optimized model equals the
+    original; a conv followed by the tanh GELU keeps oneDNN's post-op (no native form)."""
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("coatnet_0", num_classes=10, img_size=64)).eval()
+    opt = effnets.optimize(model)
+    convs = [m for m in opt.modules() if isinstance(m, FusedConvAct) and m.attr == "gelu"]
+    assert convs and all(m.dw_act == "gelu" or m.pw_act == "gelu" or m.cv_act == "gelu" or m.wino_act == "gelu"
+                         for m in convs)
+    assert any(m.dw_act == "gelu" for m in convs) and any(m.pw_act == "gelu" for m in convs)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert _rel_err(opt(x), model(x)) < 1e-4
+    from effnets.layers import ConvNormAct
+    for groups, k in ((8, 3), (1, 1)):  # a depthwise conv and a 1x1 conv, each + BN + tanh GELU
+        block = _perturb_bn(nn.Sequential(ConvNormAct(8, 8, k, groups=groups, act="gelu_tanh"))).eval()
+        conv = effnets.optimize(block)[0]
+        assert isinstance(conv, FusedConvAct) and conv.algorithm == "tanh"
+        assert conv.dw_act is None and conv.pw_act is None and conv.cv_act is None
+        xb = torch.randn(2, 8, 6, 6)
+        with torch.inference_mode():
+            assert _rel_err(conv(xb), block(xb)) < 1e-5
+
+
 def test_every_module_of_an_optimized_model_is_in_eval_mode():
     """The modules optimize() makes (FusedConvAct, FastSqueezeExcite, FastLinear) start in
     training mode like any new nn.Module; the optimized model is eval throughout, so code that
