@@ -941,10 +941,6 @@ class FusedConvAct(nn.Module):
                 f"{', bf16' if self.bf16 else ''}")
 
 
-# what FastLinear's plain path applies after F.linear for each fused activation it can carry
-_LINEAR_ACTS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish}
-
-
 class FastLinear(nn.Linear):
     """``nn.Linear`` of an optimized model (same ``weight``/``bias``, same state dict).  A
     float32 CPU input in eager inference, 2-D or (..., C) (an attention block's (B, T, C)), runs
@@ -972,7 +968,8 @@ class FastLinear(nn.Linear):
         self.weight = nn.Parameter(lin.weight.detach().clone(), requires_grad=False)
         bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
         self.register_parameter("bias", bias)
-        self.act_name = "identity"  # the epilogue's activation (fuse_modules: a block's linear_act)
+        # the epilogue's activation (fuse_modules: a block's linear_act) and its plain function
+        self.act_name, self.act_fn = "identity", None
         self.int8 = False  # set by quantize_dynamic; weight then holds the dequantized int8 weight
         self.bf16 = False  # set by quantize_bf16; weight then holds the bf16-rounded weight
         self._tag = None  # (data_ptr, version) of the weight the forms below were made from
@@ -993,7 +990,7 @@ class FastLinear(nn.Linear):
         elif self.bf16:
             x = kernels.round_bf16(x)
         y = F.linear(x, w, b)
-        return y if self.act_name == "identity" else _LINEAR_ACTS[self.act_name](y)
+        return y if self.act_fn is None else self.act_fn(y)
 
     def _native(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         tag = tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in (w, b) if t is not None)
@@ -1017,6 +1014,7 @@ class FastLinear(nn.Linear):
     def __setstate__(self, state):  # saved before the bf16 GEMM or the fused activation existed
         state.setdefault("bf16", False)
         state.setdefault("act_name", "identity")
+        state.setdefault("act_fn", None)
         self.__dict__.update(state)
 
     def extra_repr(self) -> str:
@@ -1135,8 +1133,8 @@ def fuse_modules(model: nn.Module) -> nn.Module:
         lin, act = getattr(model, names[0], None), getattr(model, names[1], None)
         post = _postop(act) if isinstance(act, nn.Module) and type(lin) is FastLinear else None
         native = _native_act(post[0], post[1], post[2]) if post else None
-        if native in _LINEAR_ACTS and lin.act_name == "identity":
-            lin.act_name = native
+        if native not in (None, "identity") and lin.act_name == "identity":
+            lin.act_name, lin.act_fn = native, post[3]
             setattr(model, names[1], nn.Identity())
     # a block's expand conv feeds only its depthwise conv, which feeds only its SE / project conv
     # (MBConv, depthwise-separable, Fused-MBConv, ResNet bottleneck)

@@ -74,7 +74,6 @@ def _build() -> ctypes.CDLL:
     p, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     lib.eff_bn_act_fwd.argtypes = [p, p, i64, i64, i64, p, p, p, p, f64, f64, p, p, i32, i32]
     lib.eff_bn_act_bwd.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, p, p, i32, i32]
-    lib.eff_silu.argtypes = [p, p, i64, i32]
     lib.eff_act.argtypes = [p, p, i64, i32, i32]
     lib.eff_gelu_bwd.argtypes = [p, p, p, p, i64, i32]
     lib.eff_act.restype = lib.eff_gelu_bwd.restype = None
@@ -130,7 +129,7 @@ def _build() -> ctypes.CDLL:
     lib.eff_dw_set_blocks.argtypes = [i32]
     lib.eff_dw_set_blocks.restype = i32
     lib.eff_dw_last_blocked.restype = i32
-    lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = lib.eff_silu.restype = None
+    lib.eff_bn_act_fwd.restype = lib.eff_bn_act_bwd.restype = None
     return lib
 
 
@@ -233,7 +232,7 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
     if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or not (
             x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return torch.nn.functional.silu(x, inplace=True)
-    lib.eff_silu(x.data_ptr(), x.data_ptr(), x.numel(), torch.get_num_threads())
+    lib.eff_act(x.data_ptr(), x.data_ptr(), x.numel(), ACT_CODES["silu"], torch.get_num_threads())
     return x
 
 

@@ -336,11 +336,6 @@ AVX2 static void bwd2_plane_v(float* o, const float* y, float k1, float k2, floa
         _mm256_storeu_ps(o + i, _mm256_fmadd_ps(v1, _mm256_loadu_ps(o + i), _mm256_fmadd_ps(v2, _mm256_loadu_ps(y + i), v3)));
     for (; i < n; i++) o[i] = k1 * o[i] + k2 * y[i] + k3;
 }
-AVX2 static void silu_span_v(const float* x, float* o, i64 n) {
-    i64 i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, act_v(_mm256_loadu_ps(x + i), ACT_SILU));
-    for (; i < n; i++) o[i] = act_s(x[i], ACT_SILU);
-}
 #ifdef EFF_X86
 AVX2 static void act_span_v(const float* x, float* o, i64 s, i64 e, int act, i64* next) {
     i64 i = s;
@@ -531,21 +526,6 @@ void eff_bn_act_bwd(const float* g, const float* y, float* dx, i64 outer, i64 C,
         for (i64 p = 0; p < outer * C; p++) bwd2_plane(dx + p * inner, y + p * inner, k1[p % C], k2[p % C], k3[p % C], inner);
     }
     free(s1); free(k);
-}
-
-/* out = silu(x) (out may alias x). */
-void eff_silu(const float* x, float* out, i64 n, int nt) {
-    #pragma omp parallel num_threads(nt)
-    {
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-        i64 per = ((n + T - 1) / T + 15) & ~(i64)15, s = t * per, e = s + per < n ? s + per : n;
-        if (s < e) {
-#ifdef EFF_X86
-            if (have_avx2()) silu_span_v(x + s, out + s, e - s); else
-#endif
-            for (i64 i = s; i < e; i++) out[i] = act_s(x[i], ACT_SILU);
-        }
-    }
 }
 
 /* out = act(x) for any DW act code (out may alias x). */

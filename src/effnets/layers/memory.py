@@ -328,7 +328,7 @@ class _ActLinear(torch.autograd.Function):
     def forward(ctx, h, weight, bias, kind):
         ctx.save_for_backward(h, weight)
         ctx.kind, ctx.has_bias = kind, bias is not None
-        a = kernels.act_out(h, kind) if kind == "gelu" else None  # GELU on effnets' vector code
+        a = kernels.act_out(h, kind) if kind in kernels.DW_ACT_CODES else None  # effnets' vector code
         return F.linear(_act_out(kind, h) if a is None else a, weight, bias)
 
     @staticmethod
