@@ -4,16 +4,26 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench bench-lowprec bench-alloc bench-survey clean
+.PHONY: install lock demo test test-all bench bench-lowprec bench-alloc bench-survey clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch/torchvision come from this machine's disk (pinned to what lies there); the rest from the registry.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test]'
+# Every package is pinned in requirements/lock.txt and installed without dependency resolution:
+# torch/torchvision come from this machine's disk, the rest from the registry. The lock leaves out
+# triton (0.9 GB, torch.compile's GPU compiler), so the venv is ~5 GB, and --no-cache-dir keeps
+# no second copy of the downloads. `pip check` must then report nothing but triton's absence.
+$(STAMP): pyproject.toml requirements/lock.txt | $(BIN)/python
+	$(BIN)/pip install -q --no-cache-dir --no-deps -r requirements/lock.txt
+	$(BIN)/pip install -q --no-cache-dir --no-deps -e .
+	@$(BIN)/pip check > $(VENV)/pip-check.txt || { grep -v 'requires triton' $(VENV)/pip-check.txt && exit 1 || true; }
 	touch $(STAMP)
+
+# Re-resolve the pins after a change to pyproject.toml's dependencies (needs the registry).
+lock: | $(BIN)/python
+	$(BIN)/pip install -q --dry-run --ignore-installed --no-cache-dir --report $(VENV)/lock-report.json \
+		torch==2.14.1 torchvision==0.29.1 -e '.[test]'
+	$(BIN)/python requirements/lock.py $(VENV)/lock-report.json > $(VENV)/lock.txt && mv $(VENV)/lock.txt requirements/lock.txt
 
 install: $(STAMP)
 
