@@ -34,6 +34,14 @@ GEMMs, and a transformer MLP's fc1; ``(B, T, C)`` linears on the GEMM) and one a
 (GELU convs on oneDNN, GELU a pass of its own, ``(B, T, C)`` linears on ``F.linear``): ViT-Ti/16,
 ViT-S/16, CoAtNet-0 at batch 1 and 8, best of 8 rounds.
 
+``python benchmarks/ab.py int8bound``: how far ``int8_dynamic`` can get from fp32 on B0 (the 2x
+target of issue 5): both optimized models' forwards, then each fused expand + depthwise call
+(``kernels.expand_depthwise_into``, captured from one forward) timed as it is, with one tap
+instead of K x K (the depthwise's multiply-adds gone, the GEMM, ring and activations kept) and
+with both activations identity, and the forward with every native call a no-op (what Python,
+PyTorch's own ops and oneDNN's convs take); prints the int8 model's ratio were its depthwise
+taps and SiLUs free.
+
 ``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
 swapped between the current build and another one (``kernels._LIB``; build the other by
 checking out its ``native.c`` and importing ``effnets.kernels``: the builds are cached under
@@ -292,6 +300,57 @@ def _min_of_turns(fns: dict, rounds: int, calls: int) -> dict[str, float]:
     return best
 
 
+class _NoopLibrary:
+    """The native library with every forward kernel a no-op returning 0 (outputs left as they are)."""
+
+    def __init__(self, lib):
+        self._lib = lib
+
+    def __getattr__(self, name: str):
+        if name.startswith("eff_") and name.endswith(("_fwd", "_gates", "_gate", "_fused", "_in", "_out")):
+            return lambda *args: 0
+        return getattr(self._lib, name)
+
+
+def int8_bound(batches: list[int], rounds: int) -> None:
+    best = lambda fn, calls=3: min(_min_of_turns({"f": fn}, rounds, calls).values()) * 1e3  # noqa: E731
+    base = effnets.create_model("efficientnet_b0").eval()
+    for batch in batches:
+        x = torch.randn(batch, 3, 224, 224)
+        ms = {}
+        for dtype in ("fp32", "int8_dynamic"):
+            model = effnets.optimize(base, dtype=None if dtype == "fp32" else dtype)
+            calls, fused = [], K.expand_depthwise_into
+            with torch.inference_mode():
+                model(x)
+                whole = best(lambda: model(x))
+                K.expand_depthwise_into = lambda *a: calls.append(a) or fused(*a)
+                try:
+                    model(x)
+                finally:
+                    K.expand_depthwise_into = fused
+                as_is = one_tap = no_act = 0.0
+                for (xi, panels, pb, pact, taps, db, out, sums, stride, pad, dact) in calls:
+                    as_is += best(lambda: fused(xi, panels, pb, pact, taps, db, out, sums, stride, pad, dact), 5)
+                    one_tap += best(lambda: fused(xi, panels, pb, pact, taps[:1].contiguous(), db, out, sums, stride,
+                                                  (0, 0), dact), 5)
+                    no_act += best(lambda: fused(xi, panels, pb, 0, taps, db, out, sums, stride, pad, 0), 5)
+                lib = K._LIB
+                K._LIB = _NoopLibrary(lib)
+                try:
+                    rest = best(lambda: model(x), 20)
+                finally:
+                    K._LIB = lib
+            ms[dtype] = whole
+            print(f"b{batch} {dtype}: forward {whole:.2f} ms; {len(calls)} fused expand + depthwise calls {as_is:.2f} ms "
+                  f"(depthwise taps {as_is - one_tap:.2f}, the two SiLUs {as_is - no_act:.2f}); native calls as "
+                  f"no-ops {rest:.2f} ms")
+            if dtype == "int8_dynamic":
+                free = whole - (as_is - one_tap) - (as_is - no_act)
+                print(f"  int8 / fp32 {ms['fp32'] / whole:.2f}x; with the depthwise taps and SiLUs free "
+                      f"{ms['fp32'] / free:.2f}x")
+
+
 def prefetch_ab(names: list[str], rounds: int) -> None:
     lib = K.library()
     pf = lambda on: lib.eff_pw_set_prefetch_bytes(PF_ON if on else PF_OFF)  # noqa: E731
@@ -380,6 +439,9 @@ def main(argv=None) -> int:
     gelu = sub.add_parser("gelu", help="optimize() now against optimize() before item 37 (GELU), in turns")
     gelu.add_argument("--models", nargs="+", default=["vit_tiny_16", "vit_small_16", "coatnet_0"])
     gelu.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    bound = sub.add_parser("int8bound", help="B0 int8_dynamic's time split: fused calls' taps and SiLUs, Python")
+    bound.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    bound.add_argument("--rounds", type=int, default=5)
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -401,6 +463,8 @@ def main(argv=None) -> int:
         residual_ab(args.models, args.batches)
     elif args.what == "gelu":
         gelu_ab(args.models, args.batches)
+    elif args.what == "int8bound":
+        int8_bound(args.batches, args.rounds)
     elif args.what == "prefetch":
         prefetch_ab(args.models, args.rounds)
     else:
