@@ -35,12 +35,12 @@ GEMMs, and a transformer MLP's fc1; ``(B, T, C)`` linears on the GEMM) and one a
 ViT-S/16, CoAtNet-0 at batch 1 and 8, best of 8 rounds.
 
 ``python benchmarks/ab.py int8bound``: how far ``int8_dynamic`` can get from fp32 on B0 (the 2x
-target of issue 5): both optimized models' forwards, then each fused expand + depthwise call
-(``kernels.expand_depthwise_into``, captured from one forward) timed as it is, with one tap
-instead of K x K (the depthwise's multiply-adds gone, the GEMM, ring and activations kept) and
-with both activations identity, and the forward with every native call a no-op (what Python,
-PyTorch's own ops and oneDNN's convs take); prints the int8 model's ratio were its depthwise
-taps and SiLUs free.
+target of issue 5): both optimized models' forwards, then each native conv call of one forward
+(fused expand + depthwise, depthwise, 1x1 GEMMs fp32 and int8, patch GEMM; captured, then replayed)
+timed as it is, with its SiLUs identity, and for the depthwise ones with one tap instead of K x K
+(the multiply-adds gone, the GEMM, ring and activations kept), and the forward with every native
+call a no-op (what Python, PyTorch's own ops and oneDNN's convs take); prints the int8 model's
+ratio were its depthwise taps and SiLUs free.
 
 ``python benchmarks/ab.py lib OTHER.so``: the same optimized models with the native library
 swapped between the current build and another one (``kernels._LIB``; build the other by
@@ -312,29 +312,54 @@ class _NoopLibrary:
         return getattr(self._lib, name)
 
 
+# the native calls int8_bound splits: name -> (index of the activation code, of the taps, of the padding)
+_SPLIT_CALLS = {"expand_depthwise_into": ((3, 10), 4, 9), "depthwise_into": ((7,), 1, 6),
+                "pointwise_into": ((4,), None, None), "pointwise_q8_into": ((4,), None, None),
+                "conv_into": ((7,), None, None)}
+
+
+def _variant(args: tuple, spec: tuple, what: str) -> tuple:
+    """A captured call's arguments with its SiLUs made identity ("act") or its depthwise taps cut
+    to one, padding 0 (the same output shape for odd kernels; "taps")."""
+    acts, taps, pad = spec
+    a = list(args)
+    if what == "act":
+        for i in acts:
+            a[i] = 0 if a[i] == K.DW_ACT_CODES["silu"] else a[i]
+    else:
+        a[taps], a[pad] = a[taps][:1].contiguous(), (0, 0)
+    return tuple(a)
+
+
 def int8_bound(batches: list[int], rounds: int) -> None:
     best = lambda fn, calls=3: min(_min_of_turns({"f": fn}, rounds, calls).values()) * 1e3  # noqa: E731
     base = effnets.create_model("efficientnet_b0").eval()
+    originals = {name: getattr(K, name) for name in _SPLIT_CALLS}
     for batch in batches:
         x = torch.randn(batch, 3, 224, 224)
         ms = {}
         for dtype in ("fp32", "int8_dynamic"):
             model = effnets.optimize(base, dtype=None if dtype == "fp32" else dtype)
-            calls, fused = [], K.expand_depthwise_into
+            calls = []
             with torch.inference_mode():
-                model(x)
+                model(x)  # the per-layer choices are made here, before the capture
                 whole = best(lambda: model(x))
-                K.expand_depthwise_into = lambda *a: calls.append(a) or fused(*a)
+                for name, fn in originals.items():
+                    setattr(K, name, lambda *a, _n=name, _f=fn, **kw: calls.append((_n, a, kw)) or _f(*a, **kw))
                 try:
                     model(x)
                 finally:
-                    K.expand_depthwise_into = fused
-                as_is = one_tap = no_act = 0.0
-                for (xi, panels, pb, pact, taps, db, out, sums, stride, pad, dact) in calls:
-                    as_is += best(lambda: fused(xi, panels, pb, pact, taps, db, out, sums, stride, pad, dact), 5)
-                    one_tap += best(lambda: fused(xi, panels, pb, pact, taps[:1].contiguous(), db, out, sums, stride,
-                                                  (0, 0), dact), 5)
-                    no_act += best(lambda: fused(xi, panels, pb, 0, taps, db, out, sums, stride, pad, 0), 5)
+                    for name, fn in originals.items():
+                        setattr(K, name, fn)
+                native = taps = silu = 0.0
+                for name, args, kw in calls:
+                    fn, spec = originals[name], _SPLIT_CALLS[name]
+                    t = best(lambda: fn(*args, **kw), 5)
+                    native += t
+                    if any(args[i] == K.DW_ACT_CODES["silu"] for i in spec[0]):
+                        silu += t - best(lambda: fn(*_variant(args, spec, "act"), **kw), 5)
+                    if spec[1] is not None:
+                        taps += t - best(lambda: fn(*_variant(args, spec, "taps"), **kw), 5)
                 lib = K._LIB
                 K._LIB = _NoopLibrary(lib)
                 try:
@@ -342,13 +367,13 @@ def int8_bound(batches: list[int], rounds: int) -> None:
                 finally:
                     K._LIB = lib
             ms[dtype] = whole
-            print(f"b{batch} {dtype}: forward {whole:.2f} ms; {len(calls)} fused expand + depthwise calls {as_is:.2f} ms "
-                  f"(depthwise taps {as_is - one_tap:.2f}, the two SiLUs {as_is - no_act:.2f}); native calls as "
-                  f"no-ops {rest:.2f} ms")
+            fused = sum(c[0] == "expand_depthwise_into" for c in calls)
+            print(f"b{batch} {dtype}: forward {whole:.2f} ms; {len(calls)} native conv calls ({fused} fused expand + "
+                  f"depthwise) {native:.2f} ms, of it depthwise taps {taps:.2f} and SiLUs {silu:.2f}; native calls "
+                  f"as no-ops {rest:.2f} ms", flush=True)
             if dtype == "int8_dynamic":
-                free = whole - (as_is - one_tap) - (as_is - no_act)
                 print(f"  int8 / fp32 {ms['fp32'] / whole:.2f}x; with the depthwise taps and SiLUs free "
-                      f"{ms['fp32'] / free:.2f}x")
+                      f"{ms['fp32'] / (whole - taps - silu):.2f}x", flush=True)
 
 
 def prefetch_ab(names: list[str], rounds: int) -> None:
