@@ -16,7 +16,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml requirements/lock.txt | $(BIN)/python
 	$(BIN)/pip install -q --no-cache-dir --no-deps -r requirements/lock.txt
 	$(BIN)/pip install -q --no-cache-dir --no-deps -e .
-	@$(BIN)/pip check > $(VENV)/pip-check.txt || { grep -v 'requires triton' $(VENV)/pip-check.txt && exit 1 || true; }
+	@$(BIN)/pip check > $(VENV)/pip-check.txt || { grep -v 'requires triton' $(VENV)/pip-check.txt \
+		&& echo "requirements/lock.txt misses what is listed above: run make lock" >&2 && exit 1 || true; }
 	touch $(STAMP)
 
 # Re-resolve the pins after a change to pyproject.toml's dependencies (needs the registry).

@@ -464,7 +464,7 @@ def main(argv=None) -> int:
     gelu = sub.add_parser("gelu", help="optimize() now against optimize() before item 37 (GELU), in turns")
     gelu.add_argument("--models", nargs="+", default=["vit_tiny_16", "vit_small_16", "coatnet_0"])
     gelu.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    bound = sub.add_parser("int8bound", help="B0 int8_dynamic's time split: fused calls' taps and SiLUs, Python")
+    bound = sub.add_parser("int8bound", help="B0 int8_dynamic's time split: depthwise taps, SiLUs, Python per forward")
     bound.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     bound.add_argument("--rounds", type=int, default=5)
     lib = sub.add_parser("lib", help="this native build against another one")

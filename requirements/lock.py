@@ -10,7 +10,6 @@ import sys
 
 # Packages the resolver pulls in that effnets never uses, with the reason they are left out.
 LEFT_OUT = {
-    # torch.compile's GPU code generator; the CPU backend (C++/OpenMP) never imports it. 0.9 GB.
     "triton": "GPU-only compiler for torch.compile (0.9 GB); the CPU backend does not use it",
     "effnets": "the project itself, installed editable",
 }
