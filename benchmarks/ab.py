@@ -476,24 +476,15 @@ def main(argv=None) -> int:
         print(f"native kernels unavailable: {K.why_unavailable}")
         return 1
     torch.manual_seed(0)
-    if args.what == "linear":
-        linear_ab()
-    elif args.what == "bf16":
-        bf16_ab()
-    elif args.what == "dense":
-        dense_ab(args.models, args.batches)
-    elif args.what == "item33":
-        item33_ab(args.models, args.batches)
-    elif args.what == "residual":
-        residual_ab(args.models, args.batches)
-    elif args.what == "gelu":
-        gelu_ab(args.models, args.batches)
-    elif args.what == "int8bound":
-        int8_bound(args.batches, args.rounds)
-    elif args.what == "prefetch":
-        prefetch_ab(args.models, args.rounds)
-    else:
-        lib_ab(args.other, args.dtype, args.models)
+    runs = {"linear": linear_ab, "bf16": bf16_ab,
+            "dense": lambda: dense_ab(args.models, args.batches),
+            "item33": lambda: item33_ab(args.models, args.batches),
+            "residual": lambda: residual_ab(args.models, args.batches),
+            "gelu": lambda: gelu_ab(args.models, args.batches),
+            "int8bound": lambda: int8_bound(args.batches, args.rounds),
+            "prefetch": lambda: prefetch_ab(args.models, args.rounds),
+            "lib": lambda: lib_ab(args.other, args.dtype, args.models)}
+    runs[args.what]()
     return 0
 
 
