@@ -556,6 +556,33 @@ def test_winograd_avx512_code_equals_avx2_code_bit_for_bit(act):
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 @wino
+def test_winograd_fused_streaming_stores_give_the_same_bits():
+    """Large outputs leave the fused Winograd kernel by streaming stores (an eighth of the
+    last-level cache, at least 2 MiB); the threshold lowered to 0, small outputs take that path
+    and give the same bits as plain stores: whole 16-channel groups (streamed), 40 channels (not:
+    an 8-channel rest) and an output that is not 64-byte aligned (not)."""
+    lib = K.library()
+    torch.manual_seed(0)
+    default = lib.eff_wino_set_stream_bytes(1 << 62)
+    assert default >= 2 << 20
+    try:
+        for co in (32, 48, 40):
+            x, wt, b = torch.randn(2, 24, 13, 11), torch.randn(co, 24, 3, 3) * 0.2, torch.randn(co)
+            p = K.winograd_panels(K.winograd_weight(wt))
+            plain = K.winograd_conv3x3_fused(x, p, b, (1, 1), "silu")
+            lib.eff_wino_set_stream_bytes(0)
+            streamed = K.winograd_conv3x3_fused(x, p, b, (1, 1), "silu")
+            base = torch.empty(plain.numel() + 16)  # a view 4 bytes past a 64-byte boundary
+            shifted = base[1:1 + plain.numel()].view(2, 13, 11, co).permute(0, 3, 1, 2)
+            K.winograd_conv3x3_fused(x, p, b, (1, 1), "silu", out=shifted)
+            lib.eff_wino_set_stream_bytes(1 << 62)
+            assert torch.equal(plain, streamed) and torch.equal(plain, shifted)
+            assert _rel(plain, F.silu(F.conv2d(x.double(), wt.double(), b.double(), 1, 1))) < 2e-5
+    finally:
+        lib.eff_wino_set_stream_bytes(default)
+
+
+@wino
 def test_winograd_panels_hold_the_matrices():
     u = K.winograd_weight(torch.randn(24, 8, 3, 3))
     panels = K.winograd_panels(u)

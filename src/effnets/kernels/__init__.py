@@ -89,6 +89,8 @@ def _build() -> ctypes.CDLL:
     lib.eff_pw_fwd.restype = None
     lib.eff_pw_set_stream_bytes.argtypes = [i64]  # outputs above this go out by streaming stores
     lib.eff_pw_set_stream_bytes.restype = i64  # the previous threshold
+    lib.eff_wino_set_stream_bytes.argtypes = [i64]  # eff_wino_fused's outputs from this size on: streaming stores
+    lib.eff_wino_set_stream_bytes.restype = i64  # the previous threshold
     lib.eff_pw_set_prefetch_bytes.argtypes = [i64]  # inputs above this: each tile prefetches the next one's rows
     lib.eff_pw_set_prefetch_bytes.restype = i64
     if hasattr(lib, "eff_wino_in"):  # x86 builds only

@@ -16,6 +16,7 @@
  * Threads: OpenMP.  Built with -fopenmp this links libgomp.so.1, which resolves to the copy
  * PyTorch has already loaded, so both share one thread pool. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <float.h>
@@ -1199,7 +1200,7 @@ AVX2 void eff_wino_in(const float* x, float* v, i64 N, i64 H, i64 W, i64 C, i64 
  * bit: act16 repeats act_v), for channels [0, C - C % 16); returns where it stopped */
 #define WINO_AT16(m0, m1, m2, m3, m4, m5, o) WINO_AT_W(512, m0, m1, m2, m3, m4, m5, o)
 AVX512 static i64 wino_out_tile_512(const float* src, const float* bias, float* y0, i64 ld, i64 OW, i64 C, int rows,
-                                    int cols, int act) {
+                                    int cols, int act, int stream) {
     i64 ch = 0;
     for (; ch + 16 <= C; ch += 16) {
         __m512 a[36], w[24], o[4];
@@ -1212,7 +1213,10 @@ AVX512 static i64 wino_out_tile_512(const float* src, const float* bias, float* 
         for (int r = 0; r < rows; r++) {
             WINO_AT16(w[r * 6], w[r * 6 + 1], w[r * 6 + 2], w[r * 6 + 3], w[r * 6 + 4], w[r * 6 + 5], o);
             float* yr = y0 + r * OW * C + ch;
-            for (int s = 0; s < cols; s++) _mm512_storeu_ps(yr + s * C, act16(_mm512_add_ps(o[s], b), act));
+            if (stream)  /* whole aligned lines (the caller checked): no read of each line before its write */
+                for (int s = 0; s < cols; s++) _mm512_stream_ps(yr + s * C, act16(_mm512_add_ps(o[s], b), act));
+            else
+                for (int s = 0; s < cols; s++) _mm512_storeu_ps(yr + s * C, act16(_mm512_add_ps(o[s], b), act));
         }
     }
     return ch;
@@ -1222,12 +1226,12 @@ AVX512 static i64 wino_out_tile_512(const float* src, const float* bias, float* 
 /* m (36, T, C), tile t at row t - t0, matrix stride ld -> y (N, OH, OW, C): A^T m A, + bias, activation; rows and
  * columns past the output's edge (the last tiles overhang it) are dropped */
 AVX2 static void wino_out_tile(const float* m, const float* bias, float* y, i64 ld, i64 t, i64 t0, i64 OH, i64 OW,
-                               i64 C, i64 TH, i64 TW, int act) {
+                               i64 C, i64 TH, i64 TW, int act, int stream) {
     const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
     const float* src = m + (t - t0) * C;
     const int rows = OH - ty * 4 < 4 ? (int)(OH - ty * 4) : 4, cols = OW - tx * 4 < 4 ? (int)(OW - tx * 4) : 4;
     const i64 start = avx512() ? wino_out_tile_512(src, bias, y + ((n * OH + ty * 4) * OW + tx * 4) * C, ld, OW, C, rows,
-                                                   cols, act) : 0;
+                                                   cols, act, stream) : 0;
     for (i64 ch = start; ch < C; ch += 8) {
         __m256 a[36], w[24], o[4];
         for (int k = 0; k < 36; k++) a[k] = _mm256_loadu_ps(src + (i64)k * ld + ch);
@@ -1247,7 +1251,7 @@ AVX2 void eff_wino_out(const float* m, const float* bias, float* y, i64 N, i64 O
                        i64 t0, i64 t1, int act, int nt) {
     (void)N;
     #pragma omp parallel for schedule(static) num_threads(nt)
-    for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, (t1 - t0) * C, t, t0, OH, OW, C, TH, TW, act);
+    for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, (t1 - t0) * C, t, t0, OH, OW, C, TH, TW, act, 0);
 }
 #endif
 /* ---- backward of a per-image, per-channel gate y = x * g (squeeze-excite), channels-last ----
@@ -1323,14 +1327,28 @@ void eff_gate_bwd(const float* dy, const float* x, const float* g, float* dx, do
 #define PW_MR 6
 #define PW_KC 256
 #define PW_MC 96
+/* the last-level cache these cores share: sysfs's L3 of cpu0 (on AMD EPYC one CCD's, 32 MiB),
+ * else sysconf's, which in a VM on an EPYC reports the whole socket's (320 MiB), most of it out
+ * of reach of this guest's cores; 0 if neither knows */
+static i64 llc_bytes(void) {
+    static i64 llc = -1;
+    if (llc < 0) {
+        long kib = 0;
+        FILE* f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+        if (f) { if (fscanf(f, "%ldK", &kib) != 1) kib = 0; fclose(f); }
+        const long l3 = kib > 0 ? kib * 1024 : sysconf(_SC_LEVEL3_CACHE_SIZE);
+        llc = l3 > 0 ? (i64)l3 : 0;
+    }
+    return llc;
+}
 /* outputs above this leave by streaming stores: twice the last-level cache, at least 16 MiB (the
  * AMD development machine: 8 MiB L3; on a 260 MiB L3 the next layer reads the output from the
  * cache, and streaming it to memory made a 17 MB output 1.6x slower there, one-off) */
 static i64 pw_stream_bytes = -1;
 static i64 pw_stream_limit(void) {
     if (pw_stream_bytes < 0) {
-        const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-        pw_stream_bytes = l3 > (8 << 20) ? 2 * (i64)l3 : 16 << 20;
+        const i64 l3 = llc_bytes();
+        pw_stream_bytes = l3 > (8 << 20) ? 2 * l3 : 16 << 20;
     }
     return pw_stream_bytes;
 }
@@ -1893,6 +1911,17 @@ int eff_conv_fwd(const float* x, const float* wp, const float* bias, const float
  * (36, ceil(C_out / 16), C, 16).  The panels are read once per block: for wide layers on small
  * maps (few tiles, 36 x C x C_out large) the bmm route is the better one, and the caller times
  * both.  -1: out of memory. */
+/* outputs of at least this many bytes leave eff_wino_fused by streaming stores: an eighth of the
+ * last-level cache, at least 2 MiB.  On the AMD development machine (32 MiB L3 per CCD) streaming
+ * every output ran EfficientNetV2-S 1.03-1.04x faster at batch 1 and 8 (in-model, paired runs,
+ * docs/benchmarks.md item 38): Winograd's outputs are its layers' largest writes (V2-S's 48 -> 192
+ * on 75x75: 33 MiB at batch 8), and each line was read from memory before being written. */
+static i64 wino_stream_bytes = -1;
+static i64 wino_stream_limit(void) {
+    if (wino_stream_bytes < 0) wino_stream_bytes = llc_bytes() / 8 > (2 << 20) ? llc_bytes() / 8 : 2 << 20;
+    return wino_stream_bytes;
+}
+i64 eff_wino_set_stream_bytes(i64 b) { const i64 old = wino_stream_limit(); wino_stream_bytes = b; return old; }
 int eff_wino_fused(const float* x, const float* up, const float* bias, float* y, i64 N, i64 H, i64 W, i64 C,
                    i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt) {
     const i64 TH = (OH + 3) / 4, TW = (OW + 3) / 4, T = N * TH * TW, P = (Co + 15) / 16, nb = (T + B - 1) / B;
@@ -1902,6 +1931,8 @@ int eff_wino_fused(const float* x, const float* up, const float* bias, float* y,
     const i64 ldv = ((B * C + 15) / 16 | 1) * 16, ldm = ((B * Co + 15) / 16 | 1) * 16;
     const i64 vb = (36 * ldv * 4 + 63) / 64 * 64, mb = (36 * ldm * 4 + 63) / 64 * 64;
     const int threads = nb < nt ? (int)nb : nt;
+    /* whole 64-byte lines only: every 16-channel group of every pixel starts one */
+    const int stream = avx512() && Co % 16 == 0 && ((uintptr_t)y & 63) == 0 && N * OH * OW * Co * 4 >= wino_stream_limit();
     char* scratch = (char*)aligned_alloc(64, (size_t)((vb + mb) * threads));
     float* zeros = (float*)calloc((size_t)(P * 16), sizeof(float));
     if (!scratch || !zeros) { free(scratch); free(zeros); return -1; }
@@ -1916,7 +1947,8 @@ int eff_wino_fused(const float* x, const float* up, const float* bias, float* y,
             for (int q = 0; q < 36; q++)  /* m[q] = v[q] @ (G g G^T)[q] */
                 pw_block(v + q * ldv, up + q * P * C * 16, zeros, NULL, NULL, 1, m + q * ldm, 0, n, 0, P, C, Co,
                          ACT_IDENTITY, 0);
-            for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, ldm, t, t0, OH, OW, Co, TH, TW, act);
+            for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, ldm, t, t0, OH, OW, Co, TH, TW, act, stream);
+            if (stream) _mm_sfence();  /* streamed stores visible before the threads join */
         }
     }
     free(scratch);
