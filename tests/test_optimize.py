@@ -640,6 +640,47 @@ def test_native_pointwise_convs_match_original(monkeypatch, name, size):
         assert not calls  # the classifier too
 
 
+@pytest.mark.skipif(not effnets.kernels.pointwise_available(), reason="the native GEMM needs the build on x86 AVX2")
+@pytest.mark.parametrize("every,flips", [(3, True), (0, False)])
+def test_page_faults_that_start_later_still_hand_a_layer_to_our_kernel(monkeypatch, every, flips):
+    """Where oneDNN's conv won and faulted neither of the first two calls, the counting goes on
+    for outputs of 1 MiB and more: when fresh pages come later on some calls only (every third
+    here, as when another model runs between turns), the mean of the last four counts is charged
+    and the layer goes to ours; with no faults, oneDNN keeps it and the counting continues."""
+    opt_mod = sys.modules["effnets.optimize"]
+    calls = [0, 0]  # getrusage calls, faults so far
+
+    class FakeResource:  # the second getrusage of each conv call sees its faults (from the third call on)
+        RUSAGE_SELF = 0
+
+        @staticmethod
+        def getrusage(who):
+            calls[0] += 1
+            n = calls[0] // 2  # the conv call this reading ends
+            if calls[0] % 2 == 0 and every and n > 2 and n % every == 0:
+                calls[1] += 4000
+            return type("usage", (), {"ru_minflt": calls[1]})()
+
+    def library_wins(a, b):
+        a(), b()
+        return True
+    monkeypatch.setattr(opt_mod, "resource", FakeResource)
+    monkeypatch.setattr(opt_mod, "_faster", library_wins)
+    monkeypatch.setattr(opt_mod, "_page_fault_cost", lambda: 1e-3)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 64, 3, 2, 1)
+    layer = FusedConvAct(conv).eval()
+    x = torch.randn(2, 3, 130, 130)  # output 2.2 MB
+    key = tuple(x.shape)
+    with torch.inference_mode():
+        ref = conv(x)
+        outs = [layer(x) for _ in range(4)]
+        assert layer._wino[("cv", key)] is False and ("faults", key) in layer._wino  # still counting
+        outs += [layer(x) for _ in range(8)]
+    assert layer._wino[("cv", key)] is flips and (("faults", key) in layer._wino) is not flips
+    assert all(_rel_err(o, ref) < 1e-5 for o in outs)
+
+
 @pytest.mark.parametrize("name,size", [("efficientnet_b0", 96), ("mobilenet_v3_large", 96)])
 def test_depthwise_choice_between_native_kernel_and_onednn(monkeypatch, name, size):
     """Each depthwise conv times the native kernel against oneDNN's conv once per input shape
@@ -858,6 +899,29 @@ def test_kept_output_buffers_are_never_written_while_someone_holds_them():
             h.remove()
         assert len({t.data_ptr() for t in held["opt"]}) == 3
         assert all(_rel_err(o, r) < 1e-4 for o, r in zip(held["opt"], held["ref"]))
+
+
+def test_resnet_shortcut_conv_keeps_its_output_buffer(monkeypatch):
+    """A ResNet projection shortcut's conv writes into the buffer it wrote last call (only the
+    block's residual sum reads it), and the block's output still equals the original's."""
+    from effnets import kernels
+    if not kernels.pointwise_available():
+        pytest.skip("the native GEMM needs the build on x86 AVX2")
+    monkeypatch.setattr(sys.modules["effnets.optimize"], "_faster", lambda a, b: False)  # ours chosen
+    torch.manual_seed(0)
+    model = _perturb_bn(effnets.create_model("resnet_rs_50", num_classes=10)).eval()
+    opt = effnets.optimize(model)
+    blocks = [b for b in opt.modules() if getattr(b, "shortcut", None) is not None]
+    assert len(blocks) == 4 and all(b.shortcut.conv.reuse_output for b in blocks)
+    conv = blocks[0].shortcut.conv
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x)
+        opt(x)
+        ptr = conv._out.data_ptr()
+        for _ in range(2):
+            assert _rel_err(opt(x), ref) < 1e-4
+            assert conv._out.data_ptr() == ptr
 
 
 def test_release_buffers_drops_the_kept_outputs():

@@ -741,16 +741,25 @@ class FusedConvAct(nn.Module):
         ~0.85 us each here), which our kernels, writing into kept buffers, never take.  After
         two calls the fewer of their two counts, at :func:`_page_fault_cost` each, is added to
         oneDNN's time from the loop and the choice is made again by ``_faster``'s rule (ours unless
-        oneDNN is 5% faster); no faults, no change (docs/benchmarks.md item 33)."""
+        oneDNN is 5% faster) (docs/benchmarks.md item 33).  No faults, no change, but the counting
+        goes on for outputs of 1 MiB and more (smaller ones come from glibc's free lists): other
+        work in the process between calls (another model, data loading) can make glibc hand back
+        fresh pages later, to some calls only (the first after each other model's turn), so from
+        the fifth call on the mean of the last four counts is charged (item 40)."""
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         y = _onednn_conv_act(*args)
         lib, ours, faults = probe
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         if len(faults) >= 2:
             key = tuple(x.shape)
-            self._wino.pop(("faults", key), None)
-            if min(faults) > 0 and not lib + min(faults) * _page_fault_cost() < 0.95 * ours:
+            charged = min(faults) if len(faults) == 2 else sum(faults[-4:]) / 4 if len(faults) > 4 else 0
+            if charged > 0 and not lib + charged * _page_fault_cost() < 0.95 * ours:
                 self._wino[(kind, key)] = True
+                self._wino.pop(("faults", key), None)
+            elif y.numel() * y.element_size() < 1 << 20:
+                self._wino.pop(("faults", key), None)
+            else:
+                del faults[:-4]
         return y if self.act is None else self.act(y)
 
     def forward_gated(self, x: torch.Tensor, se: nn.Module, residual: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -1147,9 +1156,12 @@ def fuse_modules(model: nn.Module) -> nn.Module:
     # input), and is dead by the next call unless someone kept it, which _sole_owner sees; these
     # outputs are narrow, so keeping them costs little memory (B0 b8: ~20 MiB)
     # stem convs likewise (ResNet-RS's stem ends in a stride-2 conv "pool")
-    for last in ("conv_pwl", "conv3", "conv_exp", "stem", "pool"):  # conv_exp: Fused-MBConv without expansion
-        c = getattr(model, last, None)
-        if isinstance(c, FusedConvAct) and c.act is None:
+    # a projection shortcut's conv too (ResNet's first block of a stage): only the block's residual
+    # sum reads its output (ResNet-RS-50 b8, stage 0: 13 MB, which glibc handed back between calls
+    # when other models ran in the same process: ~900-4800 page faults per forward, one-off)
+    shortcut = getattr(getattr(model, "shortcut", None), "conv", None)
+    for c in [getattr(model, last, None) for last in ("conv_pwl", "conv3", "conv_exp", "stem", "pool")] + [shortcut]:
+        if isinstance(c, FusedConvAct) and c.act is None:  # conv_exp: Fused-MBConv without expansion
             c.reuse_output = True
     # the block's residual sum in its last 1x1 conv's epilogue (FusedConvAct.forward_residual)
     last = getattr(model, "conv_pwl", None)
