@@ -1,4 +1,4 @@
-"""In-process A/B timings behind docs/benchmarks.md items 29-37 (not a test: prints figures).
+"""In-process A/B timings behind docs/benchmarks.md items 29-37 and 39 (not a test: prints figures).
 
 ``python benchmarks/ab.py linear``: effnets' GEMM (``FastLinear``, what ``optimize`` runs for a
 linear layer) against ``F.linear`` alone, for 1-512 rows of 1280 -> 1000 and 768 -> 3072 (the
@@ -46,12 +46,20 @@ ratio were its depthwise taps and SiLUs free.
 swapped between the current build and another one (``kernels._LIB``; build the other by
 checking out its ``native.c`` and importing ``effnets.kernels``: the builds are cached under
 ~/.cache/effnets/kernels, one file per source), best of 6 rounds, ``--dtype int8_dynamic`` or
-fp32 (default), ``--models`` (default efficientnet_b0): items 30 and 32."""
+fp32 (default), ``--models`` (default efficientnet_b0): items 30 and 32.
+
+``python benchmarks/ab.py wstream``: the fused Winograd kernel's streaming stores (item 39) at
+their default threshold and never (``eff_wino_set_stream_bytes``), switched in one optimized
+model for each forward, ``--pairs`` forwards each way in alternating order (V2-S and ResNet-RS-50
+at batch 8 and 1); prints the geometric mean of the paired ratios with two standard errors (the
+whole-forward differences are a few percent, the host's drift more: pairs cancel the drift)."""
 from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import re
+import statistics
 import sys
 import time
 import types
@@ -442,6 +450,37 @@ def prefetch_ab(names: list[str], rounds: int) -> None:
         pf(True)
 
 
+def wstream_ab(names: list[str], batches: list[int], pairs: int) -> None:
+    lib = K.library()
+    default = lib.eff_wino_set_stream_bytes(1 << 62)
+    lib.eff_wino_set_stream_bytes(default)
+    print(f"Winograd outputs of at least {default / 2**20:.1f} MiB streamed (default) against never; "
+          f"{pairs} paired forwards each:")
+    try:
+        for batch in batches:
+            for name in names:
+                torch.manual_seed(0)
+                model = effnets.optimize(effnets.create_model(name).eval())
+                size = SIZES.get(name, 224)
+                x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+                times = {"never": [], "default": []}
+                with torch.inference_mode():
+                    model(x), model(x)
+                    for i in range(pairs):
+                        for k in (("never", "default") if i % 2 else ("default", "never")):
+                            lib.eff_wino_set_stream_bytes(default if k == "default" else 1 << 62)
+                            t = time.perf_counter()
+                            model(x)
+                            times[k].append(time.perf_counter() - t)
+                logs = [math.log(a / b) for a, b in zip(times["never"], times["default"])]
+                mean, err = statistics.mean(logs), 2 * statistics.stdev(logs) / math.sqrt(len(logs))
+                print(f"  {name} b{batch}: never / default {math.exp(mean):.3f}x "
+                      f"({math.exp(mean - err):.3f}-{math.exp(mean + err):.3f}); fastest forward "
+                      f"{min(times['never']) * 1e3:.1f} -> {min(times['default']) * 1e3:.1f} ms", flush=True)
+    finally:
+        lib.eff_wino_set_stream_bytes(default)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -467,6 +506,10 @@ def main(argv=None) -> int:
     bound = sub.add_parser("int8bound", help="B0 int8_dynamic's time split: depthwise taps, SiLUs, Python per forward")
     bound.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     bound.add_argument("--rounds", type=int, default=5)
+    ws = sub.add_parser("wstream", help="the fused Winograd kernel's streaming stores on and off, paired forwards")
+    ws.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet_rs_50"])
+    ws.add_argument("--batches", nargs="+", type=int, default=[8, 1])
+    ws.add_argument("--pairs", type=int, default=30)
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -483,6 +526,7 @@ def main(argv=None) -> int:
             "gelu": lambda: gelu_ab(args.models, args.batches),
             "int8bound": lambda: int8_bound(args.batches, args.rounds),
             "prefetch": lambda: prefetch_ab(args.models, args.rounds),
+            "wstream": lambda: wstream_ab(args.models, args.batches, args.pairs),
             "lib": lambda: lib_ab(args.other, args.dtype, args.models)}
     runs[args.what]()
     return 0

@@ -1914,7 +1914,7 @@ int eff_conv_fwd(const float* x, const float* wp, const float* bias, const float
 /* outputs of at least this many bytes leave eff_wino_fused by streaming stores: an eighth of the
  * last-level cache, at least 2 MiB.  On the AMD development machine (32 MiB L3 per CCD) streaming
  * every output ran EfficientNetV2-S 1.03-1.04x faster at batch 1 and 8 (in-model, paired runs,
- * docs/benchmarks.md item 38): Winograd's outputs are its layers' largest writes (V2-S's 48 -> 192
+ * docs/benchmarks.md item 39): Winograd's outputs are its layers' largest writes (V2-S's 48 -> 192
  * on 75x75: 33 MiB at batch 8), and each line was read from memory before being written. */
 static i64 wino_stream_bytes = -1;
 static i64 wino_stream_limit(void) {
