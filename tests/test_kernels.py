@@ -555,6 +555,25 @@ def test_winograd_avx512_code_equals_avx2_code_bit_for_bit(act):
         K.set_avx512(True)
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
+@pytest.mark.skipif(not K.library(), reason="needs the C compiler the native build uses")
+def test_the_library_builds_and_loads_without_its_x86_code(tmp_path, monkeypatch):
+    """Off x86-64 (ARM servers, for one) native.c compiles without its x86 code, and every
+    function _build declares for all builds must exist there: one declared unconditionally but
+    defined only for x86 made loading fail on every other CPU."""
+    text = open(K._SRC).read()
+    guard = "#if defined(__x86_64__) || defined(_M_X64)\n"
+    assert text.count(guard) == 1
+    (tmp_path / "native.c").write_text(text.replace(guard, "#if 0\n"))
+    monkeypatch.setenv("EFFNETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(K, "_SRC", str(tmp_path / "native.c"))
+    lib = K._build()
+    assert not hasattr(lib, "eff_wino_fused")  # the x86 code left out
+    x = torch.randn(1000)
+    y = torch.empty_like(x)
+    lib.eff_act(x.data_ptr(), y.data_ptr(), x.numel(), K.ACT_CODES["silu"], 1)  # the portable code runs
+    assert torch.allclose(y, F.silu(x), atol=1e-6)
+
+
 @wino
 def test_winograd_fused_streaming_stores_give_the_same_bits():
     """Large outputs leave the fused Winograd kernel by streaming stores (an eighth of the

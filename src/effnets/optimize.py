@@ -1157,7 +1157,7 @@ def fuse_modules(model: nn.Module) -> nn.Module:
     # outputs are narrow, so keeping them costs little memory (B0 b8: ~20 MiB)
     # stem convs likewise (ResNet-RS's stem ends in a stride-2 conv "pool")
     # a projection shortcut's conv too (ResNet's first block of a stage): only the block's residual
-    # sum reads its output (ResNet-RS-50 b8, stage 0: 13 MB, which glibc handed back between calls
+    # sum reads its output (ResNet-RS-50 b8, stages.0: 13 MB, which glibc handed back between calls
     # when other models ran in the same process: ~900-4800 page faults per forward, one-off)
     shortcut = getattr(getattr(model, "shortcut", None), "conv", None)
     for c in [getattr(model, last, None) for last in ("conv_pwl", "conv3", "conv_exp", "stem", "pool")] + [shortcut]:

@@ -89,8 +89,6 @@ def _build() -> ctypes.CDLL:
     lib.eff_pw_fwd.restype = None
     lib.eff_pw_set_stream_bytes.argtypes = [i64]  # outputs above this go out by streaming stores
     lib.eff_pw_set_stream_bytes.restype = i64  # the previous threshold
-    lib.eff_wino_set_stream_bytes.argtypes = [i64]  # eff_wino_fused's outputs from this size on: streaming stores
-    lib.eff_wino_set_stream_bytes.restype = i64  # the previous threshold
     lib.eff_pw_set_prefetch_bytes.argtypes = [i64]  # inputs above this: each tile prefetches the next one's rows
     lib.eff_pw_set_prefetch_bytes.restype = i64
     if hasattr(lib, "eff_wino_in"):  # x86 builds only
@@ -98,6 +96,8 @@ def _build() -> ctypes.CDLL:
         lib.eff_wino_out.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i32, i32]
         lib.eff_wino_in.restype = lib.eff_wino_out.restype = None
         lib.eff_wino_fused.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32, i64, i32]
+        lib.eff_wino_set_stream_bytes.argtypes = [i64]  # eff_wino_fused's outputs from this size on: streaming stores
+        lib.eff_wino_set_stream_bytes.restype = i64  # the previous threshold
         lib.eff_wino_fused.restype = i32  # -1: out of memory
     lib.eff_q_lut.argtypes = [p, p, i64, p, i32]
     lib.eff_q_lut.restype = None
@@ -147,8 +147,8 @@ def library() -> ctypes.CDLL | None:
             else:
                 try:
                     _LIB = _build()
-                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                    why_unavailable = str(e)
+                except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+                    why_unavailable = str(e)  # AttributeError: a symbol _build expects is missing
             _TRIED = True
     return _LIB
 

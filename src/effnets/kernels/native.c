@@ -1903,6 +1903,19 @@ int eff_conv_fwd(const float* x, const float* wp, const float* bias, const float
 }
 
 #ifdef EFF_X86
+/* outputs of at least this many bytes leave eff_wino_fused by streaming stores: an eighth of the
+ * last-level cache, at least 2 MiB.  Winograd's outputs are its layers' largest writes (V2-S's 48
+ * -> 192 on 75x75: 33 MiB at batch 8, which cannot stay in a 32 MiB L3), and each line was read
+ * from memory before being written: that layer alone 20.8 -> 18.3 ms; whole V2-S at batch 8
+ * 1.01-1.03x in paired runs, nothing measurable at batch 1 or on ResNet-RS-50 (the AMD
+ * development machine, docs/benchmarks.md item 39). */
+static i64 wino_stream_bytes = -1;
+static i64 wino_stream_limit(void) {
+    if (wino_stream_bytes < 0) wino_stream_bytes = llc_bytes() / 8 > (2 << 20) ? llc_bytes() / 8 : 2 << 20;
+    return wino_stream_bytes;
+}
+i64 eff_wino_set_stream_bytes(i64 b) { const i64 old = wino_stream_limit(); wino_stream_bytes = b; return old; }
+
 /* ---- Winograd F(4x4, 3x3) with the transforms and the 36 products fused, a block of B tiles at a
  * time on one thread: the block's transformed input (36 x B x C) and products (36 x B x C_out)
  * stay in the core's cache, where eff_wino_in / torch.bmm / eff_wino_out send whole rounds of
@@ -1911,17 +1924,6 @@ int eff_conv_fwd(const float* x, const float* wp, const float* bias, const float
  * (36, ceil(C_out / 16), C, 16).  The panels are read once per block: for wide layers on small
  * maps (few tiles, 36 x C x C_out large) the bmm route is the better one, and the caller times
  * both.  -1: out of memory. */
-/* outputs of at least this many bytes leave eff_wino_fused by streaming stores: an eighth of the
- * last-level cache, at least 2 MiB.  On the AMD development machine (32 MiB L3 per CCD) streaming
- * every output ran EfficientNetV2-S 1.03-1.04x faster at batch 1 and 8 (in-model, paired runs,
- * docs/benchmarks.md item 39): Winograd's outputs are its layers' largest writes (V2-S's 48 -> 192
- * on 75x75: 33 MiB at batch 8), and each line was read from memory before being written. */
-static i64 wino_stream_bytes = -1;
-static i64 wino_stream_limit(void) {
-    if (wino_stream_bytes < 0) wino_stream_bytes = llc_bytes() / 8 > (2 << 20) ? llc_bytes() / 8 : 2 << 20;
-    return wino_stream_bytes;
-}
-i64 eff_wino_set_stream_bytes(i64 b) { const i64 old = wino_stream_limit(); wino_stream_bytes = b; return old; }
 int eff_wino_fused(const float* x, const float* up, const float* bias, float* y, i64 N, i64 H, i64 W, i64 C,
                    i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt) {
     const i64 TH = (OH + 3) / 4, TW = (OW + 3) / 4, T = N * TH * TW, P = (Co + 15) / 16, nb = (T + B - 1) / B;
