@@ -49,8 +49,8 @@ checking out its ``native.c`` and importing ``effnets.kernels``: the builds are 
 fp32 (default), ``--models`` (default efficientnet_b0): items 30 and 32.
 
 ``python benchmarks/ab.py wstream``: the fused Winograd kernel's streaming stores (item 39) at
-their default threshold and never (``eff_wino_set_stream_bytes``), switched in one optimized
-model for each forward, ``--pairs`` forwards each way in alternating order (V2-S and ResNet-RS-50
+their default threshold and never (``eff_wino_set_stream_bytes``): first five of V2-S's and
+ResNet-RS-50's layer shapes alone, then switched in one optimized model for each forward, ``--pairs`` forwards each way in alternating order (V2-S and ResNet-RS-50
 at batch 8 and 1); prints the geometric mean of the paired ratios with two standard errors (the
 whole-forward differences are a few percent, the host's drift more: pairs cancel the drift)."""
 from __future__ import annotations
@@ -454,9 +454,20 @@ def wstream_ab(names: list[str], batches: list[int], pairs: int) -> None:
     lib = K.library()
     default = lib.eff_wino_set_stream_bytes(1 << 62)
     lib.eff_wino_set_stream_bytes(default)
-    print(f"Winograd outputs of at least {default / 2**20:.1f} MiB streamed (default) against never; "
-          f"{pairs} paired forwards each:")
+    print(f"Winograd outputs of at least {default / 2**20:.1f} MiB streamed (default) against never")
     try:
+        print("layers alone (fused kernel, SiLU; ms, never -> default, best of 6 rounds of 4 calls, in turns):")
+        for n, ci, h, co in [(8, 48, 75, 192), (8, 64, 38, 256), (8, 24, 150, 24), (8, 32, 80, 64), (1, 48, 75, 192)]:
+            x = torch.randn(n, ci, h, h).contiguous(memory_format=torch.channels_last)
+            w, b = torch.randn(co, ci, 3, 3) * 0.05, torch.randn(co)
+            panels = K.winograd_panels(K.winograd_weight(w))
+            out = torch.empty(n, co, h, h).contiguous(memory_format=torch.channels_last)
+            run = lambda: K.winograd_conv3x3_fused(x, panels, b, (1, 1), "silu", out=out)  # noqa: E731
+            t = _min_of_turns({k: (lambda v=v: (lib.eff_wino_set_stream_bytes(v), run()))
+                               for k, v in (("never", 1 << 62), ("default", default))}, 6, 4)
+            print(f"  b{n} {ci} -> {co} on {h}x{h} ({n * co * h * h * 4 / 2**20:.1f} MiB out): "
+                  f"{t['never'] * 1e3:.2f} -> {t['default'] * 1e3:.2f}", flush=True)
+        print(f"whole models, {pairs} paired forwards each:")
         for batch in batches:
             for name in names:
                 torch.manual_seed(0)

@@ -1906,9 +1906,9 @@ int eff_conv_fwd(const float* x, const float* wp, const float* bias, const float
 /* outputs of at least this many bytes leave eff_wino_fused by streaming stores: an eighth of the
  * last-level cache, at least 2 MiB.  Winograd's outputs are its layers' largest writes (V2-S's 48
  * -> 192 on 75x75: 33 MiB at batch 8, which cannot stay in a 32 MiB L3), and each line was read
- * from memory before being written: that layer alone 20.8 -> 18.3 ms; whole V2-S at batch 8
- * 1.01-1.03x in paired runs, nothing measurable at batch 1 or on ResNet-RS-50 (the AMD
- * development machine, docs/benchmarks.md item 39). */
+ * from memory before being written: that layer alone 17.0 -> 14.8 ms; whole models in paired
+ * runs V2-S 1.00-1.03x at batch 1 and 8, ResNet-RS-50 0.99-1.01x (the AMD development machine,
+ * `python benchmarks/ab.py wstream`, docs/benchmarks.md item 39). */
 static i64 wino_stream_bytes = -1;
 static i64 wino_stream_limit(void) {
     if (wino_stream_bytes < 0) wino_stream_bytes = llc_bytes() / 8 > (2 << 20) ? llc_bytes() / 8 : 2 << 20;
