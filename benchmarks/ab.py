@@ -1,4 +1,4 @@
-"""In-process A/B timings behind docs/benchmarks.md items 29-37 and 39 (not a test: prints figures).
+"""In-process A/B timings behind docs/benchmarks.md items 29-37, 39 and 41 (not a test: prints figures).
 
 ``python benchmarks/ab.py linear``: effnets' GEMM (``FastLinear``, what ``optimize`` runs for a
 linear layer) against ``F.linear`` alone, for 1-512 rows of 1280 -> 1000 and 768 -> 3072 (the
@@ -52,7 +52,12 @@ fp32 (default), ``--models`` (default efficientnet_b0): items 30 and 32.
 their default threshold and never (``eff_wino_set_stream_bytes``): first five of V2-S's and
 ResNet-RS-50's layer shapes alone, then switched in one optimized model for each forward, ``--pairs`` forwards each way in alternating order (V2-S and ResNet-RS-50
 at batch 8 and 1); prints the geometric mean of the paired ratios with two standard errors (the
-whole-forward differences are a few percent, the host's drift more: pairs cancel the drift)."""
+whole-forward differences are a few percent, the host's drift more: pairs cancel the drift).
+
+``python benchmarks/ab.py project``: a Fused-MBConv block's expand conv (fused Winograd) and project
+conv (+ shortcut) as one pass (``kernels.winograd_pointwise_fused``, item 41) against the two calls:
+V2-S's stride-1 shapes alone in turns, then ``--pairs`` paired forwards of whole optimized models
+with ``FusedConvAct.forward_projected`` on and off (V2-S at batch 8 and 1)."""
 from __future__ import annotations
 
 import argparse
@@ -450,6 +455,34 @@ def prefetch_ab(names: list[str], rounds: int) -> None:
         pf(True)
 
 
+def _paired_forwards(name: str, batch: int, pairs: int, modes: dict) -> None:
+    """One optimized model (seeded random weights) run ``pairs`` times in each of two modes (name
+    -> a function that switches to it), the two in alternating order; prints the geometric mean
+    of the paired ratios (first mode / second) with two standard errors and the fastest forward
+    of each (whole-forward differences of a few percent are below the host's drift: pairs cancel it)."""
+    (a, set_a), (b, set_b) = modes.items()
+    torch.manual_seed(0)
+    model = effnets.optimize(effnets.create_model(name).eval())
+    size = SIZES.get(name, 224)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    times = {a: [], b: []}
+    with torch.inference_mode():
+        for k in (a, b, a, b):  # each mode's timed choices made before the pairs
+            modes[k]()
+            model(x)
+        for i in range(pairs):
+            for k in ((a, b) if i % 2 else (b, a)):
+                modes[k]()
+                t = time.perf_counter()
+                model(x)
+                times[k].append(time.perf_counter() - t)
+    set_b()
+    logs = [math.log(p / q) for p, q in zip(times[a], times[b])]
+    mean, err = statistics.mean(logs), 2 * statistics.stdev(logs) / math.sqrt(len(logs))
+    print(f"  {name} b{batch}: {a} / {b} {math.exp(mean):.3f}x ({math.exp(mean - err):.3f}-{math.exp(mean + err):.3f}); "
+          f"fastest forward {min(times[a]) * 1e3:.1f} -> {min(times[b]) * 1e3:.1f} ms", flush=True)
+
+
 def wstream_ab(names: list[str], batches: list[int], pairs: int) -> None:
     lib = K.library()
     default = lib.eff_wino_set_stream_bytes(1 << 62)
@@ -470,26 +503,41 @@ def wstream_ab(names: list[str], batches: list[int], pairs: int) -> None:
         print(f"whole models, {pairs} paired forwards each:")
         for batch in batches:
             for name in names:
-                torch.manual_seed(0)
-                model = effnets.optimize(effnets.create_model(name).eval())
-                size = SIZES.get(name, 224)
-                x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-                times = {"never": [], "default": []}
-                with torch.inference_mode():
-                    model(x), model(x)
-                    for i in range(pairs):
-                        for k in (("never", "default") if i % 2 else ("default", "never")):
-                            lib.eff_wino_set_stream_bytes(default if k == "default" else 1 << 62)
-                            t = time.perf_counter()
-                            model(x)
-                            times[k].append(time.perf_counter() - t)
-                logs = [math.log(a / b) for a, b in zip(times["never"], times["default"])]
-                mean, err = statistics.mean(logs), 2 * statistics.stdev(logs) / math.sqrt(len(logs))
-                print(f"  {name} b{batch}: never / default {math.exp(mean):.3f}x "
-                      f"({math.exp(mean - err):.3f}-{math.exp(mean + err):.3f}); fastest forward "
-                      f"{min(times['never']) * 1e3:.1f} -> {min(times['default']) * 1e3:.1f} ms", flush=True)
+                _paired_forwards(name, batch, pairs, {
+                    "never": lambda: lib.eff_wino_set_stream_bytes(1 << 62),
+                    "default": lambda: lib.eff_wino_set_stream_bytes(default)})
     finally:
         lib.eff_wino_set_stream_bytes(default)
+
+
+def project_ab(names: list[str], batches: list[int], pairs: int) -> None:
+    """Fused-MBConv's expand conv (Winograd) and project conv as one pass (item 41) against the two
+    calls: V2-S's stride-1 shapes alone, then switched in whole optimized models."""
+    print("layers alone (3x3 + SiLU by the fused Winograd kernel, 1x1 + residual on the GEMM; ms, apart -> one "
+          "pass, best of 6 rounds of 4 calls, in turns):")
+    for n, ci, h, cm in [(8, 48, 75, 192), (8, 64, 38, 256), (1, 48, 75, 192), (1, 64, 38, 256)]:
+        x = torch.randn(n, ci, h, h).contiguous(memory_format=torch.channels_last)
+        up, b = K.winograd_panels(K.winograd_weight(torch.randn(cm, ci, 3, 3) * 0.05)), torch.randn(cm)
+        pw, b2 = K.pointwise_weight(torch.randn(ci, cm, 1, 1) * 0.05), torch.randn(ci)
+        res = torch.randn(n, ci, h, h).contiguous(memory_format=torch.channels_last)
+        mid = torch.empty(n, cm, h, h).contiguous(memory_format=torch.channels_last)
+        out = torch.empty(n, ci, h, h).contiguous(memory_format=torch.channels_last)
+        t = _min_of_turns({
+            "apart": lambda: K.pointwise_into(K.winograd_conv3x3_fused(x, up, b, (1, 1), "silu", out=mid), pw, b2, out,
+                                              K.DW_ACT_CODES["identity"], residual=res),
+            "one pass": lambda: K.winograd_pointwise_fused(x, up, b, "silu", pw, b2, out, residual=res)}, 6, 4)
+        print(f"  b{n} {ci} -> {cm} -> {ci} on {h}x{h} ({n * cm * h * h * 4 / 2**20:.1f} MiB expanded): "
+              f"{t['apart'] * 1e3:.2f} -> {t['one pass'] * 1e3:.2f}", flush=True)
+    print(f"whole models, {pairs} paired forwards each (apart: FusedConvAct.forward_projected off):")
+    fused = FusedConvAct.forward_projected
+    try:
+        for batch in batches:
+            for name in names:
+                _paired_forwards(name, batch, pairs, {
+                    "apart": lambda: setattr(FusedConvAct, "forward_projected", lambda *a: None),
+                    "one pass": lambda: setattr(FusedConvAct, "forward_projected", fused)})
+    finally:
+        FusedConvAct.forward_projected = fused
 
 
 def main(argv=None) -> int:
@@ -521,6 +569,10 @@ def main(argv=None) -> int:
     ws.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet_rs_50"])
     ws.add_argument("--batches", nargs="+", type=int, default=[8, 1])
     ws.add_argument("--pairs", type=int, default=30)
+    pj = sub.add_parser("project", help="Fused-MBConv's Winograd expand + project convs as one pass, or apart")
+    pj.add_argument("--models", nargs="+", default=["efficientnetv2_s"])
+    pj.add_argument("--batches", nargs="+", type=int, default=[8, 1])
+    pj.add_argument("--pairs", type=int, default=30)
     lib = sub.add_parser("lib", help="this native build against another one")
     lib.add_argument("other", help="path of the other build's .so")
     lib.add_argument("--dtype", default=None, help="optimize dtype, e.g. int8_dynamic (default fp32)")
@@ -538,6 +590,7 @@ def main(argv=None) -> int:
             "int8bound": lambda: int8_bound(args.batches, args.rounds),
             "prefetch": lambda: prefetch_ab(args.models, args.rounds),
             "wstream": lambda: wstream_ab(args.models, args.batches, args.pairs),
+            "project": lambda: project_ab(args.models, args.batches, args.pairs),
             "lib": lambda: lib_ab(args.other, args.dtype, args.models)}
     runs[args.what]()
     return 0

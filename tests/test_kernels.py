@@ -636,6 +636,60 @@ def test_winograd_fused_rejects_what_it_cannot_compute():
         K.winograd_panels(torch.randn(16, 8, 3, 3))
 
 @wino
+@pytest.mark.parametrize("n,ci,cm,co,h,w,block,residual", [
+    (2, 16, 48, 16, 9, 7, None, True),    # the last tiles overhang both edges: those pixels are not stored
+    (1, 8, 32, 24, 4, 4, None, False),    # one tile, no residual; 24 outputs: a half-empty last panel
+    (3, 24, 96, 40, 13, 11, 5, True),     # blocks of 5 tiles (runs of 6 cross them), 40 outputs
+    (2, 48, 192, 48, 23, 21, None, True),  # V2-S's stage-1 channels; rows past the last whole run of tiles
+    (1, 16, 64, 8, 17, 9, 1, True),       # a tile per block, 8 outputs (the one-panel tile)
+])
+def test_winograd_pointwise_fused_equals_the_two_calls_bit_for_bit(n, ci, cm, co, h, w, block, residual, isa):
+    """winograd_pointwise_fused (a Fused-MBConv's 3x3 expand conv by the fused Winograd kernel, its
+    1x1 project conv and shortcut in one pass, the expanded tensor kept in the core's cache) does
+    the two calls' arithmetic: the same bits as winograd_conv3x3_fused then pointwise_conv, and
+    within float32 roundings of float64."""
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(n, ci, h, w), torch.randn(cm, ci, 3, 3) / ci ** 0.5, torch.randn(cm)
+    w2, b2 = torch.randn(co, cm, 1, 1) / cm ** 0.5, torch.randn(co)
+    res = torch.randn(n, co, h, w).contiguous(memory_format=torch.channels_last) if residual else None
+    up, pw = K.winograd_panels(K.winograd_weight(wt)), K.pointwise_weight(w2)
+    apart = K.pointwise_conv(K.winograd_conv3x3_fused(x, up, b, (1, 1), "silu", tiles_per_block=block), pw, b2, co,
+                             residual=res)
+    out = torch.full((n, co, h, w), float("nan")).contiguous(memory_format=torch.channels_last)
+    y = K.winograd_pointwise_fused(x, up, b, "silu", pw, b2, out, residual=res, tiles_per_block=block)
+    assert y is out and torch.equal(y, apart)
+    ref = F.conv2d(F.silu(F.conv2d(x.double(), wt.double(), b.double(), 1, 1)), w2.double(), b2.double())
+    assert _rel(y, ref + (res.double() if residual else 0)) < 2e-5
+
+
+@wino
+def test_winograd_pointwise_fused_rejects_what_it_cannot_compute():
+    up, b = K.winograd_panels(K.winograd_weight(torch.randn(32, 8, 3, 3))), torch.zeros(32)
+    pw, b2 = K.pointwise_weight(torch.randn(16, 32, 1, 1)), torch.zeros(16)
+    x = torch.randn(1, 8, 8, 8)
+    out = torch.empty(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        K.winograd_pointwise_fused(x.double(), up, b, "silu", pw, b2, out)
+    with pytest.raises(ValueError, match="panels must be"):
+        K.winograd_pointwise_fused(torch.randn(1, 16, 8, 8), up, b, "silu", pw, b2, out)
+    with pytest.raises(ValueError, match="bias must be"):
+        K.winograd_pointwise_fused(x, up, torch.zeros(40), "silu", pw, b2, out)
+    with pytest.raises(ValueError, match="pw_panels must be"):
+        K.winograd_pointwise_fused(x, up, b, "silu", K.pointwise_weight(torch.randn(16, 24, 1, 1)), b2, out)
+    with pytest.raises(ValueError, match="pw_panels must be"):
+        K.winograd_pointwise_fused(x, up, b, "silu", pw, torch.zeros(8), out)
+    with pytest.raises(ValueError, match="act and pw_act"):
+        K.winograd_pointwise_fused(x, up, b, "mish", pw, b2, out)
+    with pytest.raises(ValueError, match="out must be"):
+        K.winograd_pointwise_fused(x, up, b, "silu", pw, b2, torch.empty(1, 16, 8, 8))  # not channels-last
+    with pytest.raises(ValueError, match="out must be"):
+        K.winograd_pointwise_fused(x, up, b, "silu", pw, b2, torch.empty(1, 16, 9, 9).contiguous(
+            memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match="residual must be"):
+        K.winograd_pointwise_fused(x, up, b, "silu", pw, b2, out, residual=torch.randn(1, 16, 8, 8))
+
+
+@wino
 def test_winograd_rejects_what_it_cannot_compute():
     u = K.winograd_weight(torch.randn(16, 8, 3, 3))
     assert u.shape == (36, 8, 16)

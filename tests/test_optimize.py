@@ -487,6 +487,8 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
     opt_mod = sys.modules["effnets.optimize"]
     calls = record_calls(monkeypatch, kernels, "winograd_conv3x3")
     fused_calls = record_calls(monkeypatch, kernels, "winograd_conv3x3_fused")
+    # a Fused-MBConv block's Winograd conv may run in one pass with its project conv
+    one_pass = record_calls(monkeypatch, kernels, "winograd_pointwise_fused")
     torch.manual_seed(0)
     model = _perturb_bn(effnets.create_model(name, num_classes=10)).eval()
     n_eligible = _winograd_eligible(model)
@@ -497,10 +499,10 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
         for mode, expected in (("1", n_eligible), ("0", 0)):
             monkeypatch.setattr(opt_mod, "_WINOGRAD", mode)
             opt = effnets.optimize(model)
-            opt(x)  # the first call times the routes
-            calls.clear(), fused_calls.clear()
+            opt(x), opt(x)  # the first call times the routes, the second a Fused-MBConv's one pass
+            calls.clear(), fused_calls.clear(), one_pass.clear()
             out = opt(x)
-            assert len(calls) + len(fused_calls) == expected
+            assert len(calls) + len(fused_calls) + len(one_pass) == expected
             assert _rel_err(out, ref) < 1e-4
         monkeypatch.setattr(opt_mod, "_WINOGRAD", "auto")
         opt = effnets.optimize(model)
@@ -510,9 +512,10 @@ def test_winograd_convs_match_original(monkeypatch, name, size):
         assert len(choices) == n_eligible and all(isinstance(c, bool) for c in choices)
         fused = [m._wino[("fused", shape)] for m, shape in layers]
         assert all(isinstance(f, bool) for f in fused)
-        calls.clear(), fused_calls.clear()
+        opt(x)  # a Fused-MBConv block's one pass timed
+        calls.clear(), fused_calls.clear(), one_pass.clear()
         opt(x)  # the choices are kept: each Winograd route runs exactly where it was chosen, no more timing
-        assert len(fused_calls) == sum(c and f for c, f in zip(choices, fused))
+        assert len(fused_calls) + len(one_pass) == sum(c and f for c, f in zip(choices, fused))
         assert len(calls) == sum(c and not f for c, f in zip(choices, fused))
         # each transformed weight (4x the weight) is held only by layers whose choice uses it
         for m, shape in layers:
@@ -818,6 +821,53 @@ def test_expand_and_depthwise_convs_run_as_one_pass_where_timed_faster(monkeypat
         hooked.conv_pw.register_forward_hook(lambda m, args, out: None)
         assert torch.equal(opt(x), y_apart)
         assert len(fused_calls) == len(blocks) - 1
+
+
+def test_fused_mbconv_expand_and_project_convs_run_as_one_pass_where_timed_faster(monkeypatch):
+    """A Fused-MBConv block whose 3x3 expand conv runs the fused Winograd kernel times that conv
+    + its 1x1 project conv (+ the shortcut) as one native pass against the two modules, once per
+    input shape: where the pass wins, the model keeps the modules' bits (the same arithmetic) and
+    the expand conv's kept buffer is released; where the modules apart win, or a hook is on one
+    of them, the block runs them apart."""
+    from effnets import kernels
+    from effnets.blocks.mbconv import FusedMBConv
+    if kernels.library() is None or not kernels.winograd_available():
+        pytest.skip("native Winograd kernels unavailable")
+    opt_mod = sys.modules["effnets.optimize"]
+    calls = record_calls(monkeypatch, kernels, "winograd_pointwise_fused")
+    model, x = _model_and_input("efficientnetv2_b0", 96)
+
+    def build(fused_wins: bool):
+        # Winograd (its fused route) for every 3x3 stride-1 conv, effnets' kernels for the other
+        # timed choices, and the one pass against the two modules: fused_wins
+        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, runs=3: (
+            sys._getframe(1).f_code.co_name == "_conv3x3"
+            or (sys._getframe(1).f_code.co_name == "forward_projected" and not fused_wins)))
+        opt = effnets.optimize(model)
+        opt(x), opt(x)  # the first call times the Winograd routes, the second the one pass
+        calls.clear()
+        return opt
+
+    with torch.inference_mode():
+        ref = model(x)
+        y_apart = build(False)(x)
+        assert not calls and _rel_err(y_apart, ref) < 1e-4
+        opt = build(True)
+        blocks = [b for b in opt.modules() if type(b) is FusedMBConv and b.conv_pwl is not None
+                  and b.conv_exp.wino_act is not None]
+        assert len(blocks) == 2  # V2-B0's stride-1 Fused-MBConv blocks with expansion
+        assert torch.equal(opt(x), y_apart)
+        assert len(calls) == len(blocks)
+        assert all(b.conv_exp._out is None for b in blocks)
+
+        def one_pass_choices(m):
+            return [[v for k, v in b.conv_exp._wino.items() if k[0] == "wino_pw"] for b in m.modules()
+                    if type(b) is FusedMBConv and b.conv_pwl is not None and b.conv_exp.wino_act is not None]
+        assert one_pass_choices(opt) == [[True]] * 2
+        blocks[0].conv_pwl.register_forward_hook(lambda m, args, out: None)
+        assert torch.equal(opt(x), y_apart)
+        assert len(calls) == len(blocks) + 1  # the hooked block apart, the other one pass
+        assert one_pass_choices(build(False)) == [[False]] * 2
 
 
 @pytest.mark.parametrize("dtype,panels", [("int8_dynamic", torch.int8), ("bf16_mixed", torch.bfloat16)])

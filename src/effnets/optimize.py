@@ -686,6 +686,63 @@ class FusedConvAct(nn.Module):
                                           kernels.DW_ACT_CODES[self.dw_act])
         return self._with_sums(y, s)
 
+    def forward_projected(self, x: torch.Tensor, project: nn.Module,
+                          shortcut: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``project(self(x))`` (``+ shortcut``) for a Fused-MBConv block's 3x3 expand conv (this
+        module, where it runs the fused Winograd kernel) and its 1x1 project conv as one native
+        pass (``kernels.winograd_pointwise_fused``, equal bit for bit): the expanded tensor, the
+        block's widest (V2-S's 75x75 stage at batch 8: 33 MB), is never written out and read
+        back, and this conv's kept output buffer is released.  Timed against the two modules apart
+        once per input shape, after this conv's own Winograd choice (kept in ``_wino``).  None
+        where it does not apply, and the caller runs the two modules: not plain float32 CPU
+        inference, this conv off the fused Winograd kernel or not timed yet, the project conv off
+        the native GEMM, a shortcut the GEMM cannot add, hooks, or apart timed faster."""
+        if isinstance(x, torch.fx.Proxy) or self._wino.get(("wino_pw", x.shape)) is False:
+            return None  # the modules apart timed faster for this shape: skip the checks below
+        if (not _FUSE_EXPAND or type(project) is not FusedConvAct or self.wino_act is None
+                or project.pw_act is None or self.act is not None or project.act is not None
+                or self.same or self.int8 or self.bf16 or project.int8 or project.bf16 or _plain_mode()
+                or tuple(self.padding) != (1, 1) or x.requires_grad or x.dtype != torch.float32 or not x.is_cpu
+                or x.ndim != 4 or any(p.dtype != torch.float32 for p in (*self._parameters.values(),
+                                                                          *project._parameters.values()))
+                or x.shape[1] != self._parameters["weight"].shape[1]
+                or project._parameters["weight"].shape[1] != self._parameters["weight"].shape[0]
+                or self._forward_hooks or self._forward_pre_hooks or project._forward_hooks
+                or project._forward_pre_hooks or _module_hooks._global_forward_hooks
+                or _module_hooks._global_forward_pre_hooks or (kernels._LIB is None and kernels.library() is None)):
+            return None
+        self._check_weight(self._parameters["weight"])
+        shape = (x.shape[0], project._parameters["weight"].shape[0], x.shape[2], x.shape[3])
+        if shortcut is not None and not (
+                type(shortcut) is torch.Tensor and shortcut.dtype == torch.float32 and shortcut.is_cpu
+                and not shortcut.requires_grad and tuple(shortcut.shape) == shape
+                and shortcut.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        key = ("wino_pw", x.shape)
+        choice = self._wino.get(key)
+        if choice is None:  # only once this conv alone runs the fused Winograd kernel for this shape
+            if not (self._wino.get(tuple(x.shape)) is True and self._wino.get(("fused", tuple(x.shape)))):
+                return None
+            def apart():
+                y = self(x)
+                return project(y) if shortcut is None else project.forward_residual(y, None, shortcut)
+            choice = self._wino[key] = not _faster(apart, lambda: self._projected(x, project, shortcut, shape))
+            if choice:
+                self.__dict__["_out"] = None  # this conv's kept output is not needed any more
+        return self._projected(x, project, shortcut, shape) if choice else None
+
+    def _projected(self, x: torch.Tensor, project: "FusedConvAct", shortcut: torch.Tensor | None,
+                   shape: tuple) -> torch.Tensor:
+        up = self._wino.get("up")
+        if up is None:  # made by _conv3x3 for the fused route; dropped only with the weight
+            up = self._wino["up"] = kernels.winograd_panels(kernels.winograd_weight(self._parameters["weight"]))
+        project._check_weight(project._parameters["weight"])
+        panels, pw_bias = project._gemm_weights()
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return kernels.winograd_pointwise_fused(x, up, self._parameters["bias"], self.wino_act, panels, pw_bias,
+                                                project._output_tensor(shape), project.pw_act, shortcut)
+
     def _run_native(self, kind: str, x: torch.Tensor) -> torch.Tensor:
         return (self._native_depthwise(x) if kind == "dw" else self._native_pointwise(x) if kind == "pw"
                 else self._native_conv(x))

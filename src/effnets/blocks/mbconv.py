@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..layers import ConvNormAct
-from ..layers.memory import expand_conv_dw, se_conv
+from ..layers.memory import conv_project, expand_conv_dw, se_conv
 from .common import BlockArgs
 
 
@@ -115,6 +115,8 @@ class FusedMBConv(ResidualBlock):
         self.drop_path = a.make_drop_path()
 
     def branch(self, x, shortcut=None):
+        if self.conv_pwl is not None and self.se is None:  # V2's Fused-MBConv: no squeeze-excite
+            return conv_project(x, self.conv_exp, self.conv_pwl, shortcut)
         x = self.conv_exp(x)
         if self.conv_pwl is None:  # never given a shortcut (optimize moves it only into a 1x1 conv)
             return x if self.se is None else self.se(x)

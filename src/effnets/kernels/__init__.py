@@ -99,6 +99,9 @@ def _build() -> ctypes.CDLL:
         lib.eff_wino_set_stream_bytes.argtypes = [i64]  # eff_wino_fused's outputs from this size on: streaming stores
         lib.eff_wino_set_stream_bytes.restype = i64  # the previous threshold
         lib.eff_wino_fused.restype = i32  # -1: out of memory
+        lib.eff_wino_pw_fused.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i32, i32, i32, p, p, p, p, i64,
+                                          i32, i64, i32]
+        lib.eff_wino_pw_fused.restype = i32  # -1: out of memory
     lib.eff_q_lut.argtypes = [p, p, i64, p, i32]
     lib.eff_q_lut.restype = None
     lib.eff_q_gate_mul.argtypes = [p, p, p, i64, i64, i64, ctypes.c_float, i32, ctypes.c_float, i32, i32]
@@ -622,6 +625,53 @@ def winograd_conv3x3_fused(x: torch.Tensor, panels: torch.Tensor, bias: torch.Te
     return y
 
 
+def winograd_pointwise_fused(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor, act: str,
+                             pw_panels: torch.Tensor, pw_bias: torch.Tensor, out: torch.Tensor, pw_act: str = "identity",
+                             residual: torch.Tensor | None = None, tiles_per_block: int | None = None) -> torch.Tensor:
+    """``pointwise_conv(winograd_conv3x3_fused(x, panels, bias, padding=(1, 1), act), pw_panels,
+    pw_bias, C_out2, pw_act, residual)`` in one pass, into ``out`` (N, C_out2, H, W) channels-last:
+    a Fused-MBConv block's 3x3 expand conv and 1x1 project conv (+ its shortcut), the expanded
+    tensor never written out (each run of 6 tiles goes from the output transform to the 1x1 GEMM
+    through a per-thread buffer).  Equal bit for bit to the two calls.  ``panels`` from
+    :func:`winograd_panels` with ``bias`` (C_mid,); ``pw_panels`` from :func:`pointwise_weight`
+    of the (C_out2, C_mid, 1, 1) weight with ``pw_bias`` (C_out2,); ``residual`` None or
+    channels-last of ``out``'s shape.  Padding 1 (the output has the input's size)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        raise ValueError(f"winograd_pointwise_fused needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
+                         f"on {x.device}")
+    n, c, h, w = x.shape
+    if panels.ndim != 4 or panels.shape[0] != 36 or panels.shape[2] != c or panels.shape[3] != 16 or c % 8:
+        raise ValueError(f"panels must be winograd_panels() of a (36, {c}, C_mid) matrix with C_in a multiple of 8, "
+                         f"got {tuple(panels.shape)}")
+    if bias.ndim != 1 or bias.shape[0] % 8 or not 0 <= panels.shape[1] * 16 - bias.shape[0] < 16:
+        raise ValueError(f"bias must be (C_mid,), C_mid a multiple of 8 that the panels hold, got {tuple(bias.shape)} "
+                         f"for panels {tuple(panels.shape)}")
+    cm, co2 = bias.shape[0], out.shape[1]
+    if pw_panels.ndim != 3 or pw_panels.shape[1] != cm or pw_panels.shape[2] != 16 \
+            or not 0 <= pw_panels.shape[0] * 16 - co2 < 16 or pw_bias.shape != (co2,):
+        raise ValueError(f"pw_panels must be pointwise_weight() of a ({co2}, {cm}, 1, 1) weight with pw_bias ({co2},), "
+                         f"got {tuple(pw_panels.shape)} and {tuple(pw_bias.shape)}")
+    if act not in DW_ACT_CODES or pw_act not in DW_ACT_CODES:
+        raise ValueError(f"act and pw_act must be among {sorted(DW_ACT_CODES)}, got {act!r}, {pw_act!r}")
+    if tuple(out.shape) != (n, co2, h, w) or out.dtype != torch.float32 \
+            or not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"out must be a channels-last float32 ({n}, {co2}, {h}, {w}) tensor, got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    if residual is not None and (residual.shape != out.shape or residual.dtype != torch.float32
+                                 or not residual.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"residual must be channels-last float32 of the output's shape {tuple(out.shape)}, got "
+                         f"{residual.dtype} {tuple(residual.shape)}")
+    nt = torch.get_num_threads()
+    tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
+    block = tiles_per_block or (24 if tiles >= 24 * 4 * nt else 12)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if library().eff_wino_pw_fused(x.data_ptr(), panels.data_ptr(), _param(bias).data_ptr(), n, h, w, c, cm, h, w,
+                                   1, 1, DW_ACT_CODES[act], pw_panels.data_ptr(), _param(pw_bias).data_ptr(),
+                                   _ptr(residual), out.data_ptr(), co2, DW_ACT_CODES[pw_act], block, nt):
+        raise MemoryError(f"winograd_pointwise_fused: no memory for {nt} blocks of {block} tiles")
+    return out
+
+
 def pointwise_available() -> bool:
     """True where :func:`pointwise_conv` runs vectorised (the kernels are built, x86 with AVX2 + FMA)."""
     lib = library()
@@ -1042,7 +1092,8 @@ __all__ = ["library", "supports", "bn_act_forward", "bn_act_backward", "silu_", 
            "why_unavailable", "ACT_CODES",
            "supports_depthwise", "depthwise_backward", "depthwise_forward", "depthwise_taps", "DW_ACT_CODES",
            "se_gate_", "SE_ACT_CODES", "supports_gate_backward", "gate_backward", "winograd_available",
-           "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "pointwise_available",
+           "winograd_weight", "winograd_conv3x3", "winograd_panels", "winograd_conv3x3_fused", "winograd_pointwise_fused",
+           "pointwise_available",
            "pointwise_weight", "pointwise_conv", "pointwise_into", "depthwise_into", "expand_depthwise_into", "se_gates", "se_gates_into",
            "quantized_lut", "quantized_gate_mul", "quantize_act", "quantized_channel_mean", "bf16_channel_sums", "int8_fast", "int8_isa",
            "set_int8_isa", "set_depthwise_blocks", "depthwise_last_blocked", "int8_last_code", "INT8_LEVELS", "INT8_BEST",

@@ -1225,13 +1225,19 @@ AVX512 static i64 wino_out_tile_512(const float* src, const float* bias, float* 
 
 /* m (36, T, C), tile t at row t - t0, matrix stride ld -> y (N, OH, OW, C): A^T m A, + bias, activation; rows and
  * columns past the output's edge (the last tiles overhang it) are dropped */
+AVX2 static void wino_out_at(const float* src, const float* bias, float* y0, i64 ld, i64 OW, i64 C, int rows, int cols,
+                             int act, int stream);
 AVX2 static void wino_out_tile(const float* m, const float* bias, float* y, i64 ld, i64 t, i64 t0, i64 OH, i64 OW,
                                i64 C, i64 TH, i64 TW, int act, int stream) {
     const i64 n = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW;
-    const float* src = m + (t - t0) * C;
     const int rows = OH - ty * 4 < 4 ? (int)(OH - ty * 4) : 4, cols = OW - tx * 4 < 4 ? (int)(OW - tx * 4) : 4;
-    const i64 start = avx512() ? wino_out_tile_512(src, bias, y + ((n * OH + ty * 4) * OW + tx * 4) * C, ld, OW, C, rows,
-                                                   cols, act, stream) : 0;
+    wino_out_at(m + (t - t0) * C, bias, y + ((n * OH + ty * 4) * OW + tx * 4) * C, ld, OW, C, rows, cols, act, stream);
+}
+/* one tile's output transform from src (its row of the 36 matrices, stride ld) to the rows x cols
+ * pixels at y0 (rows OW pixels apart, pixels C floats apart) */
+AVX2 static void wino_out_at(const float* src, const float* bias, float* y0, i64 ld, i64 OW, i64 C, int rows, int cols,
+                             int act, int stream) {
+    const i64 start = avx512() ? wino_out_tile_512(src, bias, y0, ld, OW, C, rows, cols, act, stream) : 0;
     for (i64 ch = start; ch < C; ch += 8) {
         __m256 a[36], w[24], o[4];
         for (int k = 0; k < 36; k++) a[k] = _mm256_loadu_ps(src + (i64)k * ld + ch);
@@ -1242,7 +1248,7 @@ AVX2 static void wino_out_tile(const float* m, const float* bias, float* y, i64 
         __m256 b = bias ? _mm256_loadu_ps(bias + ch) : _mm256_setzero_ps();
         for (int r = 0; r < rows; r++) {  /* rows: y = w A */
             WINO_AT(w[r * 6], w[r * 6 + 1], w[r * 6 + 2], w[r * 6 + 3], w[r * 6 + 4], w[r * 6 + 5], o);
-            float* yr = y + ((n * OH + ty * 4 + r) * OW + tx * 4) * C + ch;
+            float* yr = y0 + r * OW * C + ch;
             for (int s = 0; s < cols; s++) _mm256_storeu_ps(yr + s * C, act_v(_mm256_add_ps(o[s], b), act));
         }
     }
@@ -1581,7 +1587,7 @@ AVX512 static inline __attribute__((always_inline)) void pw_few_tile_512(
 #pragma GCC unroll 4
     for (int i = 0; i < NR; i++)
 #pragma GCC unroll 3
-        for (int j = 0; j < NP; j++) c[i][j] = pw_row_in512(yr[i] + 16 * j, first, j == NP - 1 ? ml : 0xFFFF);
+        for (int j = 0; j < NP; j++) c[i][j] = pw_row_in512(yr[i] ? yr[i] + 16 * j : NULL, first, j == NP - 1 ? ml : 0xFFFF);
     for (i64 k = k0; k < k1; k++) {
         __m512 bw[3];
 #pragma GCC unroll 3
@@ -1597,7 +1603,7 @@ AVX512 static inline __attribute__((always_inline)) void pw_few_tile_512(
     for (int i = 0; i < NR; i++)
 #pragma GCC unroll 3
         for (int j = 0; j < NP; j++)
-            pw_row_out512(yr[i] + 16 * j, rr[i] ? rr[i] + 16 * j : NULL, c[i][j], b + 16 * j, last, act,
+            if (yr[i]) pw_row_out512(yr[i] + 16 * j, rr[i] ? rr[i] + 16 * j : NULL, c[i][j], b + 16 * j, last, act,
                           j == NP - 1 ? ml : 0xFFFF, 0);
 }
 #define PW_FEW(nr, np) pw_few_tile_512(xr, nr, np, w, pstride, k0, k1, b, yr, rr, ncols, first, last, act)
@@ -1631,22 +1637,24 @@ static void pw_tile(const float* const* xr, const float* w, i64 k0, i64 k1, cons
     }
 }
 
-/* the rows r..r+n of panel p as tile arguments: rows past r1 read row r and are not stored (NULL) */
+/* the rows r..r+n of panel p as tile arguments: rows past r1 read row r and are not stored (NULL);
+ * map (or NULL: row i to row i): input row i goes to output (and residual) row map[i], none where
+ * it is negative (eff_wino_pw_fused: a tile's pixels past the map's edge) */
 static void pw_gather(const float* x, const float* res, float* y, i64 r, i64 r1, i64 p, i64 K, i64 N, int n,
-                      const float** xr, float** yr, const float** rr) {
+                      const float** xr, float** yr, const float** rr, const i64* map) {
     for (int i = 0; i < n; i++) {
-        const int ok = r + i < r1;
-        const i64 row = ok ? r + i : r;
+        const i64 row = r + i < r1 ? r + i : r, to = r + i >= r1 ? -1 : map ? map[row] : row;
         xr[i] = x + row * K;
-        yr[i] = ok ? y + row * N + p * 16 : NULL;
-        rr[i] = ok && res ? res + row * N + p * 16 : NULL;
+        yr[i] = to >= 0 ? y + to * N + p * 16 : NULL;
+        rr[i] = to >= 0 && res ? res + to * N + p * 16 : NULL;
     }
 }
 
 /* rows [r0, r1) of panels p .. p + np - 1 (np 2 or 3: the AVX-512 tiles; panel j's block at
  * wk + j * pstride), input channels k0..k1 (wk: the panel's rows k0..k1) */
 static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const float* bias, const float* res,
-                    float* y, i64 r0, i64 r1, i64 p, i64 k0, i64 k1, i64 K, i64 N, int act, int stream) {
+                    float* y, i64 r0, i64 r1, i64 p, i64 k0, i64 k1, i64 K, i64 N, int act, int stream,
+                    const i64* map) {
 #ifdef EFF_X86
     const int pf = stream & PW_PREFETCH;  /* the prefetches are x86 code */
 #endif
@@ -1659,13 +1667,13 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const 
      * of B0's 49 at batch 1 took a whole 12-row tile) */
     const int wide = avx512();
 #define PW_TAIL(r) if (wide && r1 - (r) <= PW_FEW_ROWS) { \
-        pw_gather(x, res, y, r, r1, p, K, N, (int)(r1 - (r)), xr, yr, rr); \
+        pw_gather(x, res, y, r, r1, p, K, N, (int)(r1 - (r)), xr, yr, rr, map); \
         pw_few_512(xr, (int)(r1 - (r)), np, wk, pstride, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act); \
         return; }
     if (np == 3) {
         for (i64 r = r0; r < r1; r += 8) {
             PW_TAIL(r);
-            pw_gather(x, res, y, r, r1, p, K, N, 8, xr, yr, rr);
+            pw_gather(x, res, y, r, r1, p, K, N, 8, xr, yr, rr, map);
             pw_tile3_512(xr, wk, pstride, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream,
                          pf && r + 16 <= r1 ? x + (r + 8) * K : NULL, K, 8);
         }
@@ -1674,7 +1682,7 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const 
     if (np == 2) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
             PW_TAIL(r);
-            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
+            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr, map);
             pw_tile2_512(xr, wk, wk + pstride, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream,
                          pf && r + 4 * PW_MR <= r1 ? x + (r + 2 * PW_MR) * K : NULL, K, 2 * PW_MR);
         }
@@ -1683,7 +1691,7 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const 
     if (ncols <= 8 && have_avx2()) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
             PW_TAIL(r);
-            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
+            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr, map);
             pw_tile8_v(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act);
         }
         return;
@@ -1691,7 +1699,7 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const 
     if (wide) {
         for (i64 r = r0; r < r1; r += 2 * PW_MR) {
             PW_TAIL(r);
-            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr);
+            pw_gather(x, res, y, r, r1, p, K, N, 2 * PW_MR, xr, yr, rr, map);
             pw_tile_512(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
         }
         return;
@@ -1701,7 +1709,7 @@ static void pw_rows(const float* x, const float* wk, i64 pstride, int np, const 
     (void)pstride;
 #endif
     for (i64 r = r0; r < r1; r += PW_MR) {
-        pw_gather(x, res, y, r, r1, p, K, N, PW_MR, xr, yr, rr);
+        pw_gather(x, res, y, r, r1, p, K, N, PW_MR, xr, yr, rr, map);
         pw_tile(xr, wk, k0, k1, bias + p * 16, yr, rr, ncols, k0 == 0, k1 == K, act, stream);
     }
 }
@@ -1729,8 +1737,9 @@ static void pw_scale_panel(float* ws, const float* wk, const float* g, i64 nk) {
  * x * gate: a squeeze-excite's product folded into the conv.  Scaling the panel's K block once
  * per image (16 KiB, in L1) costs K*16 multiplies per image and panel, where scaling x costs a
  * read and a write of the whole tensor. */
-static void pw_block(const float* x, const float* wp, const float* bias, const float* res, const float* gate, i64 hw,
-                     float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N, int act, int stream) {
+static void pw_block_map(const float* x, const float* wp, const float* bias, const float* res, const float* gate,
+                         i64 hw, float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N, int act, int stream,
+                         const i64* map) {
     float ws[3 * PW_KC * 16] __attribute__((aligned(64)));
     const int wide = avx512();  /* the AVX-512 tiles take three or two panels at a time */
     for (i64 k0 = 0; k0 < K; k0 += PW_KC) {
@@ -1739,18 +1748,23 @@ static void pw_block(const float* x, const float* wp, const float* bias, const f
             const i64 left = p1 - p;  /* in threes and twos: 4 = 2 + 2, 5 = 3 + 2, 7 = 3 + 2 + 2 */
             const int np = !wide || left == 1 ? 1 : left == 2 || left == 4 ? 2 : 3;
             const float* wk = wp + p * K * 16 + k0 * 16;
-            if (!gate) pw_rows(x, wk, K * 16, np, bias, res, y, m0, m1, p, k0, k1, K, N, act, stream);
+            if (!gate) pw_rows(x, wk, K * 16, np, bias, res, y, m0, m1, p, k0, k1, K, N, act, stream, map);
             else
                 for (i64 r = m0; r < m1;) {  /* one stretch of rows per image */
                     const i64 n = r / hw, e = (n + 1) * hw < m1 ? (n + 1) * hw : m1;
                     for (int j = 0; j < np; j++)
                         pw_scale_panel(ws + j * PW_KC * 16, wk + j * K * 16, gate + n * K + k0, k1 - k0);
-                    pw_rows(x, ws, PW_KC * 16, np, bias, res, y, r, e, p, k0, k1, K, N, act, stream);
+                    pw_rows(x, ws, PW_KC * 16, np, bias, res, y, r, e, p, k0, k1, K, N, act, stream, map);
                     r = e;
                 }
             p += np;
         }
     }
+}
+
+static void pw_block(const float* x, const float* wp, const float* bias, const float* res, const float* gate, i64 hw,
+                     float* y, i64 m0, i64 m1, i64 p0, i64 p1, i64 K, i64 N, int act, int stream) {
+    pw_block_map(x, wp, bias, res, gate, hw, y, m0, m1, p0, p1, K, N, act, stream, NULL);
 }
 
 /* a GEMM's M rows (groups of MR) x P panels of 16 output channels as mt row blocks (whole row
@@ -1924,24 +1938,35 @@ i64 eff_wino_set_stream_bytes(i64 b) { const i64 old = wino_stream_limit(); wino
  * (36, ceil(C_out / 16), C, 16).  The panels are read once per block: for wide layers on small
  * maps (few tiles, 36 x C x C_out large) the bmm route is the better one, and the caller times
  * both.  -1: out of memory. */
-int eff_wino_fused(const float* x, const float* up, const float* bias, float* y, i64 N, i64 H, i64 W, i64 C,
-                   i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt) {
+/* the projection eff_wino_pw_fused applies to the conv's output: a 1x1 conv (pw panels wp of
+ * Co2 output channels, bias, activation) plus res (NULL: none), into y (N, OH, OW, Co2) */
+typedef struct { const float* wp; const float* bias; const float* res; float* y; i64 Co2; int act; } wino_proj;
+/* tiles per run of the projection: 96 pixels (eight 12-row tiles of the GEMM), their conv output
+ * (96 x Co floats: 72 KiB for Co = 192) in L2 */
+#define WINO_PROJ_TILES 6
+
+static int wino_fused_run(const float* x, const float* up, const float* bias, float* y, i64 N, i64 H, i64 W, i64 C,
+                          i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt, const wino_proj* pj) {
     const i64 TH = (OH + 3) / 4, TW = (OW + 3) / 4, T = N * TH * TW, P = (Co + 15) / 16, nb = (T + B - 1) / B;
     /* matrix strides of an odd number of cache lines: the 36 rows a tile transform reads or writes
      * then fall in 36 different L1 sets (a stride of 18 KiB put them in two: V2-S's 75x75 48->192
      * layer took 27 ms at batch 8 instead of 19) */
     const i64 ldv = ((B * C + 15) / 16 | 1) * 16, ldm = ((B * Co + 15) / 16 | 1) * 16;
     const i64 vb = (36 * ldv * 4 + 63) / 64 * 64, mb = (36 * ldm * 4 + 63) / 64 * 64;
+    const i64 zb = pj ? (WINO_PROJ_TILES * 16 * Co * 4 + 63) / 64 * 64 : 0;
     const int threads = nb < nt ? (int)nb : nt;
     /* whole 64-byte lines only: every 16-channel group of every pixel starts one */
-    const int stream = avx512() && Co % 16 == 0 && ((uintptr_t)y & 63) == 0 && N * OH * OW * Co * 4 >= wino_stream_limit();
-    char* scratch = (char*)aligned_alloc(64, (size_t)((vb + mb) * threads));
+    const int stream = !pj && avx512() && Co % 16 == 0 && ((uintptr_t)y & 63) == 0
+                       && N * OH * OW * Co * 4 >= wino_stream_limit();
+    char* scratch = (char*)aligned_alloc(64, (size_t)((vb + mb + zb) * threads));
     float* zeros = (float*)calloc((size_t)(P * 16), sizeof(float));
     if (!scratch || !zeros) { free(scratch); free(zeros); return -1; }
     #pragma omp parallel num_threads(threads)
     {
-        float* v = (float*)(scratch + (vb + mb) * omp_get_thread_num());
+        float* v = (float*)(scratch + (vb + mb + zb) * omp_get_thread_num());
         float* m = (float*)((char*)v + vb);
+        float* z = (float*)((char*)m + mb);
+        i64 map[WINO_PROJ_TILES * 16];
         #pragma omp for schedule(static)
         for (i64 b = 0; b < nb; b++) {
             const i64 t0 = b * B, t1 = t0 + B < T ? t0 + B : T, n = t1 - t0;
@@ -1949,13 +1974,49 @@ int eff_wino_fused(const float* x, const float* up, const float* bias, float* y,
             for (int q = 0; q < 36; q++)  /* m[q] = v[q] @ (G g G^T)[q] */
                 pw_block(v + q * ldv, up + q * P * C * 16, zeros, NULL, NULL, 1, m + q * ldm, 0, n, 0, P, C, Co,
                          ACT_IDENTITY, 0);
-            for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, ldm, t, t0, OH, OW, Co, TH, TW, act, stream);
-            if (stream) _mm_sfence();  /* streamed stores visible before the threads join */
+            if (!pj) {
+                for (i64 t = t0; t < t1; t++) wino_out_tile(m, bias, y, ldm, t, t0, OH, OW, Co, TH, TW, act, stream);
+                if (stream) _mm_sfence();  /* streamed stores visible before the threads join */
+                continue;
+            }
+            /* whole 4x4 tiles into z, 16 rows each, then the projection's GEMM from z into the
+             * output pixels (map: a tile's pixels past the output's edge are not stored) */
+            for (i64 c0 = t0; c0 < t1; c0 += WINO_PROJ_TILES) {
+                const i64 c1 = c0 + WINO_PROJ_TILES < t1 ? c0 + WINO_PROJ_TILES : t1;
+                for (i64 t = c0; t < c1; t++) {
+                    const i64 img = t / (TH * TW), ty = (t / TW) % TH, tx = t % TW, j = (t - c0) * 16;
+                    wino_out_at(m + (t - t0) * Co, bias, z + j * Co, ldm, 4, Co, 4, 4, act, 0);
+                    for (int r = 0; r < 4; r++)
+                        for (int c = 0; c < 4; c++) {
+                            const i64 oy = ty * 4 + r, ox = tx * 4 + c;
+                            map[j + r * 4 + c] = oy < OH && ox < OW ? (img * OH + oy) * OW + ox : -1;
+                        }
+                }
+                pw_block_map(z, pj->wp, pj->bias, pj->res, NULL, 0, pj->y, 0, (c1 - c0) * 16, 0, (pj->Co2 + 15) / 16,
+                             Co, pj->Co2, pj->act, 0, map);
+            }
         }
     }
     free(scratch);
     free(zeros);
     return 0;
+}
+int eff_wino_fused(const float* x, const float* up, const float* bias, float* y, i64 N, i64 H, i64 W, i64 C,
+                   i64 Co, i64 OH, i64 OW, int PH, int PW, int act, i64 B, int nt) {
+    return wino_fused_run(x, up, bias, y, N, H, W, C, Co, OH, OW, PH, PW, act, B, nt, NULL);
+}
+/* eff_wino_fused followed by a 1x1 conv (+ residual) in the same pass: y2 = act2(conv1x1(act(
+ * wino(x)))) + res, the 3x3 conv's output (a Fused-MBConv's expanded tensor, 33 MB for V2-S's
+ * 75x75 stage at batch 8) never written out: each run of WINO_PROJ_TILES tiles leaves the
+ * output transform into a per-thread buffer, and the 1x1 GEMM (wp2: pointwise panels, Co2
+ * output channels) reads its rows from there, storing each pixel where it belongs.  The same
+ * arithmetic as the two calls (eff_wino_fused, then eff_pw_fwd with res), so the same bits.
+ * -1: out of memory. */
+int eff_wino_pw_fused(const float* x, const float* up, const float* bias, i64 N, i64 H, i64 W, i64 C, i64 Co,
+                      i64 OH, i64 OW, int PH, int PW, int act, const float* wp2, const float* bias2, const float* res,
+                      float* y2, i64 Co2, int act2, i64 B, int nt) {
+    const wino_proj pj = {wp2, bias2, res, y2, Co2, act2};
+    return wino_fused_run(x, up, bias, NULL, N, H, W, C, Co, OH, OW, PH, PW, act, B, nt, &pj);
 }
 #endif
 

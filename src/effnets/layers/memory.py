@@ -379,6 +379,19 @@ def expand_conv_dw(x: torch.Tensor, expand: nn.Module | None, dw: nn.Module) -> 
     return dw(expand(x)) if y is None else y
 
 
+def conv_project(x: torch.Tensor, conv: nn.Module, project: nn.Module,
+                 shortcut: torch.Tensor | None = None) -> torch.Tensor:
+    """``project(conv(x))`` (``+ shortcut``: given only in an ``effnets.optimize``d model's eval
+    blocks): a Fused-MBConv block's expand and project convs.  In an optimized model the two run
+    as one pass where they can (``FusedConvAct.forward_projected``, looked up on the class), else
+    as the modules."""
+    fused = getattr(type(conv), "forward_projected", None)
+    y = fused(conv, x, project, shortcut) if fused is not None else None
+    if y is not None:
+        return y
+    return se_conv(conv(x), None, project, shortcut)
+
+
 def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module,
             shortcut: torch.Tensor | None = None) -> torch.Tensor:
     """``cna(se(x))`` (squeeze-excite, then a ConvNormAct).  In memory-efficient training the
@@ -406,7 +419,8 @@ def se_conv(x: torch.Tensor, se: nn.Module | None, cna: nn.Module,
 
 
 __all__ = ["set_memory_efficient", "memory_efficient_enabled", "memory_efficient", "use_memory_efficient", "act_linear",
-           "batch_norm_act", "channel_mean", "gate_mul", "expand_conv_dw", "se_conv", "depthwise_conv"]
+           "batch_norm_act", "channel_mean", "gate_mul", "expand_conv_dw", "conv_project", "se_conv",
+           "depthwise_conv"]
 
 
 # -- activation checkpointing ------------------------------------------------------------------
