@@ -585,6 +585,17 @@ def winograd_panels(u: torch.Tensor) -> torch.Tensor:
     return w.reshape(36, p, 16, ci).transpose(2, 3).contiguous()
 
 
+def _winograd_input(fn: str, x: torch.Tensor, panels: torch.Tensor, cols: str) -> tuple[int, int, int, int]:
+    """(N, C, H, W) of the fused Winograd kernels' input, checked with their ``panels``."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        raise ValueError(f"{fn} needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} on {x.device}")
+    c = x.shape[1]
+    if panels.ndim != 4 or panels.shape[0] != 36 or panels.shape[2] != c or panels.shape[3] != 16 or c % 8:
+        raise ValueError(f"panels must be winograd_panels() of a (36, {c}, {cols}) matrix with C_in a multiple of 8, "
+                         f"got {tuple(panels.shape)}")
+    return tuple(x.shape)
+
+
 def winograd_conv3x3_fused(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None,
                            padding: tuple[int, int], act: str = "identity", out: torch.Tensor | None = None,
                            tiles_per_block: int | None = None) -> torch.Tensor:
@@ -596,13 +607,7 @@ def winograd_conv3x3_fused(x: torch.Tensor, panels: torch.Tensor, bias: torch.Te
     arithmetic as :func:`winograd_conv3x3` up to the order of the sums (float32 rounding).  The
     panels (36 x C_in x C_out) are read once per block: for wide layers on small maps
     :func:`winograd_conv3x3` is faster (``effnets.optimize`` times both)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
-        raise ValueError(f"winograd_conv3x3_fused needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
-                         f"on {x.device}")
-    n, c, h, w = x.shape
-    if panels.ndim != 4 or panels.shape[0] != 36 or panels.shape[2] != c or panels.shape[3] != 16 or c % 8:
-        raise ValueError(f"panels must be winograd_panels() of a (36, {c}, C_out) matrix with C_in a multiple of 8, "
-                         f"got {tuple(panels.shape)}")
+    n, c, h, w = _winograd_input("winograd_conv3x3_fused", x, panels, "C_out")
     if act not in DW_ACT_CODES:
         raise ValueError(f"act must be one of {sorted(DW_ACT_CODES)}, got {act!r}")
     if bias is None or bias.ndim != 1 or bias.shape[0] % 8 or not 0 <= panels.shape[1] * 16 - bias.shape[0] < 16:
@@ -636,13 +641,7 @@ def winograd_pointwise_fused(x: torch.Tensor, panels: torch.Tensor, bias: torch.
     :func:`winograd_panels` with ``bias`` (C_mid,); ``pw_panels`` from :func:`pointwise_weight`
     of the (C_out2, C_mid, 1, 1) weight with ``pw_bias`` (C_out2,); ``residual`` None or
     channels-last of ``out``'s shape.  Padding 1 (the output has the input's size)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
-        raise ValueError(f"winograd_pointwise_fused needs a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
-                         f"on {x.device}")
-    n, c, h, w = x.shape
-    if panels.ndim != 4 or panels.shape[0] != 36 or panels.shape[2] != c or panels.shape[3] != 16 or c % 8:
-        raise ValueError(f"panels must be winograd_panels() of a (36, {c}, C_mid) matrix with C_in a multiple of 8, "
-                         f"got {tuple(panels.shape)}")
+    n, c, h, w = _winograd_input("winograd_pointwise_fused", x, panels, "C_mid")
     if bias.ndim != 1 or bias.shape[0] % 8 or not 0 <= panels.shape[1] * 16 - bias.shape[0] < 16:
         raise ValueError(f"bias must be (C_mid,), C_mid a multiple of 8 that the panels hold, got {tuple(bias.shape)} "
                          f"for panels {tuple(panels.shape)}")
