@@ -57,7 +57,8 @@ whole-forward differences are a few percent, the host's drift more: pairs cancel
 ``python benchmarks/ab.py project``: a Fused-MBConv block's expand conv (fused Winograd) and project
 conv (+ shortcut) as one pass (``kernels.winograd_pointwise_fused``, item 41) against the two calls:
 V2-S's stride-1 shapes alone in turns, then ``--pairs`` paired forwards of whole optimized models
-with ``FusedConvAct.forward_projected`` on and off (V2-S at batch 8 and 1)."""
+with ``FusedConvAct.forward_projected`` on and off (V2-S at batch 8 and 1), and the buffers one
+forward leaves kept in each mode (``release_buffers``)."""
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,7 @@ import torch.nn.functional as F
 
 import effnets
 from effnets import kernels as K
-from effnets.optimize import FastLinear, FusedConvAct
+from effnets.optimize import FastLinear, FusedConvAct, release_buffers
 
 MODELS = {"efficientnet_b0": 224, "mobilenet_v3_large": 224, "efficientnetv2_s": 300}
 SIZES = {**MODELS, "resnet_rs_50": 160, "vit_tiny_16": 224, "vit_small_16": 224, "coatnet_0": 224}  # the input size of each model named here
@@ -455,11 +456,12 @@ def prefetch_ab(names: list[str], rounds: int) -> None:
         pf(True)
 
 
-def _paired_forwards(name: str, batch: int, pairs: int, modes: dict) -> None:
+def _paired_forwards(name: str, batch: int, pairs: int, modes: dict) -> tuple[torch.nn.Module, torch.Tensor]:
     """One optimized model (seeded random weights) run ``pairs`` times in each of two modes (name
     -> a function that switches to it), the two in alternating order; prints the geometric mean
     of the paired ratios (first mode / second) with two standard errors and the fastest forward
-    of each (whole-forward differences of a few percent are below the host's drift: pairs cancel it)."""
+    of each (whole-forward differences of a few percent are below the host's drift: pairs cancel it).
+    Returns the model (left in the second mode) and its input."""
     (a, set_a), (b, set_b) = modes.items()
     torch.manual_seed(0)
     model = effnets.optimize(effnets.create_model(name).eval())
@@ -481,6 +483,7 @@ def _paired_forwards(name: str, batch: int, pairs: int, modes: dict) -> None:
     mean, err = statistics.mean(logs), 2 * statistics.stdev(logs) / math.sqrt(len(logs))
     print(f"  {name} b{batch}: {a} / {b} {math.exp(mean):.3f}x ({math.exp(mean - err):.3f}-{math.exp(mean + err):.3f}); "
           f"fastest forward {min(times[a]) * 1e3:.1f} -> {min(times[b]) * 1e3:.1f} ms", flush=True)
+    return model, x
 
 
 def wstream_ab(names: list[str], batches: list[int], pairs: int) -> None:
@@ -533,9 +536,18 @@ def project_ab(names: list[str], batches: list[int], pairs: int) -> None:
     try:
         for batch in batches:
             for name in names:
-                _paired_forwards(name, batch, pairs, {
-                    "apart": lambda: setattr(FusedConvAct, "forward_projected", lambda *a: None),
-                    "one pass": lambda: setattr(FusedConvAct, "forward_projected", fused)})
+                modes = {"apart": lambda: setattr(FusedConvAct, "forward_projected", lambda *a: None),
+                         "one pass": lambda: setattr(FusedConvAct, "forward_projected", fused)}
+                model, x = _paired_forwards(name, batch, pairs, modes)
+                kept = {}
+                with torch.inference_mode():
+                    for k, switch in modes.items():  # the buffers one forward leaves kept, in each mode
+                        release_buffers(model)
+                        switch()
+                        model(x)
+                        kept[k] = release_buffers(model) / 2**20
+                print(f"    kept buffers after a forward: {kept['apart']:.0f} MiB apart, {kept['one pass']:.0f} one pass",
+                      flush=True)
     finally:
         FusedConvAct.forward_projected = fused
 

@@ -781,6 +781,19 @@ def test_page_faults_counted_in_the_model_can_hand_a_layer_to_our_kernel(monkeyp
     assert all(_rel_err(o, ref) < 1e-5 for o in outs)
 
 
+def _optimized_with(monkeypatch, model, x, faster_in, calls: list, warmup: int = 1):
+    """``effnets.optimize(model)`` with every timed choice decided by ``faster_in(name of the
+    function that asks)`` (``_faster``'s answer: True where its first contender wins), after
+    ``warmup`` calls on ``x`` (the timings), with ``calls`` cleared."""
+    opt_mod = sys.modules["effnets.optimize"]
+    monkeypatch.setattr(opt_mod, "_faster", lambda a, b, runs=3: faster_in(sys._getframe(1).f_code.co_name))
+    opt = effnets.optimize(model)
+    for _ in range(warmup):
+        opt(x)
+    calls.clear()
+    return opt
+
+
 @pytest.mark.parametrize("name,size", [("efficientnet_b0", 96), ("mobilenet_v3_large", 96)])
 def test_expand_and_depthwise_convs_run_as_one_pass_where_timed_faster(monkeypatch, name, size):
     """Each inverted-residual block times its expand + depthwise convs as one native pass against
@@ -797,12 +810,8 @@ def test_expand_and_depthwise_convs_run_as_one_pass_where_timed_faster(monkeypat
     def build(fuse: bool, fused_wins: bool = True):
         monkeypatch.setattr(opt_mod, "_FUSE_EXPAND", fuse)
         # every other timed choice: effnets' kernels; the pass against the modules apart: fused_wins
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, runs=3: (
-            sys._getframe(1).f_code.co_name == "forward_expanded" and not fused_wins))
-        opt = effnets.optimize(model)
-        opt(x)
-        fused_calls.clear()
-        return opt
+        return _optimized_with(monkeypatch, model, x, lambda asks: asks == "forward_expanded" and not fused_wins,
+                               fused_calls)
 
     with torch.inference_mode():
         ref = model(x)
@@ -833,20 +842,15 @@ def test_fused_mbconv_expand_and_project_convs_run_as_one_pass_where_timed_faste
     from effnets.blocks.mbconv import FusedMBConv
     if kernels.library() is None or not kernels.winograd_available():
         pytest.skip("native Winograd kernels unavailable")
-    opt_mod = sys.modules["effnets.optimize"]
     calls = record_calls(monkeypatch, kernels, "winograd_pointwise_fused")
     model, x = _model_and_input("efficientnetv2_b0", 96)
 
     def build(fused_wins: bool):
         # Winograd (its fused route) for every 3x3 stride-1 conv, effnets' kernels for the other
-        # timed choices, and the one pass against the two modules: fused_wins
-        monkeypatch.setattr(opt_mod, "_faster", lambda a, b, runs=3: (
-            sys._getframe(1).f_code.co_name == "_conv3x3"
-            or (sys._getframe(1).f_code.co_name == "forward_projected" and not fused_wins)))
-        opt = effnets.optimize(model)
-        opt(x), opt(x)  # the first call times the Winograd routes, the second the one pass
-        calls.clear()
-        return opt
+        # timed choices, and the one pass against the two modules: fused_wins; the first call
+        # times the Winograd routes, the second the one pass
+        return _optimized_with(monkeypatch, model, x, lambda asks: asks == "_conv3x3" or (
+            asks == "forward_projected" and not fused_wins), calls, warmup=2)
 
     with torch.inference_mode():
         ref = model(x)

@@ -697,7 +697,12 @@ class FusedConvAct(nn.Module):
         where it does not apply, and the caller runs the two modules: not plain float32 CPU
         inference, this conv off the fused Winograd kernel or not timed yet, the project conv off
         the native GEMM, a shortcut the GEMM cannot add, hooks, or apart timed faster."""
-        if isinstance(x, torch.fx.Proxy) or self._wino.get(("wino_pw", x.shape)) is False:
+        if isinstance(x, torch.fx.Proxy):
+            return None
+        self._check_weight(self._parameters["weight"])  # a changed weight drops the choices read here
+        key = ("wino_pw", x.shape)
+        choice = self._wino.get(key)
+        if choice is False:
             return None  # the modules apart timed faster for this shape: skip the checks below
         if (not _FUSE_EXPAND or type(project) is not FusedConvAct or self.wino_act is None
                 or project.pw_act is None or self.act is not None or project.act is not None
@@ -711,15 +716,12 @@ class FusedConvAct(nn.Module):
                 or project._forward_pre_hooks or _module_hooks._global_forward_hooks
                 or _module_hooks._global_forward_pre_hooks or (kernels._LIB is None and kernels.library() is None)):
             return None
-        self._check_weight(self._parameters["weight"])
         shape = (x.shape[0], project._parameters["weight"].shape[0], x.shape[2], x.shape[3])
         if shortcut is not None and not (
                 type(shortcut) is torch.Tensor and shortcut.dtype == torch.float32 and shortcut.is_cpu
                 and not shortcut.requires_grad and tuple(shortcut.shape) == shape
                 and shortcut.is_contiguous(memory_format=torch.channels_last)):
             return None
-        key = ("wino_pw", x.shape)
-        choice = self._wino.get(key)
         if choice is None:  # only once this conv alone runs the fused Winograd kernel for this shape
             if not (self._wino.get(tuple(x.shape)) is True and self._wino.get(("fused", tuple(x.shape)))):
                 return None
@@ -733,9 +735,7 @@ class FusedConvAct(nn.Module):
 
     def _projected(self, x: torch.Tensor, project: "FusedConvAct", shortcut: torch.Tensor | None,
                    shape: tuple) -> torch.Tensor:
-        up = self._wino.get("up")
-        if up is None:  # made by _conv3x3 for the fused route; dropped only with the weight
-            up = self._wino["up"] = kernels.winograd_panels(kernels.winograd_weight(self._parameters["weight"]))
+        up = self._wino["up"]  # _conv3x3's panels: held while any shape takes its fused route, as this one does
         project._check_weight(project._parameters["weight"])
         panels, pw_bias = project._gemm_weights()
         if not x.is_contiguous(memory_format=torch.channels_last):
